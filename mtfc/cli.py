@@ -1,0 +1,154 @@
+"""The `mtfc` command line: compile, opt, inspect, run.
+
+Every user mistake ends as one line ``error: ...`` on stderr and exit status
+1 (2 for command-line usage errors, as click does); outputs are written to a
+temporary name and renamed, so a failed command leaves nothing half-written.
+Set ``MTFC_TRACEBACK=1`` to see the Python traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from mtfc.errors import MtfcError
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MtfcError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:
+            if os.environ.get("MTFC_TRACEBACK"):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            click.echo(f"error: internal error ({type(e).__name__}: {first}); set MTFC_TRACEBACK=1 for details", err=True)
+            sys.exit(3)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mtfc")
+def main():
+    """mtfc: named-dimension models -> sharded StableHLO -> PJRT."""
+
+
+_mesh_option = click.option("--mesh", default=None, help='Device mesh, e.g. "rows:2,cols:4" (overrides the model\'s).')
+_layout_option = click.option(
+    "--layout", default=None, help='Layout rules, e.g. "batch:rows,d_ff:cols" or "batch:rows+cols" (overrides the model\'s).'
+)
+_dump_option = click.option(
+    "--dump-ir-after-all", "dump_dir", default=None, type=click.Path(file_okay=False),
+    help="Write the module after each pass to DIR as numbered files.",
+)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="Output file: .mlir (text), .mlirbc (bytecode).")
+@_mesh_option
+@_layout_option
+@click.option("--mode", default=None, help="Partitioning: gspmd (mhlo.sharding for XLA) or none (global module).")
+@click.option("--portable", is_flag=True, help="Write a versioned portable StableHLO artifact.")
+@click.option("--entry", "entry_name", default=None, help="The @mtf.entry function to compile, if the file has several.")
+@_dump_option
+@_handle_errors
+def compile(model, output, mesh, layout, mode, portable, entry_name, dump_dir):  # noqa: A001
+    """Compile a model file to StableHLO."""
+    from mtfc.compiler import DEFAULT_MODE, compile_file
+    from mtfc.emit.artifact import write_module
+
+    module = compile_file(
+        model, mesh=mesh, layout=layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir, entry_name=entry_name
+    )
+    write_module(module, output, portable=portable)
+    click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@click.argument("module_file", type=click.Path(dir_okay=False))
+@click.option("--passes", default="", help="Comma-separated passes to run, in order (see --list-passes).")
+@click.option("--pipeline", default=None, help="A named pipeline (a --mode of mtfc compile) instead of --passes.")
+@_mesh_option
+@_layout_option
+@click.option("-o", "--output", default=None, help="Write here instead of stdout (.mlir / .mlirbc).")
+@click.option("--no-debug-info", is_flag=True, help="Print without locations.")
+@click.option("--list-passes", is_flag=True, help="List the passes and exit.")
+@_dump_option
+@_handle_errors
+def opt(module_file, passes, pipeline, mesh, layout, output, no_debug_info, list_passes, dump_dir):
+    """Run passes over a module file and print the result (like mlir-opt)."""
+    from mtfc import ir as mir
+    from mtfc.compiler import override_mesh_layout
+    from mtfc.emit.artifact import read_module, write_module
+    from mtfc.emit.text import module_text
+    from mtfc.passes.manager import PASSES, PIPELINES, parse_pass_list, run_passes
+
+    if list_passes:
+        for p in PASSES.values():
+            click.echo(f"{p.name:20s} {p.summary}")
+        return
+    context = mir.new_context()
+    module = read_module(module_file, context)
+    override_mesh_layout(module, mesh, layout)
+    if pipeline is not None:
+        if pipeline not in PIPELINES:
+            raise MtfcError(f"unknown pipeline {pipeline!r} (choose from {', '.join(PIPELINES)})")
+        names = PIPELINES[pipeline]
+    else:
+        names = parse_pass_list(passes)
+    run_passes(module, names, dump_dir=dump_dir)
+    if output:
+        write_module(module, output)
+    else:
+        click.echo(module_text(module, debug_info=not no_debug_info), nl=False)
+
+
+@main.command()
+@click.argument("module_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@_handle_errors
+def inspect(module_file, as_json):
+    """Show a module's mesh, layout, and every value's dims and per-device shape."""
+    from mtfc import ir as mir
+    from mtfc.emit.artifact import read_module
+    from mtfc.emit.report import inspect_module, render_text
+
+    report = inspect_module(read_module(module_file, mir.new_context()))
+    click.echo(json.dumps(report, indent=2) if as_json else render_text(report))
+
+
+@main.command()
+@click.argument("module_file", type=click.Path(dir_okay=False))
+@click.option("--backend", default="cpu", type=click.Choice(["cpu", "gpu", "tpu"]), show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed for synthetic inputs and parameters.")
+@click.option("--inputs", "inputs_file", default=None, type=click.Path(dir_okay=False), help=".npz of inputs by name.")
+@click.option("--outputs", "outputs_file", default=None, help="Save outputs to this .npz.")
+@click.option("--check", is_flag=True, help="Compare with the unsharded run on one device.")
+@click.option("--repeat", default=3, show_default=True, help="Timed executions (the median is reported).")
+@_handle_errors
+def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat):
+    """Run a compiled module on a device mesh and summarize its outputs."""
+    from mtfc.runtime.runner import run_command
+
+    ok = run_command(
+        module_file, backend=backend, seed=seed, inputs_file=inputs_file,
+        outputs_file=outputs_file, check=check, repeat=repeat, echo=click.echo,
+    )
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

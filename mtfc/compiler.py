@@ -1,0 +1,71 @@
+"""The compiler driver: trace a model, lower it, run a mode's pass pipeline.
+
+Used by the CLI and by tests; the only place that wires frontend -> passes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from jax.extend.mlir import ir
+
+from mtfc import ir as mir
+from mtfc.errors import MtfcError
+from mtfc.frontend.lower import lower_graph
+from mtfc.frontend.model import Entry, Input, load_model_file, resolve_mesh_layout, trace_entry
+from mtfc.mesh import LayoutRules, Mesh
+from mtfc.passes.manager import PIPELINES, run_passes
+
+MODES = ("gspmd", "none")
+DEFAULT_MODE = "gspmd"
+
+
+def compile_entry(
+    entry: Entry,
+    *,
+    mesh: str | None = None,
+    layout: str | None = None,
+    mode: str = DEFAULT_MODE,
+    dump_dir: str | None = None,
+    path: str | None = None,
+    context: ir.Context | None = None,
+) -> ir.Module:
+    """Trace `entry`, lower it to global StableHLO, and run `mode`'s pipeline."""
+    if mode not in PIPELINES:
+        raise MtfcError(f"unknown mode {mode!r} (choose from {', '.join(PIPELINES)})")
+    mesh_obj, rules = resolve_mesh_layout(entry, mesh, layout)
+    traced = trace_entry(entry, path)
+    module = lower_graph(
+        traced.graph, traced.outputs, mesh=mesh_obj, layout=rules, model_name=entry.name,
+        context=context, output_roles=entry.output_roles,
+    )
+    return run_passes(module, PIPELINES[mode], dump_dir=dump_dir)
+
+
+def compile_file(path: str, **kwargs) -> ir.Module:
+    """`mtfc compile`: a model file to a module."""
+    entry_name = kwargs.pop("entry_name", None)
+    return compile_entry(load_model_file(path, entry_name), path=path, **kwargs)
+
+
+def compile_function(
+    fn: Callable,
+    inputs: dict[str, Input],
+    *,
+    mesh: str = "",
+    layout: str = "",
+    mode: str = DEFAULT_MODE,
+    name: str = "model",
+) -> ir.Module:
+    """Compile a Python model function directly (tests, notebooks)."""
+    return compile_entry(Entry(fn, inputs, mesh, layout, name), mode=mode)
+
+
+def override_mesh_layout(module: ir.Module, mesh: str | None, layout: str | None) -> None:
+    """Replace the module's mesh and/or layout rules (before partitioning passes)."""
+    if mesh is None and layout is None:
+        return
+    mesh_obj = Mesh.parse(mesh) if mesh is not None else mir.module_mesh(module)
+    rules = LayoutRules.parse(layout) if layout is not None else mir.module_layout(module)
+    rules.validate(mesh_obj)
+    mir.set_mesh_and_layout(module, mesh_obj, rules)

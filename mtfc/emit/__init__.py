@@ -1,0 +1,1 @@
+"""What leaves the compiler: MLIR text and bytecode, portable artifacts, reports."""

@@ -1,0 +1,54 @@
+"""Writing and reading modules in the three formats, chosen by file suffix.
+
+``.mlir``   MLIR text with locations;
+``.mlirbc`` MLIR bytecode;
+portable    a versioned StableHLO (VHLO) artifact, `--portable`, any suffix.
+Reading detects the format from the bytes.
+"""
+
+from __future__ import annotations
+
+import io
+
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import stablehlo
+
+from mtfc import ir as mir
+from mtfc.emit.text import module_text, write_bytes_atomic, write_text_atomic
+from mtfc.errors import MtfcError
+
+_BYTECODE_MAGIC = b"ML\xefR"
+
+
+def write_module(module: ir.Module, path: str, *, portable: bool = False) -> None:
+    if portable:
+        text = module_text(module, debug_info=False)
+        version = stablehlo.get_current_version()
+        data = stablehlo.serialize_portable_artifact_str(text, version)
+        write_bytes_atomic(path, data if isinstance(data, bytes) else data.encode("latin1"))
+    elif path.endswith(".mlirbc"):
+        buffer = io.BytesIO()
+        module.operation.write_bytecode(buffer)
+        write_bytes_atomic(path, buffer.getvalue())
+    else:
+        write_text_atomic(path, module_text(module))
+
+
+def read_module(path: str, context: ir.Context) -> ir.Module:
+    """Read text, bytecode or a portable artifact into `context`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise MtfcError(f"cannot read module {path!r}: {e.strerror}") from None
+    if data.startswith(_BYTECODE_MAGIC):
+        try:
+            module = stablehlo.deserialize_portable_artifact(context, data)
+        except Exception:
+            module = mir.parse_module(data, context, source=path)
+        return module
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise MtfcError(f"{path} is neither MLIR text nor bytecode") from None
+    return mir.parse_module(text, context, source=path)

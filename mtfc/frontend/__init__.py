@@ -1,0 +1,1 @@
+"""The named-dimension DSL: dims, tensors, ops, layers, model files, lowering."""

@@ -1,0 +1,196 @@
+"""The traced graph: `Tensor`s produced by `Operation`s, recorded while a model
+function runs.
+
+A model is a plain Python function over `Tensor`s.  While it runs inside
+`trace()`, every DSL call appends one `Operation` (a primitive applied to input
+tensors with static parameters) to the current `Graph`, tagged with the name
+scope and the model-file line that created it.  Parameters created with
+`get_variable` become graph inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtfc.errors import MtfcError
+from mtfc.frontend.dims import Shape
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DTYPES = ("f32", "bf16", "f16", "i32", "i1")
+FLOAT_DTYPES = ("f32", "bf16", "f16")
+
+
+def user_location() -> tuple[str, int] | None:
+    """(file, line) of the innermost stack frame outside the mtfc package."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(_PACKAGE_DIR + os.sep) and not filename.startswith("<frozen"):
+            return (frame.f_code.co_filename, frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
+def where() -> str | None:
+    loc = user_location()
+    return f"{os.path.basename(loc[0])}:{loc[1]}" if loc else None
+
+
+def fail(message: str) -> MtfcError:
+    """A user error located at the model-file line being traced."""
+    return MtfcError(message, where=where())
+
+
+class Tensor:
+    """A value of the traced graph: a `Shape` of named dims and a dtype."""
+
+    __slots__ = ("shape", "dtype", "op", "index")
+
+    def __init__(self, shape: Shape, dtype: str, op: "Operation", index: int = 0):
+        self.shape = shape
+        self.dtype = dtype
+        self.op = op
+        self.index = index
+
+    @property
+    def dims(self) -> Shape:
+        return self.shape
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.op.name}, {self.shape!r}, {self.dtype})"
+
+    # Arithmetic broadcasts by dim name; defined in mtfc.frontend.ops.
+    def _ops(self):
+        from mtfc.frontend import ops
+
+        return ops
+
+    def __add__(self, other):
+        return self._ops().add(self, other)
+
+    def __radd__(self, other):
+        return self._ops().add(other, self)
+
+    def __sub__(self, other):
+        return self._ops().subtract(self, other)
+
+    def __rsub__(self, other):
+        return self._ops().subtract(other, self)
+
+    def __mul__(self, other):
+        return self._ops().multiply(self, other)
+
+    def __rmul__(self, other):
+        return self._ops().multiply(other, self)
+
+    def __truediv__(self, other):
+        return self._ops().divide(self, other)
+
+    def __rtruediv__(self, other):
+        return self._ops().divide(other, self)
+
+    def __pow__(self, other):
+        return self._ops().power(self, other)
+
+    def __neg__(self):
+        return self._ops().negative(self)
+
+    def __lt__(self, other):
+        return self._ops().less(self, other)
+
+    def __le__(self, other):
+        return self._ops().less_equal(self, other)
+
+    def __gt__(self, other):
+        return self._ops().greater(self, other)
+
+    def __ge__(self, other):
+        return self._ops().greater_equal(self, other)
+
+    __hash__ = object.__hash__
+
+
+@dataclass(eq=False)
+class Operation:
+    """One primitive application: ``outputs = primitive(*inputs, **params)``."""
+
+    primitive: str
+    inputs: list[Tensor]
+    params: dict[str, Any]
+    name: str
+    location: tuple[str, int] | None
+    outputs: list[Tensor] = field(default_factory=list)
+
+
+@dataclass
+class Variable:
+    """A graph input: a model input, or a parameter created by `get_variable`."""
+
+    name: str
+    role: str
+    tensor: Tensor
+    init: str
+
+
+class Graph:
+    """Operations in creation order, and the variables (inputs, parameters)."""
+
+    def __init__(self):
+        self.operations: list[Operation] = []
+        self.variables: list[Variable] = []
+        self._scopes: list[str] = []
+        self._names: dict[str, int] = {}
+
+    def scope_prefix(self) -> str:
+        return "/".join(self._scopes)
+
+    def unique_name(self, base: str) -> str:
+        full = f"{self.scope_prefix()}/{base}" if self._scopes else base
+        n = self._names.get(full, 0)
+        self._names[full] = n + 1
+        return full if n == 0 else f"{full}_{n}"
+
+    def add_variable(self, name: str, role: str, shape: Shape, dtype: str, init: str) -> Tensor:
+        if any(v.name == name for v in self.variables):
+            raise fail(f"variable {name!r} is created twice")
+        op = Operation("variable", [], {"name": name}, name, user_location())
+        tensor = Tensor(shape, dtype, op)
+        op.outputs.append(tensor)
+        self.variables.append(Variable(name, role, tensor, init))
+        return tensor
+
+
+_current: contextvars.ContextVar[Graph | None] = contextvars.ContextVar("mtfc_graph", default=None)
+
+
+def current_graph() -> Graph:
+    graph = _current.get()
+    if graph is None:
+        raise fail("mtfc ops can only be used while a model is traced (inside mtfc.trace or a compiled entry)")
+    return graph
+
+
+@contextlib.contextmanager
+def tracing(graph: Graph):
+    token = _current.set(graph)
+    try:
+        yield graph
+    finally:
+        _current.reset(token)
+
+
+@contextlib.contextmanager
+def scope(name: str):
+    """Name scope for ops and variables: ``with mtf.scope("block0"): ...``."""
+    graph = current_graph()
+    graph._scopes.append(name)
+    try:
+        yield
+    finally:
+        graph._scopes.pop()

@@ -1,0 +1,149 @@
+"""Lower a traced `Graph` to a global StableHLO module (the IR contract, docs/IR.md).
+
+Produces ``func.func @main(inputs..., parameters...) -> (outputs...)`` in which
+every op carries ``mtfc.dims`` and a location ``"scope/op"("model.py":line)``,
+arguments and results carry name, role and dims, and the module carries the
+mesh and layout rules.  Only ops reachable from the outputs are emitted.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import func
+from jax.extend.mlir.dialects import stablehlo as hlo
+
+from mtfc import ir as mir
+from mtfc.errors import MtfcError
+from mtfc.frontend.graph import Graph, Operation, Tensor
+from mtfc.frontend.primitives import PRIMITIVES
+from mtfc.mesh import LayoutRules, Mesh
+
+
+class Lowerer:
+    """Helpers the primitives' ``lower`` methods use to emit tagged StableHLO."""
+
+    def tag(self, op_or_value, dims) -> ir.Value:
+        """Attach ``mtfc.dims`` to the op defining the (single) result; return it."""
+        op = op_or_value.operation if hasattr(op_or_value, "operation") else op_or_value.owner
+        op.attributes[mir.DIMS] = mir.str_array(list(dims))
+        return op.results[0]
+
+    def type(self, tensor: Tensor) -> ir.RankedTensorType:
+        return mir.tensor_type(tensor.shape.sizes, tensor.dtype)
+
+    def type_of(self, sizes, dtype: str) -> ir.RankedTensorType:
+        return mir.tensor_type(sizes, dtype)
+
+    def dense(self, value, tensor: Tensor) -> ir.DenseElementsAttr:
+        t = self.type(tensor)
+        np_dtype = mir.numpy_dtype(tensor.dtype)
+        array = np.asarray(value, dtype=np_dtype)
+        if array.ndim == 0:
+            return ir.DenseElementsAttr.get_splat(t, _scalar_attr(array.item(), tensor.dtype))
+        return ir.DenseElementsAttr.get(np.ascontiguousarray(array), type=t)
+
+    def scalar(self, value, dtype: str) -> ir.Value:
+        """A rank-0 constant, e.g. a reduction's init value or a pad value."""
+        t = mir.tensor_type([], dtype)
+        op = hlo.ConstantOp(ir.DenseElementsAttr.get_splat(t, _scalar_attr(value, dtype)))
+        return self.tag(op, [])
+
+
+def _scalar_attr(value, dtype: str) -> ir.Attribute:
+    element = mir.mlir_type(dtype)
+    if dtype in ("f32", "bf16", "f16"):
+        return ir.FloatAttr.get(element, float(value))
+    if dtype == "i1":
+        return ir.IntegerAttr.get(element, int(bool(value)))
+    return ir.IntegerAttr.get(element, int(value))
+
+
+def _location(op: Operation) -> ir.Location:
+    if op.location is None:
+        return ir.Location.name(op.name)
+    filename, line = op.location
+    return ir.Location.name(op.name, childLoc=ir.Location.file(os.path.basename(filename), line, 1))
+
+
+def _live_operations(graph: Graph, outputs: list[Tensor]) -> list[Operation]:
+    live: set[int] = set()
+    stack = [t.op for t in outputs]
+    while stack:
+        op = stack.pop()
+        if id(op) in live:
+            continue
+        live.add(id(op))
+        stack.extend(t.op for t in op.inputs)
+    return [op for op in graph.operations if id(op) in live]
+
+
+def lower_graph(
+    graph: Graph,
+    outputs: dict[str, Tensor],
+    *,
+    mesh: Mesh,
+    layout: LayoutRules,
+    model_name: str,
+    context: ir.Context | None = None,
+    output_roles: dict[str, str] | None = None,
+) -> ir.Module:
+    """The global module for `graph` with results `outputs` (name -> tensor)."""
+    context = context or mir.new_context()
+    output_roles = output_roles or {}
+    for name, t in outputs.items():
+        if not isinstance(t, Tensor):
+            raise MtfcError(f"model output {name!r} is a {type(t).__name__}, not an mtfc tensor")
+    with context, ir.Location.unknown():
+        module = ir.Module.create()
+        module.operation.attributes["sym_name"] = ir.StringAttr.get(model_name)
+        mir.set_mesh_and_layout(module, mesh, layout)
+        mir.set_partitioning(module, "none")
+        arg_types = [mir.tensor_type(v.tensor.shape.sizes, v.tensor.dtype) for v in graph.variables]
+        res_types = [mir.tensor_type(t.shape.sizes, t.dtype) for t in outputs.values()]
+        with ir.InsertionPoint(module.body):
+            fn = func.FuncOp(mir.ENTRY, ir.FunctionType.get(arg_types, res_types))
+        fn.arg_attrs = ir.ArrayAttr.get(
+            [
+                ir.DictAttr.get(
+                    {
+                        mir.DIMS: mir.str_array(v.tensor.shape.names),
+                        mir.NAME: ir.StringAttr.get(v.name),
+                        mir.ROLE: ir.StringAttr.get(v.role),
+                        mir.INIT: ir.StringAttr.get(v.init),
+                    }
+                )
+                for v in graph.variables
+            ]
+        )
+        fn.res_attrs = ir.ArrayAttr.get(
+            [
+                ir.DictAttr.get(
+                    {
+                        mir.DIMS: mir.str_array(t.shape.names),
+                        mir.NAME: ir.StringAttr.get(name),
+                        mir.ROLE: ir.StringAttr.get(output_roles.get(name, "output")),
+                    }
+                )
+                for name, t in outputs.items()
+            ]
+        )
+        block = fn.add_entry_block()
+        values: dict[int, ir.Value] = {}
+        for v, arg in zip(graph.variables, block.arguments):
+            values[id(v.tensor)] = arg
+        lx = Lowerer()
+        with ir.InsertionPoint(block):
+            for op in _live_operations(graph, list(outputs.values())):
+                if op.primitive == "variable":
+                    continue
+                with _location(op):
+                    results = PRIMITIVES[op.primitive].lower(lx, op, [values[id(t)] for t in op.inputs])
+                for t, r in zip(op.outputs, results):
+                    values[id(t)] = r
+            func.ReturnOp([values[id(t)] for t in outputs.values()])
+        if not module.operation.verify():
+            raise AssertionError("lowered module does not verify")
+    return module

@@ -1,0 +1,151 @@
+"""Primitives that move data without arithmetic: broadcast, transpose,
+reshape (rename / replace dims), slice, pad, concat."""
+
+from __future__ import annotations
+
+from jax.extend.mlir.dialects import stablehlo as hlo
+
+from mtfc.frontend.dims import Shape
+from mtfc.frontend.graph import fail
+from mtfc.frontend.primitives.base import Primitive, check_same_sizes, register
+
+
+@register
+class Broadcast(Primitive):
+    """Broadcast to ``shape``, which holds every input dim (in any order)."""
+
+    name = "broadcast"
+
+    def infer(self, inputs, params):
+        (x,) = inputs
+        shape: Shape = params["shape"]
+        check_same_sizes([x.shape, shape], "broadcast")
+        for d in x.shape:
+            if d.name not in shape.names:
+                raise fail(f"cannot broadcast {x.shape} to {shape}: dim {d.name!r} is missing")
+        return [(shape, x.dtype)]
+
+    def lower(self, lx, op, args):
+        (x,), out = op.inputs, op.outputs[0]
+        value = args[0]
+        positions = [out.shape.names.index(n) for n in x.shape.names]
+        if positions != sorted(positions):
+            order = sorted(range(len(positions)), key=lambda i: positions[i])
+            names = [x.shape.names[i] for i in order]
+            value = lx.tag(hlo.TransposeOp(value, order), names)
+            positions = sorted(positions)
+        return [lx.tag(hlo.BroadcastInDimOp(lx.type(out), value, positions), out.shape.names)]
+
+
+@register
+class Transpose(Primitive):
+    """Reorder dims to ``shape`` (a permutation of the input's)."""
+
+    name = "transpose"
+
+    def infer(self, inputs, params):
+        (x,) = inputs
+        shape: Shape = params["shape"]
+        if sorted(shape.names) != sorted(x.shape.names):
+            raise fail(f"transpose: {shape} is not a permutation of {x.shape}")
+        check_same_sizes([x.shape, shape], "transpose")
+        return [(shape, x.dtype)]
+
+    def lower(self, lx, op, args):
+        (x,), out = op.inputs, op.outputs[0]
+        perm = [x.shape.names.index(n) for n in out.shape.names]
+        return [lx.tag(hlo.TransposeOp(args[0], perm), out.shape.names)]
+
+
+@register
+class Reshape(Primitive):
+    """Same elements in the same row-major order under new dims (rename, split, merge)."""
+
+    name = "reshape"
+
+    def infer(self, inputs, params):
+        (x,) = inputs
+        shape: Shape = params["shape"]
+        if shape.size != x.shape.size:
+            raise fail(f"cannot reshape {x.shape} ({x.shape.size} elements) to {shape} ({shape.size} elements)")
+        return [(shape, x.dtype)]
+
+    def lower(self, lx, op, args):
+        out = op.outputs[0]
+        return [lx.tag(hlo.ReshapeOp(lx.type(out), args[0]), out.shape.names)]
+
+
+@register
+class Slice(Primitive):
+    """``x[begin:end]`` along one dim; the result dim is ``new_dim``."""
+
+    name = "slice"
+
+    def infer(self, inputs, params):
+        (x,) = inputs
+        i = x.shape.index(params["dim"])
+        begin, end = params["begin"], params["end"]
+        size = x.shape[i].size
+        if not (0 <= begin < end <= size):
+            raise fail(f"slice [{begin}:{end}] is out of range for dim {x.shape[i]!r}")
+        dims = list(x.shape)
+        dims[i] = params["new_dim"]
+        return [(Shape(dims), x.dtype)]
+
+    def lower(self, lx, op, args):
+        (x,), out = op.inputs, op.outputs[0]
+        i = x.shape.index(op.params["dim"])
+        start = [0] * len(x.shape)
+        limit = list(x.shape.sizes)
+        start[i], limit[i] = op.params["begin"], op.params["end"]
+        return [lx.tag(hlo.SliceOp(args[0], start, limit, [1] * len(start)), out.shape.names)]
+
+
+@register
+class Pad(Primitive):
+    """Pad one dim with ``before``/``after`` copies of the scalar ``value``."""
+
+    name = "pad"
+
+    def infer(self, inputs, params):
+        (x,) = inputs
+        i = x.shape.index(params["dim"])
+        if params["before"] < 0 or params["after"] < 0:
+            raise fail("pad: before and after must be non-negative")
+        dims = list(x.shape)
+        dims[i] = params["new_dim"]
+        return [(Shape(dims), x.dtype)]
+
+    def lower(self, lx, op, args):
+        (x,), out = op.inputs, op.outputs[0]
+        i = x.shape.index(op.params["dim"])
+        low = [0] * len(x.shape)
+        high = [0] * len(x.shape)
+        low[i], high[i] = op.params["before"], op.params["after"]
+        pad_value = lx.scalar(op.params["value"], x.dtype)
+        return [lx.tag(hlo.PadOp(args[0], pad_value, low, high, [0] * len(low)), out.shape.names)]
+
+
+@register
+class Concat(Primitive):
+    """Concatenate along one dim; other dims must agree in name, size and order."""
+
+    name = "concat"
+
+    def infer(self, inputs, params):
+        dim = params["dim"]
+        first = inputs[0]
+        for t in inputs:
+            t.shape.index(dim)
+            if t.shape.without([dim]) != first.shape.without([dim]) or t.shape.names != first.shape.names:
+                raise fail(f"concat along {dim!r}: shapes {first.shape} and {t.shape} differ in other dims")
+            if t.dtype != first.dtype:
+                raise fail(f"concat: dtypes {first.dtype} and {t.dtype} differ")
+        dims = list(first.shape)
+        dims[first.shape.index(dim)] = params["new_dim"]
+        return [(Shape(dims), first.dtype)]
+
+    def lower(self, lx, op, args):
+        out = op.outputs[0]
+        axis = op.inputs[0].shape.index(op.params["dim"])
+        return [lx.tag(hlo.ConcatenateOp(args, axis), out.shape.names)]

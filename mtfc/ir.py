@@ -1,0 +1,279 @@
+"""The IR contract: reading and writing mtfc's attributes on StableHLO modules.
+
+Everything that crosses from the frontend to the passes and the runtime goes
+through this module (see docs/IR.md).  Attribute names:
+
+module      ``mtfc.mesh = "rows:2,cols:4"``, ``mtfc.layout = "batch:rows"``,
+            ``mtfc.partitioning = "none" | "gspmd" | "explicit" | "shardy"``
+@main arg   ``mtfc.dims = [...]``, ``mtfc.name``, ``mtfc.role``, ``mtfc.init``
+@main res   ``mtfc.dims``, ``mtfc.name``, ``mtfc.role``
+op          ``mtfc.dims = [...]`` (one result) on every op directly in a
+            function body; ops nested in regions (reduction bodies) are exempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from jax.extend.mlir import ir
+from jax.interpreters import mlir as jax_mlir
+
+from mtfc.errors import MtfcError
+from mtfc.mesh import LayoutRules, Mesh, TensorLayout, tensor_layout
+
+DIMS = "mtfc.dims"
+NAME = "mtfc.name"
+ROLE = "mtfc.role"
+INIT = "mtfc.init"
+MESH = "mtfc.mesh"
+LAYOUT = "mtfc.layout"
+PARTITIONING = "mtfc.partitioning"
+ENTRY = "main"
+
+ROLES = ("input", "parameter", "optimizer_state", "output", "metric", "loss")
+
+_DTYPES = {
+    "f32": (np.float32, lambda: ir.F32Type.get()),
+    "bf16": (None, lambda: ir.BF16Type.get()),
+    "f16": (np.float16, lambda: ir.F16Type.get()),
+    "i32": (np.int32, lambda: ir.IntegerType.get_signless(32)),
+    "ui32": (np.uint32, lambda: ir.IntegerType.get_unsigned(32)),
+    "i1": (np.bool_, lambda: ir.IntegerType.get_signless(1)),
+}
+
+
+def new_context() -> ir.Context:
+    """A context with every dialect jaxlib ships registered (stablehlo, sdy, ...)."""
+    return jax_mlir.make_ir_context()
+
+
+def mlir_type(dtype: str) -> ir.Type:
+    return _DTYPES[dtype][1]()
+
+
+def numpy_dtype(dtype: str):
+    if dtype == "bf16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return _DTYPES[dtype][0]
+
+
+def dtype_name(element_type: ir.Type) -> str:
+    text = str(element_type)
+    return {"f32": "f32", "bf16": "bf16", "f16": "f16", "i32": "i32", "ui32": "ui32", "i1": "i1"}.get(text, text)
+
+
+def tensor_type(shape, dtype: str) -> ir.RankedTensorType:
+    return ir.RankedTensorType.get(list(shape), mlir_type(dtype))
+
+
+def str_array(values) -> ir.ArrayAttr:
+    return ir.ArrayAttr.get([ir.StringAttr.get(v) for v in values])
+
+
+def read_str_array(attr) -> list[str]:
+    return [ir.StringAttr(a).value for a in ir.ArrayAttr(attr)]
+
+
+def op_result_dims(op: ir.Operation) -> list[list[str]] | None:
+    """Dim names of each result of `op`, or None when it carries none."""
+    if DIMS not in op.attributes:
+        return None
+    attr = ir.ArrayAttr(op.attributes[DIMS])
+    if len(attr) and isinstance(attr[0], ir.ArrayAttr):
+        return [read_str_array(a) for a in attr]
+    if len(op.results) != 1 and not (len(attr) == 0 and len(op.results) == 0):
+        assert len(op.results) == 1, f"{op.name} has {len(op.results)} results but one dims list"
+    return [read_str_array(attr)]
+
+
+def set_op_result_dims(op: ir.Operation, dims: list[list[str]]) -> None:
+    if len(dims) == 1:
+        op.attributes[DIMS] = str_array(dims[0])
+    else:
+        op.attributes[DIMS] = ir.ArrayAttr.get([str_array(d) for d in dims])
+
+
+def value_dims(value: ir.Value) -> list[str]:
+    """Dim names of an SSA value in a function body (argument or op result)."""
+    if isinstance(value, ir.BlockArgument):
+        arg = ir.BlockArgument(value)
+        fn = arg.owner.owner
+        attrs = ir.DictAttr(ir.ArrayAttr(fn.attributes["arg_attrs"])[arg.arg_number])
+        return read_str_array(attrs[DIMS])
+    result = ir.OpResult(value)
+    dims = op_result_dims(result.owner.operation)
+    if dims is None:
+        raise MtfcError(f"{result.owner.name} at {result.owner.location} carries no {DIMS}")
+    return dims[result.result_number]
+
+
+@dataclass
+class Signature:
+    """One argument or result of @main as the runner sees it."""
+
+    index: int
+    name: str
+    role: str
+    dims: list[str]
+    shape: tuple[int, ...]
+    dtype: str
+    init: str | None = None
+
+    def layout(self, rules: LayoutRules, mesh: Mesh) -> TensorLayout:
+        return tensor_layout(self.dims, self.shape, rules, mesh, what=f"{self.role} {self.name!r}")
+
+
+def entry_function(module: ir.Module) -> ir.Operation:
+    for op in module.body.operations:
+        if op.operation.name == "func.func" and ir.StringAttr(op.attributes["sym_name"]).value == ENTRY:
+            return op.operation
+    raise MtfcError(f"module has no func.func @{ENTRY}")
+
+
+def _dict_list(fn: ir.Operation, key: str, count: int) -> list[ir.DictAttr]:
+    if key not in fn.attributes:
+        return [ir.DictAttr.get({}) for _ in range(count)]
+    return [ir.DictAttr(a) for a in ir.ArrayAttr(fn.attributes[key])]
+
+
+def _signatures(fn: ir.Operation, key: str, types, default_role: str) -> list[Signature]:
+    out = []
+    for i, (attrs, t) in enumerate(zip(_dict_list(fn, key, len(types)), types)):
+        t = ir.RankedTensorType(t)
+        name = ir.StringAttr(attrs[NAME]).value if NAME in attrs else f"{'arg' if key == 'arg_attrs' else 'out'}{i}"
+        role = ir.StringAttr(attrs[ROLE]).value if ROLE in attrs else default_role
+        if DIMS not in attrs:
+            raise MtfcError(f"@{ENTRY} {key.split('_')[0]} #{i} ({name}) carries no {DIMS}")
+        init = ir.StringAttr(attrs[INIT]).value if INIT in attrs else None
+        out.append(Signature(i, name, role, read_str_array(attrs[DIMS]), tuple(t.shape), dtype_name(t.element_type), init))
+    return out
+
+
+def arguments(module: ir.Module) -> list[Signature]:
+    fn = entry_function(module)
+    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
+    return _signatures(fn, "arg_attrs", ftype.inputs, "input")
+
+
+def results(module: ir.Module) -> list[Signature]:
+    fn = entry_function(module)
+    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
+    return _signatures(fn, "res_attrs", ftype.results, "output")
+
+
+def module_mesh(module: ir.Module) -> Mesh:
+    attrs = module.operation.attributes
+    return Mesh.parse(ir.StringAttr(attrs[MESH]).value) if MESH in attrs else Mesh(())
+
+
+def module_layout(module: ir.Module) -> LayoutRules:
+    attrs = module.operation.attributes
+    return LayoutRules.parse(ir.StringAttr(attrs[LAYOUT]).value) if LAYOUT in attrs else LayoutRules()
+
+
+def set_mesh_and_layout(module: ir.Module, mesh: Mesh, rules: LayoutRules) -> None:
+    with module.context:
+        module.operation.attributes[MESH] = ir.StringAttr.get(str(mesh))
+        module.operation.attributes[LAYOUT] = ir.StringAttr.get(str(rules))
+
+
+def partitioning(module: ir.Module) -> str:
+    attrs = module.operation.attributes
+    return ir.StringAttr(attrs[PARTITIONING]).value if PARTITIONING in attrs else "none"
+
+
+def set_partitioning(module: ir.Module, kind: str) -> None:
+    with module.context:
+        module.operation.attributes[PARTITIONING] = ir.StringAttr.get(kind)
+
+
+def body_ops(fn: ir.Operation) -> Iterator[ir.Operation]:
+    """Ops directly in the body of `fn` (not nested in regions)."""
+    for op in fn.regions[0].blocks[0].operations:
+        yield op.operation
+
+
+def describe_op(op: ir.Operation) -> str:
+    """`stablehlo.add` named by its location, for error messages."""
+    return f"{op.name} at {location_text(op.location)}"
+
+
+def location_text(loc: ir.Location) -> str:
+    """A short readable form of a location: ``name (file:line)``."""
+    text = str(loc)
+    if text.startswith("loc(") and text.endswith(")"):
+        text = text[4:-1]
+    return text.replace('"', "")
+
+
+def parse_module(text: str | bytes, context: ir.Context, *, source: str = "<module>") -> ir.Module:
+    try:
+        module = ir.Module.parse(text, context)
+    except Exception as e:  # MLIRError: message lines carry the position
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise MtfcError(f"cannot parse {source}: {detail}") from None
+    return module
+
+
+PARTITIONING_ATTRS = ("mhlo.sharding", "sdy.sharding")
+MODULE_PARTITIONING_ATTRS = ("mhlo.num_partitions", "mhlo.num_replicas", "sdy.mesh")
+
+
+def walk(op: ir.Operation):
+    """`op` and every op nested in it, pre-order."""
+    yield op
+    for region in op.regions:
+        for block in region.blocks:
+            for child in block.operations:
+                yield from walk(child.operation)
+
+
+def _drop(attrs: ir.DictAttr, names) -> ir.DictAttr:
+    return ir.DictAttr.get({a.name: a.attr for a in attrs if a.name not in names})
+
+
+def strip_partitioning_text(module: ir.Module) -> str:
+    """Text of `module` with every sharding annotation removed: the global program."""
+    with module.context:
+        return _strip_partitioning(ir.Module.parse(str(module), module.context))
+
+
+def _strip_partitioning(clone: ir.Module) -> str:
+    for name in MODULE_PARTITIONING_ATTRS:
+        if name in clone.operation.attributes:
+            del clone.operation.attributes[name]
+    clone.operation.attributes[PARTITIONING] = ir.StringAttr.get("none")
+    for op in walk(clone.operation):
+        for name in PARTITIONING_ATTRS:
+            if name in op.attributes:
+                del op.attributes[name]
+        if op.name == "func.func":
+            for key in ("arg_attrs", "res_attrs"):
+                if key in op.attributes:
+                    op.attributes[key] = ir.ArrayAttr.get(
+                        [_drop(ir.DictAttr(a), PARTITIONING_ATTRS) for a in ir.ArrayAttr(op.attributes[key])]
+                    )
+    return str(clone)
+
+
+REFERENCE = "mtfc.reference"
+
+
+def reference_module(module: ir.Module) -> ir.Module:
+    """The global (unpartitioned) program a partitioned module was made from.
+
+    Partitioners that rewrite @main into a per-device program keep the global
+    program as a nested ``module @mtfc.reference`` so `--check` needs nothing
+    but the module file.
+    """
+    for op in module.body.operations:
+        if op.operation.name == "builtin.module" and "sym_name" in op.operation.attributes:
+            if ir.StringAttr(op.operation.attributes["sym_name"]).value == REFERENCE:
+                inner = ir.Module.parse(str(op.operation), module.context)
+                return inner
+    raise MtfcError("this partitioned module carries no reference program (module @mtfc.reference)")

@@ -1,0 +1,223 @@
+"""Meshes, layout rules and tensor layouts: Mesh TF's placement model.
+
+Shared by every layer (frontend, passes, runtime); it knows nothing of MLIR.
+
+* A `Mesh` is an ordered list of named axes with sizes, spelled
+  ``"rows:2,cols:4"`` (Mesh TF's ``"rows:2;cols:4"`` is accepted too).  Device
+  ``d`` sits at the row-major mesh coordinate of ``d``.
+* `LayoutRules` map dim names to mesh axes, spelled ``"batch:rows,d_ff:cols"``.
+  A dim may be split over several axes, ``"batch:rows+cols"``; the first axis
+  is the major one (shard index = row-major index over the listed axes).
+* A tensor's layout is a pure function of its dim names, the rules and the
+  mesh (Mesh TF's rule).  Policy on bad layouts: an error, never a silent
+  fallback to replication -- an axis missing from the mesh, one axis used by
+  two dims of a tensor, or a dim size not divisible by its axes' product.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from mtfc.errors import MtfcError
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def _split_items(text: str) -> list[str]:
+    return [item.strip() for item in re.split(r"[;,]", text) if item.strip()]
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """Named device-mesh axes in order, e.g. ``Mesh((("rows", 2), ("cols", 4)))``."""
+
+    axes: tuple[tuple[str, int], ...]
+
+    @staticmethod
+    def parse(text: str) -> "Mesh":
+        """Parse ``"rows:2,cols:4"``; the empty string is the one-device mesh."""
+        axes: list[tuple[str, int]] = []
+        for item in _split_items(text):
+            name, sep, size = item.partition(":")
+            name, size = name.strip(), size.strip()
+            if not sep or not _NAME.match(name):
+                raise MtfcError(f"bad mesh axis {item!r} in mesh {text!r}: expected NAME:SIZE, e.g. 'rows:2,cols:4'")
+            if not size.isdigit() or int(size) < 1:
+                raise MtfcError(f"mesh axis {name!r} has size {size!r} in mesh {text!r}: sizes are positive integers")
+            if any(name == n for n, _ in axes):
+                raise MtfcError(f"mesh axis {name!r} appears twice in mesh {text!r}")
+            axes.append((name, int(size)))
+        return Mesh(tuple(axes))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.axes)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(s for _, s in self.axes)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def axis_size(self, name: str) -> int:
+        for n, s in self.axes:
+            if n == name:
+                return s
+        raise MtfcError(f"mesh axis {name!r} is not in mesh {self}")
+
+    def coords(self, device: int) -> dict[str, int]:
+        """Mesh coordinate of a (row-major) device index."""
+        out = {}
+        for name, size in reversed(self.axes):
+            out[name] = device % size
+            device //= size
+        return {n: out[n] for n in self.names}
+
+    def groups(self, axes: Sequence[str]) -> list[list[int]]:
+        """Device groups that vary along `axes` and agree on every other axis.
+
+        Within a group devices are ordered row-major over `axes` in the order
+        given, so position ``i`` holds shard ``i`` of a dim split over `axes`.
+        """
+        others = [n for n in self.names if n not in axes]
+        by_key: dict[tuple, list[tuple[int, int]]] = {}
+        for d in range(self.size):
+            c = self.coords(d)
+            key = tuple(c[n] for n in others)
+            by_key.setdefault(key, []).append((shard_index(c, axes, self), d))
+        return [[d for _, d in sorted(members)] for _, members in sorted(by_key.items())]
+
+    def __str__(self) -> str:
+        return ",".join(f"{n}:{s}" for n, s in self.axes)
+
+
+def shard_index(coords: dict[str, int], axes: Sequence[str], mesh: Mesh) -> int:
+    """Row-major index of a device among the shards of a dim split over `axes`."""
+    index = 0
+    for a in axes:
+        index = index * mesh.axis_size(a) + coords[a]
+    return index
+
+
+@dataclass(frozen=True)
+class LayoutRules:
+    """Dim name -> mesh axes, e.g. ``LayoutRules((("batch", ("rows",)),))``."""
+
+    rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @staticmethod
+    def parse(text: str) -> "LayoutRules":
+        """Parse ``"batch:rows,d_ff:cols"`` or ``"batch:rows+cols"``."""
+        rules: list[tuple[str, tuple[str, ...]]] = []
+        for item in _split_items(text):
+            dim, sep, axes_text = item.partition(":")
+            dim = dim.strip()
+            axes = tuple(a.strip() for a in axes_text.split("+"))
+            if not sep or not _NAME.match(dim) or not all(_NAME.match(a) for a in axes):
+                raise MtfcError(
+                    f"bad layout rule {item!r} in layout {text!r}: expected DIM:AXIS or DIM:AXIS+AXIS, "
+                    "e.g. 'batch:rows,d_ff:cols'"
+                )
+            if len(set(axes)) != len(axes):
+                raise MtfcError(f"layout rule {item!r} names a mesh axis twice")
+            if any(dim == d for d, _ in rules):
+                raise MtfcError(f"dim {dim!r} has two layout rules in layout {text!r}")
+            rules.append((dim, axes))
+        return LayoutRules(tuple(rules))
+
+    def axes_for(self, dim: str) -> tuple[str, ...]:
+        for d, axes in self.rules:
+            if d == dim:
+                return axes
+        return ()
+
+    def validate(self, mesh: Mesh) -> None:
+        """Every rule names axes that exist in `mesh`."""
+        for dim, axes in self.rules:
+            for a in axes:
+                if a not in mesh.names:
+                    raise MtfcError(
+                        f"layout rule '{dim}:{'+'.join(axes)}' names mesh axis {a!r}, "
+                        f"which is not in mesh {mesh} (axes: {', '.join(mesh.names) or 'none'})"
+                    )
+
+    def __str__(self) -> str:
+        return ",".join(f"{d}:{'+'.join(a)}" for d, a in self.rules)
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """Mesh axes splitting each dim of one tensor, in dim order."""
+
+    dims: tuple[str, ...]
+    sizes: tuple[int, ...]
+    axes: tuple[tuple[str, ...], ...]
+    mesh: Mesh
+
+    @property
+    def is_replicated(self) -> bool:
+        return not any(self.axes)
+
+    def split_factor(self, i: int) -> int:
+        return math.prod(self.mesh.axis_size(a) for a in self.axes[i])
+
+    @property
+    def local_sizes(self) -> tuple[int, ...]:
+        return tuple(s // self.split_factor(i) for i, s in enumerate(self.sizes))
+
+    @property
+    def used_axes(self) -> tuple[str, ...]:
+        return tuple(a for axes in self.axes for a in axes)
+
+    def shard_slices(self, device: int) -> tuple[slice, ...]:
+        """The global index ranges device `device` holds."""
+        c = self.mesh.coords(device)
+        out = []
+        for i, axes in enumerate(self.axes):
+            local = self.local_sizes[i]
+            k = shard_index(c, axes, self.mesh)
+            out.append(slice(k * local, (k + 1) * local))
+        return tuple(out)
+
+
+def tensor_layout(
+    dims: Sequence[str], sizes: Sequence[int], rules: LayoutRules, mesh: Mesh, *, what: str = "tensor"
+) -> TensorLayout:
+    """Layout of a tensor with these dims under `rules` on `mesh`.
+
+    Raises `MtfcError` naming `what` when the layout is impossible.
+    """
+    axes = tuple(rules.axes_for(d) for d in dims)
+    owner: dict[str, str] = {}
+    for d, size, dim_axes in zip(dims, sizes, axes):
+        for a in dim_axes:
+            if a not in mesh.names:
+                raise MtfcError(f"{what}: dim {d!r} is laid out on mesh axis {a!r}, which is not in mesh {mesh}")
+            if a in owner:
+                raise MtfcError(
+                    f"{what} [{', '.join(dims)}]: mesh axis {a!r} is used by both dim {owner[a]!r} and dim {d!r}; "
+                    "two dims of one tensor may not share a mesh axis"
+                )
+            owner[a] = d
+        factor = math.prod(mesh.axis_size(a) for a in dim_axes)
+        if size % factor:
+            raise MtfcError(
+                f"{what}: dim {d!r} of size {size} is not divisible by mesh axes "
+                f"{'+'.join(dim_axes)} (size {factor})"
+            )
+    return TensorLayout(tuple(dims), tuple(sizes), axes, mesh)
+
+
+def parse_dim_list(text: str) -> list[str]:
+    return [d for d in _split_items(text)]
+
+
+def ensure_names(names: Iterable[str]) -> None:
+    for n in names:
+        if not _NAME.match(n):
+            raise MtfcError(f"bad name {n!r}: names are letters, digits, '_' and '.'")

@@ -1,0 +1,90 @@
+"""The pass registry and pipeline runner (with numbered per-pass dumps).
+
+A pass is a function ``(module, options) -> None`` that rewrites `module` in
+place.  `run_passes` runs a list of them, verifying the module after each,
+and when given a dump directory writes ``00-input.mlir``,
+``01-<first-pass>.mlir``, ... so every intermediate module can be read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from jax.extend.mlir import ir
+
+from mtfc.errors import MtfcError
+
+
+@dataclass
+class PassOptions:
+    """Options shared by all passes (set from the command line)."""
+
+    values: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Pass:
+    name: str
+    run: Callable[[ir.Module, PassOptions], None]
+    summary: str
+
+
+PASSES: dict[str, Pass] = {}
+
+# `mtfc compile --mode M` runs PIPELINES[M] after lowering.
+PIPELINES: dict[str, list[str]] = {
+    "none": ["verify-names"],
+    "gspmd": ["verify-names", "attach-shardings"],
+}
+
+
+def register_pass(name: str):
+    """Decorator registering ``fn(module, options)`` as pass `name`; its docstring's
+    first line is the pass's summary."""
+
+    def wrap(fn):
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        PASSES[name] = Pass(name, fn, summary)
+        return fn
+
+    return wrap
+
+
+def parse_pass_list(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    for n in names:
+        if n not in PASSES:
+            raise MtfcError(f"unknown pass {n!r} (known: {', '.join(sorted(PASSES))})")
+    return names
+
+
+def run_passes(
+    module: ir.Module,
+    names: list[str],
+    *,
+    options: PassOptions | None = None,
+    dump_dir: str | None = None,
+) -> ir.Module:
+    """Run passes `names` over `module` in place; return it."""
+    from mtfc.emit.text import write_text_atomic, module_text
+
+    options = options or PassOptions()
+    if dump_dir:
+        os.makedirs(dump_dir, exist_ok=True)
+        write_text_atomic(os.path.join(dump_dir, "00-input.mlir"), module_text(module))
+    for i, name in enumerate(names, start=1):
+        if name not in PASSES:
+            raise MtfcError(f"unknown pass {name!r} (known: {', '.join(sorted(PASSES))})")
+        with module.context, ir.Location.unknown():
+            PASSES[name].run(module, options)
+        if not module.operation.verify():
+            raise AssertionError(f"pass {name} produced a module that does not verify")
+        if dump_dir:
+            write_text_atomic(os.path.join(dump_dir, f"{i:02d}-{name}.mlir"), module_text(module))
+    return module
+
+
+# Importing the pass modules registers them.
+from mtfc.passes import verify_names, attach_shardings  # noqa: E402,F401

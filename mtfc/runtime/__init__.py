@@ -1,0 +1,1 @@
+"""The bundled PJRT runner: devices, host-data sharding, compilation, execution, checks."""

@@ -1,0 +1,124 @@
+"""Compile a module with PJRT and run it on a device mesh.
+
+`Program` reads everything it needs from the IR: the mesh, the layout rules,
+each argument's and result's name, role, dims and initializer, and how the
+module is partitioned (``mtfc.partitioning``):
+
+* ``none``: a global module; run on one device (or, for `--check`, as the
+  reference);
+* ``gspmd``: ``mhlo.sharding`` annotations, split by XLA's SPMD partitioner
+  (``num_partitions`` = mesh size);
+* ``explicit`` / ``shardy``: a per-device program with explicit collectives.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from jax.extend.mlir import ir
+from jaxlib import xla_client
+
+from mtfc import ir as mir
+from mtfc.errors import MtfcError
+from mtfc.mesh import LayoutRules, Mesh
+from mtfc.runtime import devices as rt_devices
+from mtfc.runtime.host_data import gather_from_shards, shard_to_devices, synthesize
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, np.ndarray]
+    compile_seconds: float
+    step_seconds: float
+
+
+def strip_shardings(module: ir.Module) -> ir.Module:
+    """A copy of `module` without partitioning annotations: the global program."""
+    text = mir.strip_partitioning_text(module)
+    return ir.Module.parse(text, module.context)
+
+
+def compile_options(kind: str, num_devices: int) -> xla_client.CompileOptions:
+    options = xla_client.CompileOptions()
+    build = options.executable_build_options
+    if kind == "gspmd":
+        build.num_replicas, build.num_partitions = 1, num_devices
+        build.use_spmd_partitioning = True
+        build.use_shardy_partitioner = False
+        assignment = np.arange(num_devices).reshape(1, num_devices)
+    elif kind in ("explicit", "shardy"):
+        build.num_replicas, build.num_partitions = num_devices, 1
+        build.use_spmd_partitioning = False
+        assignment = np.arange(num_devices).reshape(num_devices, 1)
+    else:
+        assert num_devices == 1, "an unpartitioned module runs on one device"
+        build.num_replicas, build.num_partitions = 1, 1
+        assignment = np.zeros((1, 1), dtype=np.int64)
+    build.device_assignment = xla_client.DeviceAssignment.create(assignment)
+    return options
+
+
+class Program:
+    """A module compiled for a mesh of devices, ready to run on host data."""
+
+    def __init__(self, module: ir.Module, *, backend: str = "cpu", unsharded: bool = False):
+        self.arguments = mir.arguments(module)
+        self.results = mir.results(module)
+        kind = mir.partitioning(module)
+        if unsharded:
+            if kind in ("explicit", "shardy"):
+                module = mir.reference_module(module)
+            else:
+                module = strip_shardings(module)
+            kind = "none"
+        self.kind = kind
+        mesh = mir.module_mesh(module) if kind != "none" else Mesh(())
+        self.mesh = mesh
+        self.rules = mir.module_layout(module) if kind != "none" else LayoutRules()
+        self.devices = rt_devices.devices(backend, mesh.size)
+        self.arg_layouts = [s.layout(self.rules, mesh) for s in self.arguments]
+        self.res_layouts = [s.layout(self.rules, mesh) for s in self.results]
+        text = mir.strip_partitioning_text(module) if kind == "none" else module.operation.get_asm(enable_debug_info=True)
+        client = self.devices[0].client
+        start = time.perf_counter()
+        try:
+            self.executable = client.compile_and_load(
+                text, xla_client.DeviceList(tuple(self.devices)), compile_options(kind, mesh.size)
+            )
+        except Exception as e:
+            raise MtfcError(f"XLA could not compile the module: {str(e).strip().splitlines()[0]}") from None
+        self.compile_seconds = time.perf_counter() - start
+
+    def synthesize_inputs(self, seed: int) -> dict[str, np.ndarray]:
+        return {s.name: synthesize(s, seed) for s in self.arguments}
+
+    def run(self, inputs: dict[str, np.ndarray], *, repeat: int = 1) -> RunResult:
+        """Shard `inputs` (name -> global host array), run `repeat` times, gather outputs."""
+        missing = [s.name for s in self.arguments if s.name not in inputs]
+        if missing:
+            raise MtfcError(f"no data for argument(s) {', '.join(missing)}")
+        args = []
+        for sig, layout in zip(self.arguments, self.arg_layouts):
+            host = np.asarray(inputs[sig.name])
+            expected = mir.numpy_dtype(sig.dtype)
+            if host.dtype != np.dtype(expected):
+                host = host.astype(expected)
+            if tuple(host.shape) != sig.shape:
+                raise MtfcError(f"input {sig.name!r} has shape {host.shape}, the module expects {sig.shape}")
+            args.append(shard_to_devices(host, layout, self.devices))
+        times = []
+        for _ in range(max(repeat, 1)):
+            start = time.perf_counter()
+            results = self.executable.execute_sharded(args)
+            per_output = results.disassemble_into_single_device_arrays()
+            for shards in per_output:
+                for shard in shards:
+                    shard.block_until_ready()
+            times.append(time.perf_counter() - start)
+        outputs = {
+            sig.name: gather_from_shards(shards, layout, mir.numpy_dtype(sig.dtype))
+            for sig, layout, shards in zip(self.results, self.res_layouts, per_output)
+        }
+        return RunResult(outputs, self.compile_seconds, float(np.median(times)))

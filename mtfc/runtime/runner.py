@@ -1,0 +1,95 @@
+"""`mtfc run`: load a module, feed it, run it on its mesh, summarize, check."""
+
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import numpy as np
+
+from mtfc import ir as mir
+from mtfc.emit.artifact import read_module
+from mtfc.emit.text import write_bytes_atomic
+from mtfc.errors import MtfcError
+from mtfc.runtime import devices as rt_devices
+from mtfc.runtime.check import compare
+from mtfc.runtime.execute import Program
+
+
+def load_inputs(path: str, program: Program, seed: int) -> dict[str, np.ndarray]:
+    """Arguments from an .npz by name; any argument it lacks is synthesized from `seed`."""
+    try:
+        with np.load(path) as data:
+            given = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise MtfcError(f"cannot read inputs {path!r}: {e}") from None
+    known = {s.name for s in program.arguments}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise MtfcError(f"{path}: no argument named {unknown[0]!r} (arguments: {', '.join(sorted(known))})")
+    inputs = program.synthesize_inputs(seed)
+    inputs.update(given)
+    return inputs
+
+
+def checksum(array: np.ndarray) -> str:
+    a = np.asarray(array, dtype=np.float64)
+    return f"sum={a.sum():.6g} mean|x|={np.abs(a).mean() if a.size else 0.0:.6g}"
+
+
+def run_command(
+    module_file: str,
+    *,
+    backend: str = "cpu",
+    seed: int = 0,
+    inputs_file: str | None = None,
+    outputs_file: str | None = None,
+    check: bool = False,
+    repeat: int = 3,
+    echo: Callable[[str], None] = print,
+) -> bool:
+    """Run `module_file`; return False when `check` finds a mismatch."""
+    context = mir.new_context()
+    module = read_module(module_file, context)
+    kind = mir.partitioning(module)
+    mesh = mir.module_mesh(module)
+    if backend == "cpu":
+        rt_devices.ensure_cpu_devices(max(mesh.size, 1))
+    program = Program(module, backend=backend, unsharded=kind == "none")
+    inputs = load_inputs(inputs_file, program, seed) if inputs_file else program.synthesize_inputs(seed)
+    result = program.run(inputs, repeat=repeat)
+
+    where = f"{mesh.size} {backend} device(s), mesh {mesh or '(none)'}" if kind != "none" else f"1 {backend} device"
+    echo(f"module {module_file}: partitioning {kind}, {where}")
+    echo(f"layout: {mir.module_layout(module) or '(replicated)'}")
+    rows = [("output", "dims", "shape", "dtype", "checksum")]
+    for sig in program.results:
+        value = result.outputs[sig.name]
+        rows.append((sig.name, "[" + ",".join(sig.dims) + "]", "x".join(map(str, sig.shape)) or "scalar", sig.dtype, checksum(value)))
+    echo(_table(rows))
+    echo(f"compile {result.compile_seconds * 1e3:.1f} ms, step {result.step_seconds * 1e3:.3f} ms (median of {repeat})")
+
+    ok = True
+    if check:
+        reference = Program(module, backend=backend, unsharded=True).run(inputs, repeat=1)
+        rows = [("output", "max rel err", "tolerance", "status")]
+        for sig in program.results:
+            c = compare(sig.name, sig.dtype, result.outputs[sig.name], reference.outputs[sig.name])
+            rows.append((sig.name, f"{c.error:.3e}", f"{c.tolerance:.0e}", "ok" if c.ok else "MISMATCH"))
+            ok &= c.ok
+        echo("check against the unsharded run on 1 device:")
+        echo(_table(rows))
+        echo("check: " + ("passed" if ok else "FAILED"))
+    if outputs_file:
+        buffer = io.BytesIO()
+        np.savez(buffer, **result.outputs)
+        write_bytes_atomic(outputs_file, buffer.getvalue())
+        echo(f"wrote {outputs_file}")
+    return ok
+
+
+def _table(rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
