@@ -1,0 +1,49 @@
+"""A small decoder-only transformer (GPT-style) over token ids.
+
+embedding -> N x [causal self-attention + feed-forward, each pre-layer-norm
+and residual] -> final layer norm -> logits over the vocabulary, and the
+mean next-token cross-entropy against `targets`.
+
+Default layout: data parallel over `rows` (batch), Megatron-style tensor
+parallel over `cols` (heads and d_ff).  Other layouts:
+  data parallel      --layout "batch:rows+cols"
+  model parallel     --layout "heads:cols,d_ff:cols,vocab:rows"
+"""
+
+import mtfc as mtf
+
+N_LAYERS = 2
+batch = mtf.Dim("batch", 16)
+length = mtf.Dim("length", 32)
+vocab = mtf.Dim("vocab", 64)
+d_model = mtf.Dim("d_model", 64)
+heads = mtf.Dim("heads", 4)
+d_kv = mtf.Dim("d_kv", 16)
+d_ff = mtf.Dim("d_ff", 256)
+
+
+@mtf.entry(
+    inputs={
+        "tokens": mtf.Input([batch, length], "i32", mtf.init.randint(0, vocab.size)),
+        "targets": mtf.Input([batch, length], "i32", mtf.init.randint(0, vocab.size)),
+    },
+    mesh="rows:2,cols:4",
+    layout="batch:rows,heads:cols,d_ff:cols",
+)
+def transformer(tokens, targets):
+    x = mtf.layers.embedding(tokens, vocab, d_model)
+    for i in range(N_LAYERS):
+        with mtf.scope(f"block{i}"):
+            x = x + mtf.layers.attention(
+                mtf.layers.layer_norm(x, d_model, name="ln_attention"),
+                io_dim=d_model, heads_dim=heads, kv_dim=d_kv, length_dim=length, causal=True,
+            )
+            x = x + mtf.layers.feed_forward(
+                mtf.layers.layer_norm(x, d_model, name="ln_feed_forward"),
+                io_dim=d_model, hidden_dim=d_ff, activation=mtf.gelu,
+            )
+    x = mtf.layers.layer_norm(x, d_model, name="ln_final")
+    logits = mtf.layers.dense(x, vocab, [d_model], use_bias=False, name="logits")
+    target_logit = mtf.reduce_sum(logits * mtf.one_hot(targets, vocab), vocab)
+    loss = mtf.reduce_mean(mtf.reduce_logsumexp(logits, vocab) - target_logit)
+    return {"logits": logits, "loss": loss}
