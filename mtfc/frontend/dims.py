@@ -62,6 +62,11 @@ class Shape(tuple):
         name = dim_name(dim)
         for i, d in enumerate(self):
             if d.name == name:
+                if isinstance(dim, Dim) and dim.size != d.size:
+                    raise MtfcError(
+                        f"dim {name!r} has two sizes, {dim.size} and {d.size} (the tensor has dims {list(self)})",
+                        where=_user_where(),
+                    )
                 return i
         raise MtfcError(f"unknown dim {name!r}: the tensor has dims {list(self)}", where=_user_where())
 

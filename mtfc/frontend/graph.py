@@ -98,6 +98,9 @@ class Tensor:
     def __pow__(self, other):
         return self._ops().power(self, other)
 
+    def __rpow__(self, other):
+        return self._ops().power(other, self)
+
     def __neg__(self):
         return self._ops().negative(self)
 

@@ -98,11 +98,17 @@ def greater_equal(a, b): return _elementwise("ge", a, b)
 
 
 def where(condition, x, y) -> Tensor:
-    """Elementwise ``x if condition else y``, broadcasting all three by name."""
+    """Elementwise ``x if condition else y``, broadcasting all three by name.
+
+    The result holds x's dims, then y's new ones, then the condition's (Mesh
+    TF's order), so a mask broadcast over data keeps the data's layout order.
+    """
     if not isinstance(condition, Tensor):
         raise fail("where: the condition must be an mtfc tensor")
+    if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+        x = constant(x, Shape(), "f32")
     x, y = _as_tensors(x, y)
-    shape = _union([condition.shape, x.shape, y.shape])
+    shape = _union([x.shape, y.shape, condition.shape])
     return bind1(
         "elementwise",
         [_splat_or_broadcast(t, shape) for t in (condition, x, y)],
@@ -189,7 +195,11 @@ def reduce_min(x, reduced_dim=None, output_shape=None):
 
 
 def reduce_mean(x, reduced_dim=None, output_shape=None):
+    """Mean over the reduced dims; an integer mean divides the sum by the count,
+    truncating toward zero (as TF's integer reduce_mean)."""
     total = reduce_sum(x, reduced_dim, output_shape)
+    if not is_float(x):
+        return total / (x.shape.size // total.shape.size)
     return total * (total.shape.size / x.shape.size)
 
 
@@ -289,23 +299,27 @@ def shift(x: Tensor, offset: int, dim: DimLike, wrap: bool = False) -> Tensor:
     """Shift along `dim` by `offset` (positive: towards higher indices).
 
     Vacated positions are zero, or the wrapped-around elements when `wrap`.
+    Built from a pad (or a concat) to twice the dim's size and a slice back to
+    it, so every intermediate splits as evenly as the dim itself does: a shift
+    along a dim the layout splits compiles whenever the dim does.
     """
     d = x.shape.get(dim)
+    n = d.size
+    if wrap:
+        offset %= n
+        if offset == 0:
+            return x
+        # [x, x][n - offset : 2n - offset]: element i is x[(i - offset) mod n]
+        return slice(concat([x, x], d.name), n - offset, n, d.name)
     if offset == 0:
         return x
-    if abs_int(offset) >= d.size:
-        if wrap:
-            return shift(x, offset % d.size, dim, wrap=True)
+    if abs_int(offset) >= n:
         return zeros(x.shape, x.dtype)
     if offset > 0:
-        kept = slice(x, 0, d.size - offset, d)
-        if wrap:
-            return concat([slice(x, d.size - offset, offset, d), kept], d.name)
-        return pad(kept, (offset, 0), d.name)
-    kept = slice(x, -offset, d.size + offset, d)
-    if wrap:
-        return concat([kept, slice(x, 0, -offset, d)], d.name)
-    return pad(kept, (0, -offset), d.name)
+        # offset zeros, x, n - offset zeros; keep the first n
+        return slice(pad(x, (offset, n - offset), d.name), 0, n, d.name)
+    # n + offset zeros, x, -offset zeros; keep the last n
+    return slice(pad(x, (n + offset, -offset), d.name), n, n, d.name)
 
 
 def abs_int(v: int) -> int:
