@@ -31,6 +31,12 @@ def _handle_errors(fn):
         except Exception as e:
             if os.environ.get("MTFC_TRACEBACK"):
                 raise
+            if isinstance(e, OSError) and e.strerror:
+                # A path that cannot be written (a directory, a missing or
+                # read-only folder) is the user's mistake, not an internal error.
+                path = e.filename2 if e.filename2 is not None else e.filename
+                click.echo(f"error: {path!r}: {e.strerror}" if path else f"error: {e.strerror}", err=True)
+                sys.exit(1)
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             click.echo(f"error: internal error ({type(e).__name__}: {first}); set MTFC_TRACEBACK=1 for details", err=True)
             sys.exit(3)

@@ -143,7 +143,7 @@ class LayoutRules:
                 if a not in mesh.names:
                     raise MtfcError(
                         f"layout rule '{dim}:{'+'.join(axes)}' names mesh axis {a!r}, "
-                        f"which is not in mesh {mesh} (axes: {', '.join(mesh.names) or 'none'})"
+                        f"which is not in mesh {str(mesh) or repr('')} (axes: {', '.join(mesh.names) or 'none'})"
                     )
 
     def __str__(self) -> str:
@@ -197,7 +197,7 @@ def tensor_layout(
     for d, size, dim_axes in zip(dims, sizes, axes):
         for a in dim_axes:
             if a not in mesh.names:
-                raise MtfcError(f"{what}: dim {d!r} is laid out on mesh axis {a!r}, which is not in mesh {mesh}")
+                raise MtfcError(f"{what}: dim {d!r} is laid out on mesh axis {a!r}, which is not in mesh {str(mesh) or repr('')}")
             if a in owner:
                 raise MtfcError(
                     f"{what} [{', '.join(dims)}]: mesh axis {a!r} is used by both dim {owner[a]!r} and dim {d!r}; "

@@ -42,11 +42,17 @@ def read_module(path: str, context: ir.Context) -> ir.Module:
     except OSError as e:
         raise MtfcError(f"cannot read module {path!r}: {e.strerror}") from None
     if data.startswith(_BYTECODE_MAGIC):
+        # MLIR reports why a portable artifact did not deserialize through the
+        # context's diagnostics; keep them off stderr and fall back to plain
+        # bytecode, whose parse error (if any) becomes our one-line error.
+        handler = context.attach_diagnostic_handler(lambda diagnostic: True)
         try:
             module = stablehlo.deserialize_portable_artifact(context, data)
         except Exception:
-            module = mir.parse_module(data, context, source=path)
-        return module
+            module = None
+        finally:
+            handler.detach()
+        return module if module is not None else mir.parse_module(data, context, source=path)
     try:
         text = data.decode()
     except UnicodeDecodeError:

@@ -98,7 +98,6 @@ def as_shape(value) -> Shape:
 
 
 def _user_where() -> str | None:
-    from mtfc.frontend.graph import user_location
+    from mtfc.frontend.graph import where
 
-    loc = user_location()
-    return f"{loc[0]}:{loc[1]}" if loc else None
+    return where()  # "model.py:14", like every other located model error

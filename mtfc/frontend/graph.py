@@ -31,7 +31,11 @@ def user_location() -> tuple[str, int] | None:
     frame = sys._getframe(1)
     while frame is not None:
         filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_PACKAGE_DIR + os.sep) and not filename.startswith("<frozen"):
+        # Code generated for mtfc classes (a dataclass's __init__, file "<string>")
+        # belongs to the package too: it is told apart by its module.
+        module = frame.f_globals.get("__name__") or ""
+        in_package = filename.startswith(_PACKAGE_DIR + os.sep) or module == "mtfc" or module.startswith("mtfc.")
+        if not in_package and not filename.startswith("<frozen"):
             return (frame.f_code.co_filename, frame.f_lineno)
         frame = frame.f_back
     return None
