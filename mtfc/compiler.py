@@ -16,7 +16,7 @@ from mtfc.frontend.model import Entry, Input, load_model_file, resolve_mesh_layo
 from mtfc.mesh import LayoutRules, Mesh
 from mtfc.passes.manager import PIPELINES, run_passes
 
-MODES = ("gspmd", "none")
+MODES = ("gspmd", "explicit", "none")
 DEFAULT_MODE = "gspmd"
 
 

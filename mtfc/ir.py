@@ -153,13 +153,23 @@ def _signatures(fn: ir.Operation, key: str, types, default_role: str) -> list[Si
     return out
 
 
+PER_DEVICE = ("explicit", "shardy")
+
+
 def arguments(module: ir.Module) -> list[Signature]:
+    """@main's arguments with their global shapes (read from the reference
+    program when @main is a per-device program)."""
+    if partitioning(module) in PER_DEVICE:
+        return arguments(reference_module(module))
     fn = entry_function(module)
     ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
     return _signatures(fn, "arg_attrs", ftype.inputs, "input")
 
 
 def results(module: ir.Module) -> list[Signature]:
+    """@main's results with their global shapes (see `arguments`)."""
+    if partitioning(module) in PER_DEVICE:
+        return results(reference_module(module))
     fn = entry_function(module)
     ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
     return _signatures(fn, "res_attrs", ftype.results, "output")
@@ -244,6 +254,12 @@ def strip_partitioning_text(module: ir.Module) -> str:
 
 
 def _strip_partitioning(clone: ir.Module) -> str:
+    strip_partitioning_in_place(clone)
+    return str(clone)
+
+
+def strip_partitioning_in_place(clone: ir.Module) -> None:
+    """Remove every sharding annotation from `clone` and mark it unpartitioned."""
     for name in MODULE_PARTITIONING_ATTRS:
         if name in clone.operation.attributes:
             del clone.operation.attributes[name]
@@ -258,7 +274,6 @@ def _strip_partitioning(clone: ir.Module) -> str:
                     op.attributes[key] = ir.ArrayAttr.get(
                         [_drop(ir.DictAttr(a), PARTITIONING_ATTRS) for a in ir.ArrayAttr(op.attributes[key])]
                     )
-    return str(clone)
 
 
 REFERENCE = "mtfc.reference"
@@ -277,3 +292,18 @@ def reference_module(module: ir.Module) -> ir.Module:
                 inner = ir.Module.parse(str(op.operation), module.context)
                 return inner
     raise MtfcError("this partitioned module carries no reference program (module @mtfc.reference)")
+
+
+def _is_reference(op) -> bool:
+    op = op.operation
+    return (op.name == "builtin.module" and "sym_name" in op.attributes
+            and ir.StringAttr(op.attributes["sym_name"]).value == REFERENCE)
+
+
+def program_text(module: ir.Module, *, debug_info: bool = True) -> str:
+    """The module as XLA compiles it: without the nested reference program."""
+    clone = ir.Module.parse(str(module.operation.get_asm(enable_debug_info=True)), module.context)
+    for op in list(clone.body.operations):
+        if _is_reference(op):
+            op.operation.erase()
+    return clone.operation.get_asm(enable_debug_info=debug_info)

@@ -32,20 +32,26 @@ def _tolerance_key(got: np.ndarray, want: np.ndarray, name: str) -> str:
     return "f32"
 
 
-def check(fn, inputs, reference, layout, host_inputs=None):
-    """Compile and run `fn` under `layout` on the 2x4 mesh; compare every output
-    with `reference(data)` (name -> NumPy array; data: the host inputs used,
-    parameters included) and with the unsharded run.  Returns the host data."""
-    sharded, unsharded, data = run_model(fn, inputs, host_inputs, layout=layout)
-    expected = reference(data)
-    assert sorted(sharded) == sorted(expected), (sorted(sharded), sorted(expected))
-    for name, want in expected.items():
-        got = np.asarray(sharded[name])
-        want = np.asarray(want)
-        key = _tolerance_key(got, want, name)
-        try:
-            assert_close(got, want, key)
-            assert_close(got, np.asarray(unsharded[name]), key)
-        except AssertionError as e:
-            raise AssertionError(f"output {name!r} under layout {layout!r}: {e}") from None
+# Every op test runs under each partitioner: XLA's (gspmd) and mtfc's own (explicit).
+MODES = ("gspmd", "explicit")
+
+
+def check(fn, inputs, reference, layout, host_inputs=None, modes=MODES):
+    """Compile and run `fn` under `layout` on the 2x4 mesh in each of `modes`;
+    compare every output with `reference(data)` (name -> NumPy array; data: the
+    host inputs used, parameters included) and with the unsharded run.
+    Returns the host data."""
+    for mode in modes:
+        sharded, unsharded, data = run_model(fn, inputs, host_inputs, layout=layout, mode=mode)
+        expected = reference(data)
+        assert sorted(sharded) == sorted(expected), (sorted(sharded), sorted(expected))
+        for name, want in expected.items():
+            got = np.asarray(sharded[name])
+            want = np.asarray(want)
+            key = _tolerance_key(got, want, name)
+            try:
+                assert_close(got, want, key)
+                assert_close(got, np.asarray(unsharded[name]), key)
+            except AssertionError as e:
+                raise AssertionError(f"{mode} mode, output {name!r} under layout {layout!r}: {e}") from None
     return data

@@ -32,12 +32,16 @@ LAYOUTS = {
 }
 
 
+MODES = ("gspmd", "explicit")
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("example,kind", [(e, k) for e, ls in LAYOUTS.items() for k in ls])
-def test_example_compiles_and_passes_check(example, kind, tmp_path):
+def test_example_compiles_and_passes_check(example, kind, mode, tmp_path):
     out = tmp_path / "model.mlir"
     runner = CliRunner()
     path = os.path.join(EXAMPLES, example)
-    result = runner.invoke(main, ["compile", path, "-o", str(out), "--layout", LAYOUTS[example][kind]])
+    result = runner.invoke(main, ["compile", path, "-o", str(out), "--layout", LAYOUTS[example][kind], "--mode", mode])
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["run", str(out), "--check", "--repeat", "1"])
     assert result.exit_code == 0, result.output
@@ -86,8 +90,9 @@ def transformer_reference(p, n_layers=2):
 
 @pytest.mark.parametrize("example,reference", [("mlp.py", mlp_reference), ("transformer.py", transformer_reference)])
 @pytest.mark.parametrize("kind", ["data", "model", "both"])
-def test_example_matches_plain_jax(example, reference, kind):
-    module = compile_file(os.path.join(EXAMPLES, example), layout=LAYOUTS[example][kind])
+@pytest.mark.parametrize("mode", MODES)
+def test_example_matches_plain_jax(example, reference, kind, mode):
+    module = compile_file(os.path.join(EXAMPLES, example), layout=LAYOUTS[example][kind], mode=mode)
     program = Program(module)
     data = program.synthesize_inputs(seed=7)
     outputs = program.run(data).outputs

@@ -80,7 +80,7 @@ class Program:
         self.devices = rt_devices.devices(backend, mesh.size)
         self.arg_layouts = [s.layout(self.rules, mesh) for s in self.arguments]
         self.res_layouts = [s.layout(self.rules, mesh) for s in self.results]
-        text = mir.strip_partitioning_text(module) if kind == "none" else module.operation.get_asm(enable_debug_info=True)
+        text = mir.strip_partitioning_text(module) if kind == "none" else mir.program_text(module)
         client = self.devices[0].client
         start = time.perf_counter()
         try:

@@ -1,0 +1,209 @@
+"""Building blocks of explicit partitioning: local values, collectives, reshards.
+
+A `Local` is one per-device SSA value together with what it means globally:
+its dim names, its global sizes, and the mesh axes that split each dim.
+`Emitter` writes per-device StableHLO at an insertion point: collectives whose
+replica groups come from mesh axes, the device's own offset along a split
+dim, and `reshard`, which moves a value from one layout to another with the
+fewest collectives it knows (all_to_all when an axis moves between two dims,
+all_gather when an axis is dropped, a local dynamic_slice when one is added).
+
+Device ``d`` of the mesh runs replica ``d``; mesh coordinates are row-major
+over the mesh axes (see `mtfc.mesh.Mesh.coords`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import stablehlo as hlo
+
+from mtfc import ir as mir
+from mtfc.errors import MtfcError
+from mtfc.mesh import Mesh, shard_index
+
+Axes = tuple[str, ...]
+
+REDUCER_OPS = {"sum": hlo.AddOp, "max": hlo.MaxOp, "min": hlo.MinOp, "and": hlo.AndOp, "or": hlo.OrOp}
+REDUCER_OF_OP = {"stablehlo.add": "sum", "stablehlo.maximum": "max", "stablehlo.minimum": "min",
+                 "stablehlo.and": "and", "stablehlo.or": "or"}
+
+
+@dataclass(frozen=True)
+class Local:
+    """A per-device value: `value` holds this device's block of a global tensor
+    with dims `dims`, global sizes `shape`, each dim split over `axes[i]`."""
+
+    value: ir.Value
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    axes: tuple[Axes, ...]
+
+    @property
+    def element_type(self) -> ir.Type:
+        return ir.RankedTensorType(self.value.type).element_type
+
+    @property
+    def local_shape(self) -> tuple[int, ...]:
+        return tuple(ir.RankedTensorType(self.value.type).shape)
+
+
+def groups_attr(mesh: Mesh, axes: Sequence[str]) -> ir.DenseIntElementsAttr:
+    return ir.DenseIntElementsAttr.get(np.array(mesh.groups(list(axes)), dtype=np.int64))
+
+
+class Emitter:
+    """Writes per-device ops for one function body; every op it makes carries
+    ``mtfc.dims`` and the location current when it is called."""
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+        self._replica_id: ir.Value | None = None
+        self._offsets: dict[tuple[Axes, int], ir.Value] = {}
+
+    # -------------------------------------------------------------- basics
+    def factor(self, axes: Axes) -> int:
+        return math.prod(self.mesh.axis_size(a) for a in axes)
+
+    def local_shape(self, shape: Sequence[int], axes: Sequence[Axes]) -> list[int]:
+        return [s // self.factor(a) for s, a in zip(shape, axes)]
+
+    def tensor_type(self, shape: Sequence[int], element_type: ir.Type) -> ir.RankedTensorType:
+        return ir.RankedTensorType.get(list(shape), element_type)
+
+    @staticmethod
+    def tag(op, dims: Sequence[str]) -> ir.Value:
+        operation = op.operation if hasattr(op, "operation") else op
+        mir.set_op_result_dims(operation, [list(dims)])
+        return operation.results[0]
+
+    def scalar_i32(self, value: int) -> ir.Value:
+        i32 = ir.IntegerType.get_signless(32)
+        attr = ir.DenseElementsAttr.get(np.array(value, dtype=np.int32), type=self.tensor_type([], i32))
+        return self.tag(hlo.ConstantOp(attr), [])
+
+    # ------------------------------------------------------- device offsets
+    def replica_id(self) -> ir.Value:
+        """This device's index (i32 scalar), emitted once per function."""
+        if self._replica_id is None:
+            raw = self.tag(hlo.ReplicaIdOp(), [])
+            self._replica_id = self.tag(
+                hlo.ConvertOp(self.tensor_type([], ir.IntegerType.get_signless(32)), raw), []
+            )
+        return self._replica_id
+
+    def shard_offset(self, axes: Axes, chunk: int) -> ir.Value:
+        """i32 scalar: where this device's block of a dim split over `axes` in
+        chunks of `chunk` starts -- a per-device table indexed by replica id."""
+        key = (tuple(axes), chunk)
+        if key not in self._offsets:
+            table = np.array(
+                [shard_index(self.mesh.coords(d), axes, self.mesh) * chunk for d in range(self.mesh.size)],
+                dtype=np.int32,
+            )
+            i32 = ir.IntegerType.get_signless(32)
+            const = self.tag(hlo.ConstantOp(ir.DenseElementsAttr.get(table, type=self.tensor_type([len(table)], i32))), ["mesh"])
+            picked = self.tag(hlo.DynamicSliceOp(const, [self.replica_id()], [1]), ["mesh"])
+            self._offsets[key] = self.tag(hlo.ReshapeOp(self.tensor_type([], i32), picked), [])
+        return self._offsets[key]
+
+    # ----------------------------------------------------------- collectives
+    def all_reduce(self, x: Local, axes: Axes, kind: str) -> Local:
+        """Combine `x` with `kind` across the devices that differ only along `axes`."""
+        if not axes:
+            return x
+        op = hlo.AllReduceOp([x.value.type], [x.value], groups_attr(self.mesh, axes))
+        scalar = self.tensor_type([], x.element_type)
+        block = op.regions[0].blocks.append(scalar, scalar)
+        with ir.InsertionPoint(block):
+            hlo.ReturnOp([REDUCER_OPS[kind](block.arguments[0], block.arguments[1]).result])
+        return replace(x, value=self.tag(op, x.dims))
+
+    def all_gather(self, x: Local, dim: int, axes: Axes) -> Local:
+        """Concatenate along `dim` the blocks of the devices along `axes`, which
+        must be the minor-most axes splitting that dim."""
+        if not axes:
+            return x
+        have = x.axes[dim]
+        assert have[len(have) - len(axes):] == tuple(axes), (have, axes)
+        shape = list(x.local_shape)
+        shape[dim] *= self.factor(axes)
+        op = hlo.AllGatherOp([self.tensor_type(shape, x.element_type)], [x.value], dim, groups_attr(self.mesh, axes))
+        new_axes = list(x.axes)
+        new_axes[dim] = have[: len(have) - len(axes)]
+        return replace(x, value=self.tag(op, x.dims), axes=tuple(new_axes))
+
+    def all_to_all(self, x: Local, axes: Axes, from_dim: int, to_dim: int) -> Local:
+        """Move mesh `axes` (the minor-most of `from_dim`) to the minor end of `to_dim`."""
+        count = self.factor(axes)
+        op = hlo.AllToAllOp([x.value], to_dim, from_dim, count, groups_attr(self.mesh, axes))
+        new_axes = list(x.axes)
+        new_axes[from_dim] = x.axes[from_dim][: len(x.axes[from_dim]) - len(axes)]
+        new_axes[to_dim] = x.axes[to_dim] + tuple(axes)
+        return replace(x, value=self.tag(op, x.dims), axes=tuple(new_axes))
+
+    def local_slice(self, x: Local, dim: int, axes: Axes) -> Local:
+        """Keep this device's block of `dim` when it is further split over `axes`."""
+        if not axes:
+            return x
+        shape = list(x.local_shape)
+        if shape[dim] % self.factor(axes):
+            raise MtfcError(f"dim {x.dims[dim]!r}: local size {shape[dim]} is not divisible by mesh axes {'+'.join(axes)}")
+        shape[dim] //= self.factor(axes)
+        zero = self.scalar_i32(0)
+        starts = [self.shard_offset(tuple(axes), shape[dim]) if i == dim else zero for i in range(len(shape))]
+        op = hlo.DynamicSliceOp(x.value, starts, shape)
+        new_axes = list(x.axes)
+        new_axes[dim] = x.axes[dim] + tuple(axes)
+        return replace(x, value=self.tag(op, x.dims), axes=tuple(new_axes))
+
+    def collective_permute(self, value: ir.Value, dims: Sequence[str], pairs: list[tuple[int, int]]) -> ir.Value:
+        """Send `value` from each source device to its target; devices nobody
+        sends to receive zeros."""
+        attr = ir.DenseIntElementsAttr.get(np.array(pairs, dtype=np.int64).reshape(-1, 2))
+        return self.tag(hlo.CollectivePermuteOp(value, attr, results=[value.type]), dims)
+
+    # ---------------------------------------------------------------- reshard
+    def reshard(self, x: Local, target: Sequence[Axes], what: str = "value") -> Local:
+        """`x` laid out as `target` (mesh axes per dim, positionally).
+
+        For each dim, the axes of `x` that are not a prefix shared with the
+        target are dropped (gathered) and the target's remaining axes added
+        (sliced).  An axis dropped from one dim and added at the end of another
+        travels by one all_to_all instead of a gather and a slice.
+        """
+        target = tuple(tuple(a) for a in target)
+        if target == x.axes:
+            return x
+        if len(target) != len(x.axes):
+            raise AssertionError(f"reshard of rank-{len(x.axes)} {what} to a rank-{len(target)} layout")
+        for i, axes in enumerate(target):
+            if x.shape[i] % self.factor(axes):
+                raise MtfcError(
+                    f"{what}: dim {x.dims[i]!r} of size {x.shape[i]} is not divisible by mesh axes {'+'.join(axes)}"
+                )
+        keep = []
+        for have, want in zip(x.axes, target):
+            p = 0
+            while p < min(len(have), len(want)) and have[p] == want[p]:
+                p += 1
+            keep.append(p)
+        drop = {i: x.axes[i][keep[i]:] for i in range(len(target)) if x.axes[i][keep[i]:]}
+        add = {i: target[i][keep[i]:] for i in range(len(target)) if target[i][keep[i]:]}
+        # An axis group dropped whole from dim i and added whole to dim j: all_to_all.
+        for i in list(drop):
+            for j in list(add):
+                if i != j and j not in drop and drop.get(i) and add.get(j) == drop[i]:
+                    x = self.all_to_all(x, drop[i], i, j)
+                    del drop[i], add[j]
+                    break
+        for i, axes in drop.items():
+            x = self.all_gather(x, i, axes)
+        for i, axes in add.items():
+            x = self.local_slice(x, i, axes)
+        assert x.axes == target, (x.axes, target)
+        return x

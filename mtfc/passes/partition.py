@@ -1,0 +1,460 @@
+"""Pass `partition` (explicit mode): Mesh TF's lowering as an MLIR pass.
+
+Requires: the IR contract (`verify-names`): ``mtfc.dims`` on every argument,
+result and body op of @main, a mesh and layout rules on the module.
+
+Guarantees: @main becomes the program one device runs (device ``d`` of the
+mesh is replica ``d``): every value has its local shape -- each dim divided by
+the mesh axes the layout rules give its name -- and keeps its ``mtfc.dims``;
+communication is explicit StableHLO collectives whose replica groups are the
+device groups along mesh axes, placed only where the layout demands it (the
+table in docs/passes/partition.md).  The global program is kept as a nested
+``module @mtfc.reference`` (for ``mtfc run --check``); the module carries
+``mtfc.partitioning = "explicit"`` and ``mhlo.num_replicas`` = mesh size.
+An op with split operands or results that no rule covers is an error naming
+the op, its location and its dims -- never a silent replication.
+
+Each rule below partitions one StableHLO op: it reshards the operands to a
+layout under which the op is local, emits the local op, adds the collective
+the op's semantics need (a sum over a split dim -> all_reduce), and reshards
+the result to the layout its dims imply.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import func
+from jax.extend.mlir.dialects import stablehlo as hlo
+
+from mtfc import ir as mir
+from mtfc.errors import MtfcError
+from mtfc.mesh import tensor_layout
+from mtfc.passes.collectives import REDUCER_OF_OP, Axes, Emitter, Local
+from mtfc.passes.manager import register_pass
+
+ELEMENTWISE = {
+    f"stablehlo.{name}"
+    for name in (
+        "abs add and compare convert cosine divide exponential exponential_minus_one floor ceil log "
+        "log_plus_one logistic maximum minimum multiply negate not or power remainder round_nearest_even "
+        "rsqrt select sign sine sqrt subtract tanh xor clamp is_finite"
+    ).split()
+}
+
+Rule = Callable[["Partitioner", ir.Operation, list[Local], list[str], tuple[int, ...]], Local]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*names: str):
+    def wrap(fn):
+        for n in names:
+            RULES[n] = fn
+        return fn
+
+    return wrap
+
+
+def _i64s(attr) -> list[int]:
+    return list(ir.DenseI64ArrayAttr(attr))
+
+
+def clone_region(src: ir.Region, dst: ir.Region) -> None:
+    """Copy a region of scalar ops (a reducer body) into `dst`."""
+    for block in src.blocks:
+        new_block = dst.blocks.append(*[a.type for a in block.arguments])
+        mapping = {a: b for a, b in zip(block.arguments, new_block.arguments)}
+        with ir.InsertionPoint(new_block):
+            for op in block.operations:
+                op = op.operation
+                new = ir.Operation.create(
+                    op.name,
+                    results=[r.type for r in op.results],
+                    operands=[mapping[v] for v in op.operands],
+                    attributes={n: op.attributes[n] for n in op.attributes},
+                    loc=op.location,
+                )
+                for old, res in zip(op.results, new.results):
+                    mapping[old] = res
+
+
+class Partitioner:
+    def __init__(self, module: ir.Module):
+        self.module = module
+        self.mesh = mir.module_mesh(module)
+        self.rules = mir.module_layout(module)
+        self.rules.validate(self.mesh)
+        self.emit = Emitter(self.mesh)
+
+    # --------------------------------------------------------------- layouts
+    def axes_of(self, dims, shape, what: str) -> tuple[Axes, ...]:
+        return tensor_layout(list(dims), list(shape), self.rules, self.mesh, what=what).axes
+
+    def local_type(self, shape, axes, element_type) -> ir.RankedTensorType:
+        return ir.RankedTensorType.get(self.emit.local_shape(shape, axes), element_type)
+
+    def clone(self, op: ir.Operation, operands: list[ir.Value], result_type: ir.Type, dims, **overrides) -> ir.Value:
+        """`op` with new operands and result type (attributes copied, then `overrides`)."""
+        attrs = {n: op.attributes[n] for n in op.attributes}
+        attrs.update(overrides)
+        new = ir.Operation.create(op.name, results=[result_type], operands=operands, attributes=attrs,
+                                  regions=len(op.regions))
+        for src, dst in zip(op.regions, new.regions):
+            clone_region(src, dst)
+        return self.emit.tag(new, dims)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> None:
+        module, mesh = self.module, self.mesh
+        old = mir.entry_function(module)
+        args, results = mir.arguments(module), mir.results(module)
+        arg_axes = [self.axes_of(s.dims, s.shape, f"argument {s.name!r}") for s in args]
+        res_axes = [self.axes_of(s.dims, s.shape, f"result {s.name!r}") for s in results]
+        ftype = ir.FunctionType(ir.TypeAttr(old.attributes["function_type"]).value)
+        in_types = [self.local_type(s.shape, a, ir.RankedTensorType(t).element_type)
+                    for s, a, t in zip(args, arg_axes, ftype.inputs)]
+        out_types = [self.local_type(s.shape, a, ir.RankedTensorType(t).element_type)
+                     for s, a, t in zip(results, res_axes, ftype.results)]
+        with old.location:
+            new = func.FuncOp("main.partitioned", ir.FunctionType.get(in_types, out_types), ip=ir.InsertionPoint(old))
+        for key in ("arg_attrs", "res_attrs"):
+            if key in old.attributes:
+                new.attributes[key] = old.attributes[key]
+        block = new.add_entry_block()
+        env: dict[ir.Value, Local] = {}
+        for old_arg, new_arg, sig, axes in zip(old.regions[0].blocks[0].arguments, block.arguments, args, arg_axes):
+            env[old_arg] = Local(new_arg, tuple(sig.dims), tuple(sig.shape), axes)
+        with ir.InsertionPoint(block):
+            for op in mir.body_ops(old):
+                with op.location:
+                    if op.name == "func.return":
+                        values = [
+                            self.emit.reshard(env[v], axes, f"result {sig.name!r}").value
+                            for v, sig, axes in zip(op.operands, results, res_axes)
+                        ]
+                        func.ReturnOp(values)
+                        continue
+                    self.partition_op(op, env)
+        old.erase()
+        new.attributes["sym_name"] = ir.StringAttr.get(mir.ENTRY)
+        attrs = module.operation.attributes
+        attrs["mhlo.num_replicas"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), mesh.size)
+        attrs["mhlo.num_partitions"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), 1)
+        mir.set_partitioning(module, "explicit")
+
+    def partition_op(self, op: ir.Operation, env: dict) -> None:
+        all_dims = mir.op_result_dims(op)
+        if all_dims is None:
+            raise MtfcError(f"{mir.describe_op(op)} carries no mtfc.dims")
+        if len(op.results) != 1:
+            raise MtfcError(f"partition: cannot split {mir.describe_op(op)}: ops with {len(op.results)} results have no rule")
+        dims = all_dims[0]
+        shape = tuple(ir.RankedTensorType(op.results[0].type).shape)
+        axes = self.axes_of(dims, shape, f"value of {mir.describe_op(op)}")
+        args = [env[v] for v in op.operands]
+        fn = RULES.get(op.name)
+        if fn is None and op.name in ELEMENTWISE:
+            fn = elementwise
+        if fn is None:
+            if any(a for x in args for a in x.axes) or any(axes):
+                described = ", ".join(f"[{', '.join(x.dims)}]" for x in args)
+                raise MtfcError(
+                    f"partition: no rule splits {mir.describe_op(op)} (operands {described} -> [{', '.join(dims)}])"
+                )
+            fn = replicated
+        result = fn(self, op, args, list(dims), shape)
+        result = self.emit.reshard(result, axes, f"value of {mir.describe_op(op)}")
+        env[op.results[0]] = result
+
+
+# --------------------------------------------------------------------- rules
+def _result(p: Partitioner, value: ir.Value, dims, shape, axes) -> Local:
+    return Local(value, tuple(dims), tuple(shape), tuple(axes))
+
+
+def replicated(p, op, args, dims, shape):
+    """An op no rule covers, on values that are whole on every device."""
+    t = ir.RankedTensorType(op.results[0].type)
+    value = p.clone(op, [x.value for x in args], t, dims)
+    return _result(p, value, dims, shape, [()] * len(shape))
+
+
+def elementwise(p, op, args, dims, shape):
+    """Same-shape operands: reshard each to the result's layout; no communication."""
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    operands = [p.emit.reshard(x, axes, mir.describe_op(op)) if x.shape else x for x in args]
+    t = p.local_type(shape, axes, ir.RankedTensorType(op.results[0].type).element_type)
+    return _result(p, p.clone(op, [x.value for x in operands], t, dims), dims, shape, axes)
+
+
+@rule("stablehlo.constant")
+def constant(p, op, args, dims, shape):
+    """A splat is made at its local shape; any other split constant is cut locally."""
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    global_type = ir.RankedTensorType(op.results[0].type)
+    if not any(axes):
+        return replicated(p, op, args, dims, shape)
+    value = ir.DenseElementsAttr(op.attributes["value"])
+    if value.is_splat:
+        local = p.local_type(shape, axes, global_type.element_type)
+        splat = ir.DenseElementsAttr.get_splat(local, value.get_splat_value())
+        return _result(p, p.emit.tag(hlo.ConstantOp(splat), dims), dims, shape, axes)
+    whole = replicated(p, op, args, dims, shape)
+    return p.emit.reshard(whole, axes, mir.describe_op(op))
+
+
+@rule("stablehlo.iota")
+def iota(p, op, args, dims, shape):
+    """Local iota plus this device's offset along the iota dim when it is split."""
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    element = ir.RankedTensorType(op.results[0].type).element_type
+    t = p.local_type(shape, axes, element)
+    k = ir.IntegerAttr(op.attributes["iota_dimension"]).value
+    value = p.emit.tag(hlo.IotaOp(t, k), dims)
+    if axes[k]:
+        offset = p.emit.shard_offset(axes[k], t.shape[k])
+        offset = p.emit.tag(hlo.ConvertOp(ir.RankedTensorType.get([], element), offset), [])
+        offset = p.emit.tag(hlo.BroadcastInDimOp(t, offset, []), dims)
+        value = p.emit.tag(hlo.AddOp(value, offset), dims)
+    return _result(p, value, dims, shape, axes)
+
+
+@rule("stablehlo.broadcast_in_dim")
+def broadcast_in_dim(p, op, args, dims, shape):
+    """Each operand dim takes the layout of the result dim it becomes; size-1
+    dims broadcast along a split dim are whole."""
+    (x,) = args
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    positions = _i64s(op.attributes["broadcast_dimensions"])
+    target = [axes[j] if x.shape[i] == shape[j] else () for i, j in enumerate(positions)]
+    x = p.emit.reshard(x, target, mir.describe_op(op))
+    t = p.local_type(shape, axes, x.element_type)
+    return _result(p, p.clone(op, [x.value], t, dims), dims, shape, axes)
+
+
+@rule("stablehlo.transpose")
+def transpose(p, op, args, dims, shape):
+    (x,) = args
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    perm = _i64s(op.attributes["permutation"])
+    target = [()] * len(perm)
+    for k, src in enumerate(perm):
+        target[src] = axes[k]
+    x = p.emit.reshard(x, target, mir.describe_op(op))
+    t = p.local_type(shape, axes, x.element_type)
+    return _result(p, p.clone(op, [x.value], t, dims), dims, shape, axes)
+
+
+def reshape_segments(a: list[int], b: list[int]) -> list[tuple[list[int], list[int]]]:
+    """Split a reshape `a` -> `b` into the smallest runs of dims with equal products."""
+    segments, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        si, sj, pi, pj = [], [], 1, 1
+        if i < len(a):
+            si.append(i); pi *= a[i]; i += 1  # noqa: E702
+        if j < len(b):
+            sj.append(j); pj *= b[j]; j += 1  # noqa: E702
+        while pi != pj:
+            if pi < pj:
+                si.append(i); pi *= a[i]; i += 1  # noqa: E702
+            else:
+                sj.append(j); pj *= b[j]; j += 1  # noqa: E702
+        segments.append((si, sj))
+    return segments
+
+
+@rule("stablehlo.reshape")
+def reshape(p, op, args, dims, shape):
+    """Row-major reshape, run of dims by run of dims: a run whose result is split
+    only on its leading dim is local when the input is split the same way on its
+    leading dim, so the input is resharded to that; other runs are gathered
+    before and cut after."""
+    (x,) = args
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    target_in: list[Axes] = [()] * len(x.shape)
+    middle: list[Axes] = [()] * len(shape)
+    for si, sj in reshape_segments(list(x.shape), list(shape)):
+        if not si or not sj:
+            continue
+        lead = axes[sj[0]]
+        pullable = all(not axes[j] for j in sj[1:]) and x.shape[si[0]] % p.emit.factor(lead) == 0
+        if pullable:
+            target_in[si[0]] = lead
+            middle[sj[0]] = lead
+    x = p.emit.reshard(x, target_in, mir.describe_op(op))
+    t = p.local_type(shape, middle, x.element_type)
+    value = p.emit.tag(hlo.ReshapeOp(t, x.value), dims)
+    return _result(p, value, dims, shape, middle)
+
+
+@rule("stablehlo.dot_general")
+def dot_general(p, op, args, dims, shape):
+    """Local dot of local blocks; the rhs takes the lhs's layout on the batch and
+    contracting dims; a split contracting dim leaves partial sums: all_reduce."""
+    lhs, rhs = args
+    numbers = hlo.DotDimensionNumbers(op.attributes["dot_dimension_numbers"])
+    lb, rb = list(numbers.lhs_batching_dimensions), list(numbers.rhs_batching_dimensions)
+    lc, rc = list(numbers.lhs_contracting_dimensions), list(numbers.rhs_contracting_dimensions)
+    target = list(rhs.axes)
+    for li, ri in zip(lb + lc, rb + rc):
+        target[ri] = lhs.axes[li]
+    used = [a for ri in rb + rc for a in target[ri]]
+    for ri in range(len(target)):
+        if ri not in rb + rc:
+            target[ri] = tuple(a for a in target[ri] if a not in used)
+    rhs = p.emit.reshard(rhs, target, mir.describe_op(op))
+    lfree = [i for i in range(len(lhs.shape)) if i not in lb + lc]
+    rfree = [i for i in range(len(rhs.shape)) if i not in rb + rc]
+    out_axes = [lhs.axes[i] for i in lb] + [lhs.axes[i] for i in lfree] + [rhs.axes[i] for i in rfree]
+    flat = [a for ax in out_axes for a in ax]
+    if len(flat) != len(set(flat)):
+        raise MtfcError(f"partition: {mir.describe_op(op)}: operands [{', '.join(lhs.dims)}] and "
+                        f"[{', '.join(rhs.dims)}] put one mesh axis on two result dims")
+    t = p.local_type(shape, out_axes, ir.RankedTensorType(op.results[0].type).element_type)
+    value = p.clone(op, [lhs.value, rhs.value], t, dims)
+    result = _result(p, value, dims, shape, out_axes)
+    summed = tuple(a for i in lc for a in lhs.axes[i])
+    return p.emit.all_reduce(result, summed, "sum")
+
+
+@rule("stablehlo.reduce")
+def reduce(p, op, args, dims, shape):
+    """Local reduce, then all_reduce (same reducer) over the reduced dims' axes.
+    Requires the init value to be the reducer's identity, as the frontend emits."""
+    if len(args) != 2:
+        raise MtfcError(f"partition: no rule splits the variadic {mir.describe_op(op)}")
+    x, init = args
+    body = [o.operation.name for o in op.regions[0].blocks[0].operations]
+    kind = REDUCER_OF_OP.get(body[0]) if len(body) == 2 else None
+    reduced = _i64s(op.attributes["dimensions"])
+    summed = tuple(a for i in reduced for a in x.axes[i])
+    if summed and kind is None:
+        raise MtfcError(f"partition: {mir.describe_op(op)} reduces split dims with a body ({', '.join(body)}) "
+                        "that is not add, maximum, minimum, and, or")
+    out_axes = [x.axes[i] for i in range(len(x.shape)) if i not in reduced]
+    t = p.local_type(shape, out_axes, x.element_type)
+    value = p.clone(op, [x.value, init.value], t, dims)
+    return p.emit.all_reduce(_result(p, value, dims, shape, out_axes), summed, kind or "sum")
+
+
+def _whole_along(x: Local, positions) -> list[Axes]:
+    return [() if i in positions else a for i, a in enumerate(x.axes)]
+
+
+@rule("stablehlo.slice")
+def slice_(p, op, args, dims, shape):
+    """Slice locally along whole dims; a sliced dim that is split is gathered first."""
+    (x,) = args
+    start, limit = _i64s(op.attributes["start_indices"]), _i64s(op.attributes["limit_indices"])
+    strides = _i64s(op.attributes["strides"])
+    cut = [i for i in range(len(x.shape)) if start[i] != 0 or limit[i] != x.shape[i] or strides[i] != 1]
+    x = p.emit.reshard(x, _whole_along(x, cut), mir.describe_op(op))
+    local = x.local_shape
+    start = [s if i in cut else 0 for i, s in enumerate(start)]
+    limit = [l if i in cut else local[i] for i, l in enumerate(limit)]
+    out_axes = x.axes
+    t = p.local_type(shape, out_axes, x.element_type)
+    value = p.clone(op, [x.value], t, dims, start_indices=ir.DenseI64ArrayAttr.get(start),
+                    limit_indices=ir.DenseI64ArrayAttr.get(limit))
+    return _result(p, value, dims, shape, out_axes)
+
+
+@rule("stablehlo.pad")
+def pad(p, op, args, dims, shape):
+    """Pad locally along whole dims; a padded dim that is split is gathered first."""
+    x, value = args
+    low, high = _i64s(op.attributes["edge_padding_low"]), _i64s(op.attributes["edge_padding_high"])
+    interior = _i64s(op.attributes["interior_padding"])
+    padded = [i for i in range(len(x.shape)) if low[i] or high[i] or interior[i]]
+    x = p.emit.reshard(x, _whole_along(x, padded), mir.describe_op(op))
+    t = p.local_type(shape, x.axes, x.element_type)
+    return _result(p, p.clone(op, [x.value, value.value], t, dims), dims, shape, x.axes)
+
+
+@rule("stablehlo.concatenate")
+def concatenate(p, op, args, dims, shape):
+    """Concatenate locally when the concat dim is whole; gather it first otherwise."""
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    d = ir.IntegerAttr(op.attributes["dimension"]).value
+    target = [() if i == d else a for i, a in enumerate(axes)]
+    parts = [p.emit.reshard(x, target, mir.describe_op(op)) for x in args]
+    t = p.local_type(shape, target, parts[0].element_type)
+    return _result(p, p.clone(op, [x.value for x in parts], t, dims), dims, shape, target)
+
+
+@rule("stablehlo.gather")
+def gather(p, op, args, dims, shape):
+    """Embedding lookup ``table[indices]``.  With the looked-up dim split, each
+    device looks up the indices that fall in its block (others read row 0 and
+    are zeroed) and an all_reduce sums the one non-zero contribution."""
+    table, indices = args
+    numbers = hlo.GatherDimensionNumbers(op.attributes["dimension_numbers"])
+    n_idx = len(indices.shape)
+    collapsed = list(numbers.collapsed_slice_dims)
+    if (len(collapsed) != 1 or list(numbers.start_index_map) != collapsed or numbers.index_vector_dim != n_idx
+            or list(numbers.operand_batching_dims)):
+        raise MtfcError(f"partition: no rule splits {mir.describe_op(op)}: only single-dim lookups "
+                        "(the DSL's gather) are supported")
+    axis = collapsed[0]
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    rest = [i for i in range(len(table.shape)) if i != axis]
+    out_used = {a for ax in axes for a in ax}
+    vocab_axes = tuple(a for a in table.axes[axis] if a not in out_used)
+    # the looked-up dim keeps only a prefix of its axes that the result does not use
+    keep = 0
+    while keep < len(table.axes[axis]) and table.axes[axis][keep] in vocab_axes:
+        keep += 1
+    vocab_axes = table.axes[axis][:keep]
+    table_target = [()] * len(table.shape)
+    table_target[axis] = vocab_axes
+    for k, i in enumerate(rest):
+        table_target[i] = axes[n_idx + k]
+    table = p.emit.reshard(table, table_target, mir.describe_op(op))
+    indices = p.emit.reshard(indices, axes[:n_idx], mir.describe_op(op))
+    sizes = list(table.local_shape)
+    sizes[axis] = 1
+    t = p.local_type(shape, axes, table.element_type)
+    if not vocab_axes:
+        value = p.clone(op, [table.value, indices.value], t, dims, slice_sizes=ir.DenseI64ArrayAttr.get(sizes))
+        return _result(p, value, dims, shape, axes)
+    e = p.emit
+    idx_type = ir.RankedTensorType(indices.value.type)
+    block = table.local_shape[axis]
+    bcast = lambda v, ty: e.tag(hlo.BroadcastInDimOp(ty, v, []), indices.dims)  # noqa: E731
+    offset = bcast(e.shard_offset(vocab_axes, block), idx_type)
+    local_idx = e.tag(hlo.SubtractOp(indices.value, offset), indices.dims)
+    pred = ir.RankedTensorType.get(idx_type.shape, ir.IntegerType.get_signless(1))
+    zero = bcast(e.scalar_i32(0), idx_type)
+    upper = bcast(e.scalar_i32(block), idx_type)
+    direction = lambda s: hlo.ComparisonDirectionAttr.get(s)  # noqa: E731
+    ge = e.tag(hlo.CompareOp(local_idx, zero, direction("GE"), results=[pred]), indices.dims)
+    lt = e.tag(hlo.CompareOp(local_idx, upper, direction("LT"), results=[pred]), indices.dims)
+    mine = e.tag(hlo.AndOp(ge, lt), indices.dims)
+    safe_idx = e.tag(hlo.SelectOp(mine, local_idx, zero), indices.dims)
+    looked = p.clone(op, [table.value, safe_idx], t, dims, slice_sizes=ir.DenseI64ArrayAttr.get(sizes))
+    mask = e.tag(hlo.BroadcastInDimOp(ir.RankedTensorType.get(t.shape, pred.element_type), mine,
+                                      list(range(n_idx))), dims)
+    zeros = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(t, _zero_attr(t.element_type))), dims)
+    value = e.tag(hlo.SelectOp(mask, looked, zeros), dims)
+    return e.all_reduce(_result(p, value, dims, shape, axes), vocab_axes, "sum")
+
+
+def _zero_attr(element_type: ir.Type) -> ir.Attribute:
+    if isinstance(element_type, ir.IntegerType):
+        return ir.IntegerAttr.get(element_type, 0)
+    return ir.FloatAttr.get(element_type, 0.0)
+
+
+# ---------------------------------------------------------------------- pass
+@register_pass("partition")
+def partition(module: ir.Module, options) -> None:
+    """Split @main into the per-device program with explicit collectives."""
+    if mir.partitioning(module) not in ("none", "gspmd"):
+        raise MtfcError(f"partition: the module is already partitioned ({mir.partitioning(module)})")
+    reference = ir.Module.parse(mir.strip_partitioning_text(module), module.context)
+    reference.operation.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
+    mir.strip_partitioning_in_place(module)
+    Partitioner(module).run()
+    module.body.append(reference.operation.clone())
