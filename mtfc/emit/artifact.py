@@ -37,8 +37,13 @@ def write_module(module: ir.Module, path: str, *, portable: bool = False) -> Non
 def read_module(path: str, context: ir.Context) -> ir.Module:
     """Read text, bytecode or a portable artifact into `context`."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        if path == "-":
+            import sys
+
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
     except OSError as e:
         raise MtfcError(f"cannot read module {path!r}: {e.strerror}") from None
     if data.startswith(_BYTECODE_MAGIC):

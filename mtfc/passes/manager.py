@@ -37,7 +37,7 @@ PASSES: dict[str, Pass] = {}
 PIPELINES: dict[str, list[str]] = {
     "none": ["verify-names"],
     "gspmd": ["verify-names", "attach-shardings"],
-    "explicit": ["verify-names", "partition"],
+    "explicit": ["verify-names", "partition", "fuse-collectives"],
 }
 
 
@@ -88,4 +88,4 @@ def run_passes(
 
 
 # Importing the pass modules registers them.
-from mtfc.passes import verify_names, attach_shardings, partition  # noqa: E402,F401
+from mtfc.passes import verify_names, attach_shardings, partition, fuse_collectives  # noqa: E402,F401

@@ -153,6 +153,14 @@ class Partitioner:
         dims = all_dims[0]
         shape = tuple(ir.RankedTensorType(op.results[0].type).shape)
         axes = self.axes_of(dims, shape, f"value of {mir.describe_op(op)}")
+        if op.name in ("stablehlo.pad", "stablehlo.concatenate"):
+            users = [u.owner for u in op.results[0].uses]
+            if len(users) == 1 and window_of(self, users[0].operation, env) is not None:
+                env[op.results[0]] = None  # partitioned together with the slice that reads it
+                return
+        if op.name == "stablehlo.slice" and window_of(self, op, env) is not None:
+            env[op.results[0]] = halo_exchange(self, op, env, list(dims), shape, axes)
+            return
         args = [env[v] for v in op.operands]
         fn = RULES.get(op.name)
         if fn is None and op.name in ELEMENTWISE:
@@ -445,6 +453,118 @@ def _zero_attr(element_type: ir.Type) -> ir.Attribute:
     if isinstance(element_type, ir.IntegerType):
         return ir.IntegerAttr.get(element_type, 0)
     return ir.FloatAttr.get(element_type, 0.0)
+
+
+# ------------------------------------------------------------ halo exchange
+def window_of(p: Partitioner, op: ir.Operation, env: dict):
+    """For ``slice(pad(x))`` or ``slice(concat(x, x))`` that keeps the size of a
+    split dim of `x` (a shift, as `mtf.shift` builds it): (x, dim, shift t,
+    wrap, pad value) with ``y[i] = x[i + t]``; else None."""
+    if op.name != "stablehlo.slice":
+        return None
+    source = op.operands[0]
+    if isinstance(source, ir.BlockArgument):
+        return None
+    producer = ir.OpResult(source).owner.operation
+    if producer.name not in ("stablehlo.pad", "stablehlo.concatenate") or len(list(source.uses)) != 1:
+        return None
+    x_old = producer.operands[0]
+    if x_old not in env or env[x_old] is None:
+        return None
+    x = env[x_old]
+    start, limit = _i64s(op.attributes["start_indices"]), _i64s(op.attributes["limit_indices"])
+    strides = _i64s(op.attributes["strides"])
+    full = _shape_of(source)
+    cut = [i for i in range(len(full)) if start[i] != 0 or limit[i] != full[i] or strides[i] != 1]
+    if len(cut) != 1 or strides[cut[0]] != 1:
+        return None
+    k = cut[0]
+    n = x.shape[k]
+    if limit[k] - start[k] != n or not x.axes[k]:
+        return None
+    if producer.name == "stablehlo.pad":
+        low, high = _i64s(producer.attributes["edge_padding_low"]), _i64s(producer.attributes["edge_padding_high"])
+        interior = _i64s(producer.attributes["interior_padding"])
+        if any(interior) or any(low[i] or high[i] for i in range(len(full)) if i != k) or low[k] < 0 or high[k] < 0:
+            return None
+        return x, k, start[k] - low[k], False, producer.operands[1]
+    operands = list(producer.operands)
+    if (len(operands) != 2 or operands[0] != operands[1]
+            or ir.IntegerAttr(producer.attributes["dimension"]).value != k):
+        return None
+    return x, k, start[k], True, None
+
+
+def _shape_of(value: ir.Value) -> list[int]:
+    return list(ir.RankedTensorType(value.type).shape)
+
+
+def _is_zero_constant(value: ir.Value) -> bool:
+    if isinstance(value, ir.BlockArgument):
+        return False
+    op = ir.OpResult(value).owner.operation
+    if op.name != "stablehlo.constant":
+        return False
+    return not np.any(np.array(ir.DenseElementsAttr(op.attributes["value"])))
+
+
+def halo_exchange(p: Partitioner, op: ir.Operation, env: dict, dims, shape, axes) -> Local:
+    """``y[i] = x[i + t]`` along a dim split into K blocks of L: this device's
+    block is the tail of block ``j+q`` and the head of block ``j+q+1``
+    (``q, r = divmod(t, L)``), fetched by at most two collective_permutes
+    within the dim's groups; positions past the ends take the pad value (or
+    wrap around, for a cyclic shift)."""
+    x, k, t, wrap, pad_value = window_of(p, op, env)
+    e = p.emit
+    x = e.reshard(x, [axes[i] if i != k else x.axes[k] for i in range(len(axes))], mir.describe_op(op))
+    dim_axes = x.axes[k]
+    groups = p.mesh.groups(list(dim_axes))
+    count = len(groups[0])
+    local = list(x.local_shape)
+    block = local[k]
+    q, r = divmod(t, block)
+
+    def cut(begin: int, end: int) -> ir.Value:
+        starts, limits = [0] * len(local), list(local)
+        starts[k], limits[k] = begin, end
+        return e.tag(hlo.SliceOp(x.value, starts, limits, [1] * len(local)), x.dims)
+
+    def fetch(value: ir.Value, shift: int) -> ir.Value:
+        """`value` as computed by the device `shift` positions further along the dim."""
+        if shift == 0:
+            return value
+        pairs = []
+        for group in groups:
+            for j, dst in enumerate(group):
+                src = (j + shift) % count if wrap else j + shift
+                if 0 <= src < count:
+                    pairs.append((group[src], dst))
+        return e.collective_permute(value, x.dims, pairs)
+
+    # the halo travels, not the block: slice first, then permute
+    parts = [fetch(cut(r, block), q)]
+    if r:
+        parts.append(fetch(cut(0, r), q + 1))
+    value = parts[0] if len(parts) == 1 else e.tag(hlo.ConcatenateOp(parts, k), x.dims)
+    out_type = p.local_type(shape, x.axes, x.element_type)
+    if not wrap and not _is_zero_constant(pad_value):
+        # collective_permute leaves zeros where nobody sends; positions whose source x[g + t] lies outside [0, n) take the pad value
+        n = x.shape[k]
+        i32 = ir.IntegerType.get_signless(32)
+        index_type = ir.RankedTensorType.get(local, i32)
+        position = e.tag(hlo.IotaOp(index_type, k), dims)
+        offset = e.tag(hlo.BroadcastInDimOp(index_type, e.shard_offset(dim_axes, block), []), dims)
+        source = e.tag(hlo.AddOp(e.tag(hlo.AddOp(position, offset), dims),
+                                 e.tag(hlo.BroadcastInDimOp(index_type, e.scalar_i32(t), []), dims)), dims)
+        pred = ir.RankedTensorType.get(local, ir.IntegerType.get_signless(1))
+        zero = e.tag(hlo.BroadcastInDimOp(index_type, e.scalar_i32(0), []), dims)
+        end = e.tag(hlo.BroadcastInDimOp(index_type, e.scalar_i32(n), []), dims)
+        direction = hlo.ComparisonDirectionAttr.get
+        inside = e.tag(hlo.AndOp(e.tag(hlo.CompareOp(source, zero, direction("GE"), results=[pred]), dims),
+                                 e.tag(hlo.CompareOp(source, end, direction("LT"), results=[pred]), dims)), dims)
+        fill = e.tag(hlo.BroadcastInDimOp(out_type, env[pad_value].value, []), dims)
+        value = e.tag(hlo.SelectOp(inside, value, fill), dims)
+    return Local(value, tuple(dims), tuple(shape), x.axes)
 
 
 # ---------------------------------------------------------------------- pass

@@ -1,0 +1,252 @@
+"""Pass `fuse-collectives`: fewer, larger collectives in a per-device program.
+
+Requires: a per-device @main (explicit or shardy mode) whose collectives name
+their replica groups.  Guarantees: the same results, computed with
+* ``all_gather`` then a slice of the device's own block -> the gather's input;
+* a slice of the own block then ``all_gather`` back -> the slice's input;
+* ``all_to_all`` followed by its inverse -> the first one's input;
+* ``all_reduce`` whose only use takes the device's own block along one dim ->
+  ``reduce_scatter`` along that dim;
+* independent ``all_reduce`` ops over the same groups with the same reducer
+  and element type -> one variadic ``all_reduce`` (placed after the last
+  operand is computed and before the first result is used);
+* identical collectives on the same operands -> one;
+then ops left without uses are removed.  "The device's own block" is checked
+semantically: the slice's start, evaluated on every device, is the device's
+position in its replica group times the block size (`device_values`), so
+Shardy's ``partition_id`` arithmetic is recognised like mtfc's tables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from jax.extend.mlir import ir
+
+from mtfc import ir as mir
+from mtfc.passes.device_values import per_device_value
+from mtfc.passes.manager import register_pass
+from mtfc.passes.partition import clone_region
+
+COLLECTIVES = {
+    "stablehlo.all_reduce", "stablehlo.all_gather", "stablehlo.all_to_all",
+    "stablehlo.reduce_scatter", "stablehlo.collective_permute",
+}
+
+
+def _groups(op: ir.Operation) -> np.ndarray:
+    return np.array(ir.DenseIntElementsAttr(op.attributes["replica_groups"]), dtype=np.int64).reshape(
+        ir.DenseIntElementsAttr(op.attributes["replica_groups"]).type.shape
+    )
+
+
+def _int_attr(op: ir.Operation, name: str) -> int:
+    return ir.IntegerAttr(op.attributes[name]).value
+
+
+def _shape(value: ir.Value) -> list[int]:
+    return list(ir.RankedTensorType(value.type).shape)
+
+
+def _producer(value: ir.Value) -> ir.Operation | None:
+    if isinstance(value, ir.BlockArgument):
+        return None
+    return ir.OpResult(value).owner.operation
+
+
+def _users(value: ir.Value) -> list[ir.Operation]:
+    return [use.owner.operation if hasattr(use.owner, "operation") else use.owner for use in value.uses]
+
+
+class Fuser:
+    def __init__(self, fn: ir.Operation, num_devices: int):
+        self.fn = fn
+        self.n = num_devices
+        self.changed = False
+
+    def ops(self) -> list[ir.Operation]:
+        return [op.operation for op in self.fn.regions[0].blocks[0].operations]
+
+    def positions(self, groups: np.ndarray) -> np.ndarray | None:
+        """Each device's index within its replica group (None if some device is in none)."""
+        pos = np.full(self.n, -1)
+        for group in groups:
+            for i, d in enumerate(group):
+                if 0 <= d < self.n:
+                    pos[d] = i
+        return None if (pos < 0).any() else pos
+
+    def own_block_dim(self, ds: ir.Operation, source: ir.Value, groups: np.ndarray) -> int | None:
+        """The dim along which dynamic_slice `ds` of `source` keeps exactly this
+        device's block for `groups` (other dims whole), or None."""
+        if ds.name != "stablehlo.dynamic_slice" or ds.operands[0] != source:
+            return None
+        sizes = list(ir.DenseI64ArrayAttr(ds.attributes["slice_sizes"]))
+        full = _shape(source)
+        cut = [k for k in range(len(full)) if sizes[k] != full[k]]
+        pos = self.positions(groups)
+        if len(cut) != 1 or pos is None:
+            return None
+        k = cut[0]
+        if full[k] != sizes[k] * groups.shape[1]:
+            return None
+        for i, start in enumerate(ds.operands[1:]):
+            values = per_device_value(start, self.n)
+            if values is None:
+                return None
+            expected = pos * sizes[k] if i == k else np.zeros(self.n)
+            if not np.array_equal(values.reshape(self.n), expected):
+                return None
+        return k
+
+    def replace(self, old: ir.Value, new: ir.Value) -> None:
+        old.replace_all_uses_with(new)
+        self.changed = True
+
+    # ------------------------------------------------------------- rewrites
+    def gather_then_own_slice(self) -> None:
+        for op in self.ops():
+            if op.name != "stablehlo.all_gather" or len(op.results) != 1:
+                continue
+            k = _int_attr(op, "all_gather_dim")
+            for user in _users(op.results[0]):
+                if self.own_block_dim(user, op.results[0], _groups(op)) == k:
+                    self.replace(user.results[0], op.operands[0])
+
+    def own_slice_then_gather(self) -> None:
+        for op in self.ops():
+            if op.name != "stablehlo.all_gather" or len(op.results) != 1:
+                continue
+            ds = _producer(op.operands[0])
+            if ds is None or ds.name != "stablehlo.dynamic_slice":
+                continue
+            if self.own_block_dim(ds, ds.operands[0], _groups(op)) == _int_attr(op, "all_gather_dim"):
+                self.replace(op.results[0], ds.operands[0])
+
+    def all_to_all_inverse(self) -> None:
+        for op in self.ops():
+            if op.name != "stablehlo.all_to_all" or len(op.results) != 1:
+                continue
+            first = _producer(op.operands[0])
+            if first is None or first.name != "stablehlo.all_to_all" or len(first.results) != 1:
+                continue
+            if (_int_attr(op, "split_dimension") == _int_attr(first, "concat_dimension")
+                    and _int_attr(op, "concat_dimension") == _int_attr(first, "split_dimension")
+                    and np.array_equal(_groups(op), _groups(first))):
+                self.replace(op.results[0], first.operands[0])
+
+    def reduce_then_own_slice(self) -> None:
+        for op in self.ops():
+            if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
+                continue
+            users = _users(op.results[0])
+            if len(users) != 1:
+                continue
+            ds = users[0]
+            k = self.own_block_dim(ds, op.results[0], _groups(op))
+            if k is None:
+                continue
+            attrs = {n: op.attributes[n] for n in op.attributes}
+            attrs["scatter_dimension"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), k)
+            with ir.InsertionPoint(ds), ds.location:
+                rs = ir.Operation.create("stablehlo.reduce_scatter", results=[ds.results[0].type],
+                                         operands=[op.operands[0]], attributes=attrs, regions=1)
+                clone_region(op.regions[0], rs.regions[0])
+            mir.set_op_result_dims(rs, [mir.value_dims(ds.results[0])])
+            self.replace(ds.results[0], rs.results[0])
+
+    def merge_all_reduces(self) -> None:
+        ops = self.ops()
+        index = {op: i for i, op in enumerate(ops)}
+
+        def key(op):
+            body = [o.operation.name for o in op.regions[0].blocks[0].operations]
+            return (str(op.attributes["replica_groups"]), tuple(body),
+                    str(ir.RankedTensorType(op.operands[0].type).element_type),
+                    "use_global_device_ids" in op.attributes, "channel_handle" in op.attributes)
+
+        def first_use(op):
+            uses = [index[u] for r in op.results for u in _users(r) if u in index]
+            return min(uses) if uses else len(ops)
+
+        def last_def(op):
+            defs = [index[_producer(v)] for v in op.operands if _producer(v) in index]
+            return max(defs) if defs else -1
+
+        buckets: dict[tuple, list[ir.Operation]] = {}
+        done: list[list[ir.Operation]] = []
+        for op in ops:
+            if op.name != "stablehlo.all_reduce":
+                continue
+            k = key(op)
+            bucket = buckets.get(k)
+            if bucket and max(last_def(o) for o in bucket + [op]) < min(first_use(o) for o in bucket + [op]):
+                bucket.append(op)
+            else:
+                if bucket:
+                    done.append(bucket)
+                buckets[k] = [op]
+        done.extend(buckets.values())
+        for bucket in done:
+            if len(bucket) < 2:
+                continue
+            anchor_index = max(last_def(o) for o in bucket)
+            anchor = ops[anchor_index] if anchor_index >= 0 else None
+            operands = [v for o in bucket for v in o.operands]
+            types = [r.type for o in bucket for r in o.results]
+            attrs = {n: bucket[0].attributes[n] for n in bucket[0].attributes if n != mir.DIMS}
+            first = min(bucket, key=lambda o: index[o])
+            # after the last operand is computed, before the first member
+            before = ops[anchor_index + 1] if anchor is not None and index[anchor] >= index[first] else first
+            with ir.InsertionPoint(before), bucket[0].location:
+                merged = ir.Operation.create("stablehlo.all_reduce", results=types, operands=operands,
+                                             attributes=attrs, regions=1)
+                clone_region(bucket[0].regions[0], merged.regions[0])
+            dims = [mir.value_dims(r) for o in bucket for r in o.results]
+            mir.set_op_result_dims(merged, dims)
+            results = iter(merged.results)
+            for o in bucket:
+                for r in o.results:
+                    self.replace(r, next(results))
+
+    def deduplicate(self) -> None:
+        seen: dict[tuple, ir.Operation] = {}
+        for op in self.ops():
+            if op.name not in COLLECTIVES:
+                continue
+            attrs = tuple(sorted((n, str(op.attributes[n])) for n in op.attributes if n != mir.DIMS))
+            body = str(op.regions[0]) if len(op.regions) else ""
+            operands = tuple(op.operands)
+            k = (op.name, operands, attrs, body, tuple(str(r.type) for r in op.results))
+            if k in seen:
+                for old, new in zip(op.results, seen[k].results):
+                    self.replace(old, new)
+            else:
+                seen[k] = op
+
+    def remove_dead(self) -> None:
+        for op in reversed(self.ops()):
+            if op.name == "func.return" or not len(op.results):
+                continue
+            if all(not list(r.uses) for r in op.results):
+                op.erase()
+
+    def run(self) -> None:
+        for _ in range(8):
+            self.changed = False
+            for rewrite in (self.gather_then_own_slice, self.own_slice_then_gather, self.all_to_all_inverse,
+                            self.deduplicate):
+                rewrite()
+                self.remove_dead()
+            if not self.changed:
+                break
+        self.reduce_then_own_slice()
+        self.remove_dead()
+        self.merge_all_reduces()
+        self.remove_dead()
+
+
+@register_pass("fuse-collectives")
+def fuse_collectives(module: ir.Module, options) -> None:
+    """Merge, simplify and remove collectives without changing results."""
+    mesh = mir.module_mesh(module)
+    Fuser(mir.entry_function(module), mesh.size).run()
