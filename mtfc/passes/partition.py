@@ -358,6 +358,10 @@ def slice_(p, op, args, dims, shape):
     start, limit = _i64s(op.attributes["start_indices"]), _i64s(op.attributes["limit_indices"])
     strides = _i64s(op.attributes["strides"])
     cut = [i for i in range(len(x.shape)) if start[i] != 0 or limit[i] != x.shape[i] or strides[i] != 1]
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    if len(cut) == 1 and strides[cut[0]] == 1 and _same_split(x, axes, cut[0]):
+        k = cut[0]
+        return window_exchange(p, op, [(x, start[k])], k, None, dims, shape, axes)
     x = p.emit.reshard(x, _whole_along(x, cut), mir.describe_op(op))
     local = x.local_shape
     start = [s if i in cut else 0 for i, s in enumerate(start)]
@@ -376,6 +380,10 @@ def pad(p, op, args, dims, shape):
     low, high = _i64s(op.attributes["edge_padding_low"]), _i64s(op.attributes["edge_padding_high"])
     interior = _i64s(op.attributes["interior_padding"])
     padded = [i for i in range(len(x.shape)) if low[i] or high[i] or interior[i]]
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    if len(padded) == 1 and not interior[padded[0]] and low[padded[0]] >= 0 and _same_split(x, axes, padded[0]):
+        k = padded[0]
+        return window_exchange(p, op, [(x, -low[k])], k, value, dims, shape, axes)
     x = p.emit.reshard(x, _whole_along(x, padded), mir.describe_op(op))
     t = p.local_type(shape, x.axes, x.element_type)
     return _result(p, p.clone(op, [x.value, value.value], t, dims), dims, shape, x.axes)
@@ -386,6 +394,12 @@ def concatenate(p, op, args, dims, shape):
     """Concatenate locally when the concat dim is whole; gather it first otherwise."""
     axes = p.axes_of(dims, shape, mir.describe_op(op))
     d = ir.IntegerAttr(op.attributes["dimension"]).value
+    if all(_same_split(x, axes, d) for x in args):
+        sources, offset = [], 0
+        for x in args:
+            sources.append((x, -offset))
+            offset += x.shape[d]
+        return window_exchange(p, op, sources, d, None, dims, shape, axes)
     target = [() if i == d else a for i, a in enumerate(axes)]
     parts = [p.emit.reshard(x, target, mir.describe_op(op)) for x in args]
     t = p.local_type(shape, target, parts[0].element_type)
@@ -456,6 +470,110 @@ def _zero_attr(element_type: ir.Type) -> ir.Attribute:
 
 
 # ------------------------------------------------------------ halo exchange
+def _same_split(x: Local, out_axes, k: int) -> bool:
+    """Dim k is split over the same axes in `x` and the result, and the other
+    dims agree positionally -- the case a window exchange handles."""
+    return bool(x.axes[k]) and x.axes[k] == tuple(out_axes[k]) and all(
+        x.axes[i] == tuple(out_axes[i]) or not x.axes[i] for i in range(len(out_axes)) if i != k)
+
+
+def window_exchange(p: Partitioner, op: ir.Operation, sources, k: int, fill, dims, shape, axes) -> Local:
+    """The result's block along dim k, when each result position ``o`` reads
+    ``x[o + t]`` from one of `sources` ((x, t) pairs, e.g. a slice from
+    ``begin``: t = begin; a pad: t = -low; concat: t = -offset of each part)
+    and positions no source covers take `fill` (a scalar Local, or zeros).
+
+    Dims split over the same axes A in operands and result: each device needs
+    one window of the result block's length from a few neighbouring blocks.
+    For every block distance that occurs, every device cuts the window its
+    receiver needs out of its zero-padded block (a per-device offset) and one
+    collective_permute within the groups along A delivers it; the receiver
+    keeps, position by position, the window that came from the block owning
+    that position.  No all_gather: each device receives at most
+    (#distances) x block bytes."""
+    e = p.emit
+    first = sources[0][0]
+    A = first.axes[k]
+    groups = p.mesh.groups(list(A))
+    K = len(groups[0])
+    position = np.zeros(p.mesh.size, dtype=np.int64)
+    for group in groups:
+        for j, dev in enumerate(group):
+            position[dev] = j
+    c = shape[k] // K
+    out_type = p.local_type(shape, axes, first.element_type)
+    out_shape = list(out_type.shape)
+    i32 = ir.IntegerType.get_signless(32)
+    index_type = ir.RankedTensorType.get(out_shape, i32)
+    pred_type = ir.RankedTensorType.get(out_shape, ir.IntegerType.get_signless(1))
+    direction = hlo.ComparisonDirectionAttr.get
+
+    def table(values) -> ir.Value:
+        """A per-device i32 scalar from a table indexed by replica id."""
+        data = np.asarray(values, dtype=np.int32)
+        const = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get(data, type=ir.RankedTensorType.get([len(data)], i32))),
+                      ["mesh"])
+        picked = e.tag(hlo.DynamicSliceOp(const, [e.replica_id()], [1]), ["mesh"])
+        return e.tag(hlo.ReshapeOp(ir.RankedTensorType.get([], i32), picked), [])
+
+    def full(v: ir.Value) -> ir.Value:
+        return e.tag(hlo.BroadcastInDimOp(index_type, v, []), dims)
+
+    # o = global result position of each local element along k
+    o = e.tag(hlo.AddOp(e.tag(hlo.IotaOp(index_type, k), dims), full(table(position * c))), dims)
+    if fill is not None:
+        value = e.tag(hlo.BroadcastInDimOp(out_type, fill.value, []), dims)
+    else:
+        zero = ir.DenseElementsAttr.get_splat(out_type, _zero_attr(first.element_type))
+        value = e.tag(hlo.ConstantOp(zero), dims)
+    for x, t in sources:
+        target = [tuple(axes[i]) if i != k else A for i in range(len(axes))]
+        x = e.reshard(x, target, mir.describe_op(op))
+        n, L = x.shape[k], x.local_shape[k]
+        # the blocks each receiver j reads: positions [j*c + t, (j+1)*c + t) within [0, n)
+        distances = set()
+        for j in range(K):
+            lo, hi = max(j * c + t, 0), min((j + 1) * c + t, n)
+            if lo < hi:
+                distances.update(range(lo // L - j, (hi - 1) // L - j + 1))
+        if not distances:
+            continue
+        # every block zero-padded by c on both sides, so any window of length c starting
+        # inside it is in bounds
+        lows, highs = [0] * len(out_shape), [0] * len(out_shape)
+        lows[k] = highs[k] = c
+        padded_type = list(x.local_shape)
+        padded_type[k] += 2 * c
+        zero_scalar = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(
+            ir.RankedTensorType.get([], x.element_type), _zero_attr(x.element_type))), [])
+        padded = e.tag(hlo.PadOp(x.value, zero_scalar, lows, highs, [0] * len(out_shape)), x.dims)
+        sizes = list(x.local_shape)
+        sizes[k] = c
+        shifted = full(e.scalar_i32(t))
+        g = e.tag(hlo.AddOp(o, shifted), dims)  # the source position each element reads
+        for delta in sorted(distances):
+            # sender s serves receiver j = s - delta: its window starts at j*c + t - s*L (+ c of padding)
+            starts = []
+            for dev in range(p.mesh.size):
+                s_, j = position[dev], position[dev] - delta
+                start = j * c + t - s_ * L + c if 0 <= j < K else 0
+                starts.append(min(max(start, 0), L + c))
+            zero_index = e.scalar_i32(0)
+            start_values = [table(starts) if i == k else zero_index for i in range(len(out_shape))]
+            window = e.tag(hlo.DynamicSliceOp(padded, start_values, sizes), x.dims)
+            if delta:
+                pairs = [(group[j + delta], group[j]) for group in groups for j in range(K) if 0 <= j + delta < K]
+                window = e.collective_permute(window, x.dims, pairs)
+            # keep it where the source position lies in block (j + delta), inside [0, n)
+            lo = full(table([max((position[d] + delta) * L, 0) for d in range(p.mesh.size)]))
+            hi = full(table([min((position[d] + delta + 1) * L, n) for d in range(p.mesh.size)]))
+            inside = e.tag(hlo.AndOp(
+                e.tag(hlo.CompareOp(g, lo, direction("GE"), results=[pred_type]), dims),
+                e.tag(hlo.CompareOp(g, hi, direction("LT"), results=[pred_type]), dims)), dims)
+            value = e.tag(hlo.SelectOp(inside, window, value), dims)
+    return Local(value, tuple(dims), tuple(shape), tuple(tuple(a) for a in axes))
+
+
 def window_of(p: Partitioner, op: ir.Operation, env: dict):
     """For ``slice(pad(x))`` or ``slice(concat(x, x))`` that keeps the size of a
     split dim of `x` (a shift, as `mtf.shift` builds it): (x, dim, shift t,
