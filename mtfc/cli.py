@@ -65,7 +65,11 @@ _dump_option = click.option(
 @click.option("-o", "--output", required=True, help="Output file: .mlir (text), .mlirbc (bytecode).")
 @_mesh_option
 @_layout_option
-@click.option("--mode", default=None, help="Partitioning: gspmd (mhlo.sharding for XLA) or none (global module).")
+@click.option(
+    "--mode", default=None,
+    help="Partitioning: gspmd (mhlo.sharding for XLA's partitioner, the default), explicit (mtfc's own "
+    "per-device program), shardy (per-device program by Shardy, a cross-check) or none (global module).",
+)
 @click.option("--portable", is_flag=True, help="Write a versioned portable StableHLO artifact.")
 @click.option("--entry", "entry_name", default=None, help="The @mtf.entry function to compile, if the file has several.")
 @_dump_option
@@ -124,14 +128,20 @@ def opt(module_file, passes, pipeline, mesh, layout, output, no_debug_info, list
 @main.command()
 @click.argument("module_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--compare", is_flag=True,
+              help="Also compile the global program through every partitioner (mtfc explicit, shardy, XLA GSPMD) "
+                   "and show their collectives side by side.")
+@click.option("--no-xla", is_flag=True, help="Do not compile a gspmd module to read XLA's collectives and memory.")
+@click.option("--backend", default="cpu", type=click.Choice(["cpu", "gpu", "tpu"]), show_default=True,
+              help="The PJRT backend that compiles for the XLA figures.")
 @_handle_errors
-def inspect(module_file, as_json):
-    """Show a module's mesh, layout, and every value's dims and per-device shape."""
+def inspect(module_file, as_json, compare, no_xla, backend):
+    """Show a module's values, collectives and per-device memory."""
     from mtfc import ir as mir
     from mtfc.emit.artifact import read_module
     from mtfc.emit.report import inspect_module, render_text
 
-    report = inspect_module(read_module(module_file, mir.new_context()))
+    report = inspect_module(read_module(module_file, mir.new_context()), xla=not no_xla, compare=compare, backend=backend)
     click.echo(json.dumps(report, indent=2) if as_json else render_text(report))
 
 

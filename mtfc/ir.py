@@ -250,12 +250,13 @@ def _drop(attrs: ir.DictAttr, names) -> ir.DictAttr:
 def strip_partitioning_text(module: ir.Module) -> str:
     """Text of `module` with every sharding annotation removed: the global program."""
     with module.context:
-        return _strip_partitioning(ir.Module.parse(str(module), module.context))
+        text = module.operation.get_asm(enable_debug_info=True)
+        return _strip_partitioning(ir.Module.parse(text, module.context))
 
 
 def _strip_partitioning(clone: ir.Module) -> str:
     strip_partitioning_in_place(clone)
-    return str(clone)
+    return clone.operation.get_asm(enable_debug_info=True)
 
 
 def strip_partitioning_in_place(clone: ir.Module) -> None:
@@ -264,6 +265,13 @@ def strip_partitioning_in_place(clone: ir.Module) -> None:
         if name in clone.operation.attributes:
             del clone.operation.attributes[name]
     clone.operation.attributes[PARTITIONING] = ir.StringAttr.get("none")
+    for op in list(clone.body.operations):  # Shardy's mesh (sdy-shardings)
+        if op.operation.name == "sdy.mesh":
+            op.operation.erase()
+    for op in list(walk(clone.operation)):  # Shardy's reshards: the value itself
+        if op.name == "sdy.reshard":
+            op.results[0].replace_all_uses_with(op.operands[0])
+            op.erase()
     for op in walk(clone.operation):
         for name in PARTITIONING_ATTRS:
             if name in op.attributes:
@@ -289,7 +297,7 @@ def reference_module(module: ir.Module) -> ir.Module:
     for op in module.body.operations:
         if op.operation.name == "builtin.module" and "sym_name" in op.operation.attributes:
             if ir.StringAttr(op.operation.attributes["sym_name"]).value == REFERENCE:
-                inner = ir.Module.parse(str(op.operation), module.context)
+                inner = ir.Module.parse(op.operation.get_asm(enable_debug_info=True), module.context)
                 return inner
     raise MtfcError("this partitioned module carries no reference program (module @mtfc.reference)")
 

@@ -1,8 +1,24 @@
-"""`mtfc inspect`: what a module holds, read from the IR alone.
+"""`mtfc inspect`: what a module holds and what it will cost, per device.
 
-The report lists the mesh and layout rules, every argument and result (name,
-role, dims, global and per-device shape, bytes per device), and every value
-in @main's body with its op, dims and per-device shape.
+The report (a dict; `render_text` prints it as tables, the CLI's ``--json``
+prints it as is) has:
+
+* the mesh, layout rules and partitioning;
+* every argument and result (name, role, dims, dtype, global and per-device
+  shape, bytes per device) and every value in @main's body (op, dims, dtype,
+  global and per-device shape, bytes per device, location);
+* ``collectives``: every collective of the per-device program -- read from
+  the StableHLO of an ``explicit`` or ``shardy`` module, or from the HLO XLA
+  compiled a ``gspmd`` module into -- with its mesh axes, group size n,
+  per-device bytes S and NCCL-tests bus bytes, and the totals per step
+  (`mtfc.passes.comm_analysis`);
+* ``memory``: per-device bytes of parameters, optimizer state and inputs, and
+  the peak of live activations with the largest values live there
+  (`mtfc.passes.memory_analysis`), plus XLA's buffer sizes when the module
+  was compiled;
+* ``comparison`` (with ``compare=True``): the same global program through
+  each partitioner -- mtfc explicit, shardy (when available), XLA GSPMD --
+  one row each with count and bus bytes per kind (`mtfc.emit.compare`).
 """
 
 from __future__ import annotations
@@ -12,62 +28,259 @@ import math
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
+from mtfc.errors import MtfcError
 from mtfc.mesh import tensor_layout
+from mtfc.passes import comm_analysis, memory_analysis
 
-_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i32": 4, "ui32": 4, "i1": 1}
+SCHEMA_VERSION = 2
 
 
-def inspect_module(module: ir.Module) -> dict:
+def _dim_sizes(module: ir.Module) -> dict[str, int]:
+    """dim name -> global size, for names that have one size in the global
+    program (a sliced dim keeps its name with a new size: ambiguous, left out)."""
+    sizes: dict[str, set[int]] = {}
+
+    def add(dims, shape):
+        for d, s in zip(dims, shape):
+            sizes.setdefault(d, set()).add(int(s))
+
+    for sig in mir.arguments(module) + mir.results(module):
+        add(sig.dims, sig.shape)
+    program = mir.reference_module(module) if mir.partitioning(module) in mir.PER_DEVICE else module
+    for op in mir.body_ops(mir.entry_function(program)):
+        dims = mir.op_result_dims(op)
+        if dims is None:
+            continue
+        for d, r in zip(dims, op.results):
+            if comm_analysis.is_ranked(r.type):
+                add(d, ir.RankedTensorType(r.type).shape)
+    return {d: next(iter(s)) for d, s in sizes.items() if len(s) == 1}
+
+
+def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False, backend: str = "cpu") -> dict:
+    """The inspection report of `module` (see the module docstring).
+
+    `xla`: compile a ``gspmd`` module to read XLA's collectives and memory;
+    `compare`: also run the global program through every partitioner."""
     with module.context:
         mesh, rules = mir.module_mesh(module), mir.module_layout(module)
         kind = mir.partitioning(module)
-        per_device_program = kind in ("explicit", "shardy")
+        per_device_program = kind in mir.PER_DEVICE
+        entry = mir.entry_function(module)
+        ftype = ir.FunctionType(ir.TypeAttr(entry.attributes["function_type"]).value)
+        global_sizes = _dim_sizes(module) if per_device_program else {}
 
-        def local(dims, shape, what):
-            if per_device_program:
-                return list(shape)
+        def layout_local(dims, shape, what):
             return list(tensor_layout(dims, shape, rules, mesh, what=what).local_sizes)
 
-        def describe(sig):
-            shape = local(sig.dims, sig.shape, sig.name)
+        def global_of(dims, local_shape, what):
+            """Global shape of a per-device value: each dim's size in the global
+            program when the name has one, else the local size times its axes."""
+            out = []
+            try:
+                factors = tensor_layout(dims, [0] * len(dims), rules, mesh, what=what).axes
+            except MtfcError:
+                factors = [()] * len(dims)
+            for d, s, axes in zip(dims, local_shape, factors):
+                out.append(global_sizes.get(d, s * math.prod(mesh.axis_size(a) for a in axes)))
+            return out
+
+        def describe(sig, program_type):
+            if per_device_program:
+                shape = list(ir.RankedTensorType(program_type).shape)
+            else:
+                shape = layout_local(sig.dims, sig.shape, sig.name)
             return {
                 "name": sig.name, "role": sig.role, "dims": sig.dims, "dtype": sig.dtype,
                 "shape": list(sig.shape), "local_shape": shape,
-                "bytes_per_device": math.prod(shape) * _BYTES.get(sig.dtype, 4),
+                "bytes_per_device": math.prod(shape) * comm_analysis.element_bytes(str(ir.RankedTensorType(program_type).element_type)),
             }
 
-        arguments = [describe(s) for s in mir.arguments(module)]
-        results = [describe(s) for s in mir.results(module)]
+        arguments = [describe(s, t) for s, t in zip(mir.arguments(module), ftype.inputs)]
+        results = [describe(s, t) for s, t in zip(mir.results(module), ftype.results)]
         values = []
-        for op in mir.body_ops(mir.entry_function(module)):
+        for op in mir.body_ops(entry):
             dims = mir.op_result_dims(op)
             if dims is None:
                 continue
             for d, r in zip(dims, op.results):
                 t = ir.RankedTensorType(r.type)
                 shape = tuple(t.shape)
+                if per_device_program:
+                    local, global_shape = list(shape), global_of(d, shape, mir.describe_op(op))
+                else:
+                    local, global_shape = layout_local(d, shape, mir.describe_op(op)), list(shape)
                 values.append({
                     "op": op.name, "location": mir.location_text(op.location), "dims": d,
-                    "dtype": mir.dtype_name(t.element_type), "shape": list(shape),
-                    "local_shape": local(d, shape, mir.describe_op(op)),
+                    "dtype": mir.dtype_name(t.element_type), "shape": global_shape, "local_shape": local,
+                    "bytes_per_device": math.prod(local) * comm_analysis.element_bytes(str(t.element_type)),
                 })
-        parameter_bytes = sum(a["bytes_per_device"] for a in arguments if a["role"] in ("parameter", "optimizer_state"))
-        return {
-            "mesh": str(mesh), "layout": str(rules), "partitioning": kind, "devices": mesh.size,
-            "arguments": arguments, "results": results, "values": values,
-            "parameter_bytes_per_device": parameter_bytes,
+
+        # ------------------------------------------------------ collectives
+        xla_memory = None
+        if per_device_program:
+            found = comm_analysis.module_collectives(module)
+            collectives = {"partitioner": "mtfc explicit" if kind == "explicit" else kind,
+                           "source": "StableHLO", "error": None}
+        elif kind == "gspmd" and xla:
+            from mtfc.emit.compare import xla_compile
+
+            try:
+                compiled = xla_compile(module, backend=backend)
+            except MtfcError as e:
+                found, error = [], str(e)
+            else:
+                found, error = comm_analysis.hlo_collectives(compiled.hlo_text, mesh), None
+                xla_memory = compiled.memory
+            collectives = {"partitioner": "XLA GSPMD", "source": "optimized HLO", "error": error}
+        else:
+            found = []
+            collectives = {"partitioner": None, "source": None,
+                           "error": None if kind == "none" else "not compiled (--no-xla)"}
+        collectives["ops"] = [c.as_dict() for c in found]
+        collectives.update(comm_analysis.summarize(found))
+
+        # ----------------------------------------------------------- memory
+        def role_bytes(*roles):
+            return sum(a["bytes_per_device"] for a in arguments if a["role"] in roles)
+
+        live = memory_analysis.liveness(module)
+        memory = {
+            "parameter_bytes": role_bytes("parameter"),
+            "optimizer_state_bytes": role_bytes("optimizer_state"),
+            "input_bytes": role_bytes("input"),
+            "output_bytes": sum(r["bytes_per_device"] for r in results),
+            "peak_activation_bytes": live.peak_bytes,
+            "peak_at": {"index": live.peak_index, "op": live.peak_op, "location": live.peak_location},
+            "largest_live": [v.as_dict() for v in live.live_at_peak],
+            "xla": xla_memory,
         }
 
+        report = {
+            "schema": SCHEMA_VERSION,
+            "mesh": str(mesh), "layout": str(rules), "partitioning": kind, "devices": mesh.size,
+            "arguments": arguments, "results": results, "values": values,
+            "parameter_bytes_per_device": role_bytes("parameter", "optimizer_state"),
+            "collectives": collectives,
+            "memory": memory,
+            "comparison": None,
+        }
+    if compare:
+        from mtfc.emit.compare import compare_partitioners
 
-def _table(rows: list[tuple]) -> str:
+        report["comparison"] = compare_partitioners(module, backend=backend)
+    return report
+
+
+# ----------------------------------------------------------------- text
+
+
+def _table(rows: list[tuple], right: set[int] = frozenset()) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+    def cell(i, c, w):
+        return str(c).rjust(w) if i in right else str(c).ljust(w)
+
+    lines = ["  ".join(cell(i, c, w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def _shape(s) -> str:
     return "x".join(map(str, s)) or "scalar"
+
+
+def human_bytes(n) -> str:
+    """``393216`` -> ``384.0 KiB``."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{int(n)} B" if unit == "B" and n.is_integer() else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _axes(op: dict) -> str:
+    if op["axes"] is None:
+        return f"part of {'+'.join(op['spans'])}" if op.get("spans") else "?"
+    return "+".join(op["axes"]) or "(none)"
+
+
+def _num(x) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:,.1f}"
+
+
+def _collectives_text(report: dict) -> list[str]:
+    c = report["collectives"]
+    if c["partitioner"] is None:
+        return ["collectives: none (an unpartitioned module)" if report["partitioning"] == "none"
+                else f"collectives: {c['error']}"]
+    head = f"collectives ({c['partitioner']}, read from {c['source']}; bytes per device, bus bytes by NCCL-tests):"
+    out = [head]
+    if c.get("error"):
+        return out + [f"  error: {c['error']}"]
+    if not c["ops"]:
+        return out + ["  none"]
+    rows = [("#", "kind", "axes", "n", "operand", "S bytes", "bus bytes", "location")]
+    for i, op in enumerate(c["ops"]):
+        rows.append((i, op["kind"], _axes(op), op["n"], op["shape"], _num(op["bytes"]), _num(op["bus_bytes"]), op["location"]))
+    out.append(_table(rows, right={0, 3, 5, 6}))
+    out += ["", "collective totals per step:"]
+    rows = [("kind", "count", "S bytes", "bus bytes", "bus")]
+    for kind, t in list(c["by_kind"].items()) + [("total", c["total"])]:
+        rows.append((kind, t["count"], _num(t["bytes"]), _num(t["bus_bytes"]), human_bytes(t["bus_bytes"])))
+    out.append(_table(rows, right={1, 2, 3, 4}))
+    return out
+
+
+def _memory_text(report: dict) -> list[str]:
+    m = report["memory"]
+    out = ["memory per device:"]
+    rows = [("", "bytes", "")]
+    for label, key in (("parameters", "parameter_bytes"), ("optimizer state", "optimizer_state_bytes"),
+                       ("inputs", "input_bytes"), ("outputs", "output_bytes"),
+                       ("peak live activations", "peak_activation_bytes")):
+        rows.append((label, _num(m[key]), human_bytes(m[key])))
+    if m.get("xla"):
+        for label, key in (("XLA arguments", "argument_bytes"), ("XLA outputs", "output_bytes"),
+                           ("XLA temporaries", "temp_bytes")):
+            if key in m["xla"]:
+                rows.append((label, _num(m["xla"][key]), human_bytes(m["xla"][key])))
+    out.append(_table(rows, right={1, 2}))
+    at = m["peak_at"]
+    if at["index"] >= 0:
+        out += ["", f"largest values live at the peak (op #{at['index']} {at['op']} at {at['location']}):"]
+        rows = [("op", "dims", "dtype", "per device", "bytes", "live", "location")]
+        for v in m["largest_live"]:
+            rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["local_shape"]), _num(v["bytes"]),
+                         f"{v['defined_at']}-{v['last_use']}", v["location"]))
+        out.append(_table(rows, right={4}))
+    return out
+
+
+def _comparison_text(report: dict) -> list[str]:
+    rows_in = report["comparison"]
+    kinds = [k for k in comm_analysis.KINDS if any(k in (r.get("by_kind") or {}) for r in rows_in)]
+    out = ["partitioners side by side (the same global program, mesh and layout; count and bus bytes per device per step):"]
+    header = ["partitioner", "read from"]
+    for k in kinds:
+        header += [k, "bus bytes"]
+    header += ["total", "bus bytes"]
+    rows = [tuple(header)]
+    errors = []
+    for r in rows_in:
+        if r.get("error"):
+            rows.append(tuple([r["partitioner"], r["source"]] + ["-"] * (2 * len(kinds) + 2)))
+            errors.append(f"  {r['partitioner']}: {r['error']}")
+            continue
+        cells = [r["partitioner"], r["source"]]
+        for k in kinds:
+            t = r["by_kind"].get(k)
+            cells += [t["count"], _num(t["bus_bytes"])] if t else [0, "0"]
+        cells += [r["total"]["count"], _num(r["total"]["bus_bytes"])]
+        rows.append(tuple(cells))
+    out.append(_table(rows, right=set(range(2, len(header)))))
+    return out + errors
 
 
 def render_text(report: dict) -> str:
@@ -80,11 +293,16 @@ def render_text(report: dict) -> str:
     rows = [("name", "role", "dims", "dtype", "global", "per device", "bytes/device")]
     for a in report["arguments"] + report["results"]:
         rows.append((a["name"], a["role"], ",".join(a["dims"]), a["dtype"], _shape(a["shape"]), _shape(a["local_shape"]), a["bytes_per_device"]))
-    out.append(_table(rows))
+    out.append(_table(rows, right={6}))
     out += ["", "values:"]
-    rows = [("op", "dims", "dtype", "global", "per device", "location")]
+    rows = [("op", "dims", "dtype", "global", "per device", "bytes/device", "location")]
     for v in report["values"]:
-        rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["shape"]), _shape(v["local_shape"]), v["location"]))
-    out.append(_table(rows))
+        rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["shape"]), _shape(v["local_shape"]),
+                     v["bytes_per_device"], v["location"]))
+    out.append(_table(rows, right={5}))
+    out += [""] + _collectives_text(report)
+    out += [""] + _memory_text(report)
+    if report.get("comparison") is not None:
+        out += [""] + _comparison_text(report)
     out += ["", f"parameters per device: {report['parameter_bytes_per_device']} bytes"]
     return "\n".join(out)
