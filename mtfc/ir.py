@@ -4,11 +4,13 @@ Everything that crosses from the frontend to the passes and the runtime goes
 through this module (see docs/IR.md).  Attribute names:
 
 module      ``mtfc.mesh = "rows:2,cols:4"``, ``mtfc.layout = "batch:rows"``,
+            ``mtfc.param_layout = "d_model:rows"`` (optional),
             ``mtfc.partitioning = "none" | "gspmd" | "explicit" | "shardy"``
 @main arg   ``mtfc.dims = [...]``, ``mtfc.name``, ``mtfc.role``, ``mtfc.init``
 @main res   ``mtfc.dims``, ``mtfc.name``, ``mtfc.role``
 op          ``mtfc.dims = [...]`` (one result) on every op directly in a
-            function body; ops nested in regions (reduction bodies) are exempt.
+            function body; ops nested in regions (reduction bodies) are exempt;
+            ``mtfc.class = "param"`` on ops whose results use the parameter layout.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ ROLE = "mtfc.role"
 INIT = "mtfc.init"
 MESH = "mtfc.mesh"
 LAYOUT = "mtfc.layout"
+PARAM_LAYOUT = "mtfc.param_layout"
+CLASS = "mtfc.class"
+ALIAS = "tf.aliasing_output"  # on an argument: the result that reuses its buffer
+STEP = "mtfc.step"
+OPTIMIZER = "mtfc.optimizer"
+STATE_ROLES = ("parameter", "optimizer_state")
 PARTITIONING = "mtfc.partitioning"
 ENTRY = "main"
 
@@ -185,10 +193,51 @@ def module_layout(module: ir.Module) -> LayoutRules:
     return LayoutRules.parse(ir.StringAttr(attrs[LAYOUT]).value) if LAYOUT in attrs else LayoutRules()
 
 
-def set_mesh_and_layout(module: ir.Module, mesh: Mesh, rules: LayoutRules) -> None:
+def module_param_layout(module: ir.Module) -> LayoutRules:
+    """The rules for parameters and optimizer state (the activation rules when absent)."""
+    attrs = module.operation.attributes
+    return LayoutRules.parse(ir.StringAttr(attrs[PARAM_LAYOUT]).value) if PARAM_LAYOUT in attrs else module_layout(module)
+
+
+def set_mesh_and_layout(module: ir.Module, mesh: Mesh, rules: LayoutRules,
+                        param_rules: LayoutRules | None = None) -> None:
     with module.context:
         module.operation.attributes[MESH] = ir.StringAttr.get(str(mesh))
         module.operation.attributes[LAYOUT] = ir.StringAttr.get(str(rules))
+        if param_rules is not None:
+            module.operation.attributes[PARAM_LAYOUT] = ir.StringAttr.get(str(param_rules))
+
+
+def op_class(op: ir.Operation) -> str:
+    """``param`` for ops the frontend marked as updating stored state, else ``activation``."""
+    return ir.StringAttr(op.attributes[CLASS]).value if CLASS in op.attributes else "activation"
+
+
+@dataclass(frozen=True)
+class Layouts:
+    """A module's mesh and its two rule sets: activations, and stored state
+    (parameters and optimizer state, `docs/IR.md` "Parameter layouts")."""
+
+    mesh: Mesh
+    activations: LayoutRules
+    params: LayoutRules
+
+    def rules(self, *, role: str | None = None, cls: str = "activation") -> LayoutRules:
+        return self.params if (role in STATE_ROLES or cls == "param") else self.activations
+
+    def of_signature(self, sig: "Signature") -> TensorLayout:
+        return sig.layout(self.rules(role=sig.role), self.mesh)
+
+    def of_value(self, dims, shape, *, cls: str = "activation", what: str = "value") -> TensorLayout:
+        return tensor_layout(list(dims), list(shape), self.rules(cls=cls), self.mesh, what=what)
+
+    def validate(self) -> None:
+        self.activations.validate(self.mesh)
+        self.params.validate(self.mesh)
+
+
+def module_layouts(module: ir.Module) -> Layouts:
+    return Layouts(module_mesh(module), module_layout(module), module_param_layout(module))
 
 
 def partitioning(module: ir.Module) -> str:

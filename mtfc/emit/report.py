@@ -63,15 +63,16 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
     `xla`: compile a ``gspmd`` module to read XLA's collectives and memory;
     `compare`: also run the global program through every partitioner."""
     with module.context:
-        mesh, rules = mir.module_mesh(module), mir.module_layout(module)
+        layouts = mir.module_layouts(module)
+        mesh, rules = layouts.mesh, layouts.activations
         kind = mir.partitioning(module)
         per_device_program = kind in mir.PER_DEVICE
         entry = mir.entry_function(module)
         ftype = ir.FunctionType(ir.TypeAttr(entry.attributes["function_type"]).value)
         global_sizes = _dim_sizes(module) if per_device_program else {}
 
-        def layout_local(dims, shape, what):
-            return list(tensor_layout(dims, shape, rules, mesh, what=what).local_sizes)
+        def layout_local(dims, shape, what, cls="activation"):
+            return list(layouts.of_value(dims, shape, cls=cls, what=what).local_sizes)
 
         def global_of(dims, local_shape, what):
             """Global shape of a per-device value: each dim's size in the global
@@ -89,7 +90,7 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
             if per_device_program:
                 shape = list(ir.RankedTensorType(program_type).shape)
             else:
-                shape = layout_local(sig.dims, sig.shape, sig.name)
+                shape = list(layouts.of_signature(sig).local_sizes)
             return {
                 "name": sig.name, "role": sig.role, "dims": sig.dims, "dtype": sig.dtype,
                 "shape": list(sig.shape), "local_shape": shape,
@@ -109,7 +110,7 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
                 if per_device_program:
                     local, global_shape = list(shape), global_of(d, shape, mir.describe_op(op))
                 else:
-                    local, global_shape = layout_local(d, shape, mir.describe_op(op)), list(shape)
+                    local, global_shape = layout_local(d, shape, mir.describe_op(op), mir.op_class(op)), list(shape)
                 values.append({
                     "op": op.name, "location": mir.location_text(op.location), "dims": d,
                     "dtype": mir.dtype_name(t.element_type), "shape": global_shape, "local_shape": local,

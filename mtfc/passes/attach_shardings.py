@@ -17,7 +17,6 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
-from mtfc.mesh import tensor_layout
 from mtfc.passes.hlo_sharding import hlo_sharding
 from mtfc.passes.manager import register_pass
 
@@ -33,19 +32,23 @@ def _with_sharding(attrs: ir.DictAttr, sharding: str) -> ir.DictAttr:
 @register_pass("attach-shardings")
 def attach_shardings(module: ir.Module, options) -> None:
     """Attach mhlo.sharding to every value from its dims, the layout and the mesh."""
-    mesh, rules = mir.module_mesh(module), mir.module_layout(module)
-    rules.validate(mesh)
+    layouts = mir.module_layouts(module)
+    layouts.validate()
+    mesh = layouts.mesh
     fn = mir.entry_function(module)
 
-    def sharding(dims, shape, what):
-        return hlo_sharding(tensor_layout(dims, shape, rules, mesh, what=what))
+    def sharding(dims, shape, what, cls="activation"):
+        return hlo_sharding(layouts.of_value(dims, shape, cls=cls, what=what))
+
+    def state(sig):
+        return "param" if sig.role in mir.STATE_ROLES else "activation"
 
     arg_attrs = [
-        _with_sharding(ir.DictAttr(a), sharding(sig.dims, sig.shape, f"argument {sig.name!r}"))
+        _with_sharding(ir.DictAttr(a), sharding(sig.dims, sig.shape, f"argument {sig.name!r}", state(sig)))
         for a, sig in zip(ir.ArrayAttr(fn.attributes["arg_attrs"]), mir.arguments(module))
     ]
     res_attrs = [
-        _with_sharding(ir.DictAttr(a), sharding(sig.dims, sig.shape, f"result {sig.name!r}"))
+        _with_sharding(ir.DictAttr(a), sharding(sig.dims, sig.shape, f"result {sig.name!r}", state(sig)))
         for a, sig in zip(ir.ArrayAttr(fn.attributes["res_attrs"]), mir.results(module))
     ]
     fn.attributes["arg_attrs"] = ir.ArrayAttr.get(arg_attrs)
@@ -57,7 +60,7 @@ def attach_shardings(module: ir.Module, options) -> None:
         if dims is None:
             raise MtfcError(f"{mir.describe_op(op)} carries no mtfc.dims")
         texts = [
-            sharding(d, tuple(ir.RankedTensorType(r.type).shape), f"value of {mir.describe_op(op)}")
+            sharding(d, tuple(ir.RankedTensorType(r.type).shape), f"value of {mir.describe_op(op)}", mir.op_class(op))
             for d, r in zip(dims, op.results)
         ]
         op.attributes[SHARDING] = ir.StringAttr.get(texts[0] if len(texts) == 1 else "{" + ", ".join(texts) + "}")

@@ -64,6 +64,7 @@ class Emitter:
         self.mesh = mesh
         self._replica_id: ir.Value | None = None
         self._offsets: dict[tuple[Axes, int], ir.Value] = {}
+        self._reshards: dict[tuple, Local] = {}  # one reshard per (value, target layout)
 
     # -------------------------------------------------------------- basics
     def factor(self, axes: Axes) -> int:
@@ -179,6 +180,12 @@ class Emitter:
         target = tuple(tuple(a) for a in target)
         if target == x.axes:
             return x
+        key = (x.value, x.axes, target)
+        if key not in self._reshards:
+            self._reshards[key] = self._reshard(x, target, what)
+        return self._reshards[key]
+
+    def _reshard(self, x: Local, target: tuple[Axes, ...], what: str) -> Local:
         if len(target) != len(x.axes):
             raise AssertionError(f"reshard of rank-{len(x.axes)} {what} to a rank-{len(target)} layout")
         for i, axes in enumerate(target):

@@ -134,6 +134,31 @@ class Fuser:
                     and np.array_equal(_groups(op), _groups(first))):
                 self.replace(op.results[0], first.operands[0])
 
+    def sink_all_reduce(self) -> None:
+        """all_reduce then a transpose or reshape == the transpose or reshape
+        then all_reduce (a sum commutes with moving elements); sinking it lets
+        a following own-block slice become a reduce_scatter."""
+        for op in self.ops():
+            if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
+                continue
+            users = _users(op.results[0])
+            if len(users) != 1 or users[0].name not in ("stablehlo.transpose", "stablehlo.reshape"):
+                continue
+            move = users[0]
+            after = _users(move.results[0])
+            if not any(u.name == "stablehlo.dynamic_slice" for u in after):
+                continue
+            attrs = {n: move.attributes[n] for n in move.attributes}
+            with ir.InsertionPoint(move), move.location:
+                moved = ir.Operation.create(move.name, results=[move.results[0].type], operands=[op.operands[0]],
+                                            attributes=attrs)
+                reduce_attrs = {n: op.attributes[n] for n in op.attributes}
+                reduce_attrs[mir.DIMS] = move.attributes[mir.DIMS]
+                summed = ir.Operation.create("stablehlo.all_reduce", results=[move.results[0].type],
+                                             operands=[moved.results[0]], attributes=reduce_attrs, regions=1)
+                clone_region(op.regions[0], summed.regions[0])
+            self.replace(move.results[0], summed.results[0])
+
     def reduce_then_own_slice(self) -> None:
         for op in self.ops():
             if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
@@ -239,6 +264,8 @@ class Fuser:
                 self.remove_dead()
             if not self.changed:
                 break
+        self.sink_all_reduce()
+        self.remove_dead()
         self.reduce_then_own_slice()
         self.remove_dead()
         self.merge_all_reduces()

@@ -30,7 +30,6 @@ from typing import Callable
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
-from mtfc.mesh import tensor_layout
 from mtfc.passes.comm_analysis import element_bytes, is_ranked
 
 
@@ -69,14 +68,14 @@ class Liveness:
 def per_device_shape_fn(module: ir.Module) -> Callable[[list[str], tuple[int, ...]], list[int]]:
     """(dims, type shape) -> per-device shape, for the module's partitioning."""
     if mir.partitioning(module) in mir.PER_DEVICE:
-        return lambda dims, shape: list(shape)
-    mesh, rules = mir.module_mesh(module), mir.module_layout(module)
+        return lambda dims, shape, cls="activation": list(shape)
+    layouts = mir.module_layouts(module)
 
-    def local(dims, shape):
+    def local(dims, shape, cls="activation"):
         if len(dims) != len(shape):
             return list(shape)
         try:
-            return list(tensor_layout(dims, shape, rules, mesh).local_sizes)
+            return list(layouts.of_value(dims, shape, cls=cls).local_sizes)
         except Exception:  # a value the layout cannot split: counted whole
             return list(shape)
 
@@ -100,7 +99,7 @@ def liveness(module: ir.Module, *, top: int = 8) -> Liveness:
                     continue
                 t = ir.RankedTensorType(r.type)
                 d = dims[k] if dims is not None and k < len(dims) else []
-                shape = local(d, tuple(t.shape))
+                shape = local(d, tuple(t.shape), mir.op_class(op))
                 lv = LiveValue(i, op.name, mir.location_text(op.location), d, mir.dtype_name(t.element_type),
                                shape, math.prod(shape) * element_bytes(str(t.element_type)), i)
                 index_of[r] = len(values)

@@ -31,7 +31,6 @@ from jax.extend.mlir.dialects import stablehlo as hlo
 
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
-from mtfc.mesh import tensor_layout
 from mtfc.passes.collectives import REDUCER_OF_OP, Axes, Emitter, Local
 from mtfc.passes.manager import register_pass
 
@@ -84,13 +83,15 @@ class Partitioner:
     def __init__(self, module: ir.Module):
         self.module = module
         self.mesh = mir.module_mesh(module)
-        self.rules = mir.module_layout(module)
-        self.rules.validate(self.mesh)
+        self.layouts = mir.module_layouts(module)
+        self.layouts.validate()
+        self.current_class = "activation"  # the layout class of the op being partitioned
         self.emit = Emitter(self.mesh)
 
     # --------------------------------------------------------------- layouts
-    def axes_of(self, dims, shape, what: str) -> tuple[Axes, ...]:
-        return tensor_layout(list(dims), list(shape), self.rules, self.mesh, what=what).axes
+    def axes_of(self, dims, shape, what: str, cls: str | None = None) -> tuple[Axes, ...]:
+        """Mesh axes per dim of a value of class `cls` (default: the current op's)."""
+        return self.layouts.of_value(dims, shape, cls=cls or self.current_class, what=what).axes
 
     def local_type(self, shape, axes, element_type) -> ir.RankedTensorType:
         return ir.RankedTensorType.get(self.emit.local_shape(shape, axes), element_type)
@@ -110,8 +111,11 @@ class Partitioner:
         module, mesh = self.module, self.mesh
         old = mir.entry_function(module)
         args, results = mir.arguments(module), mir.results(module)
-        arg_axes = [self.axes_of(s.dims, s.shape, f"argument {s.name!r}") for s in args]
-        res_axes = [self.axes_of(s.dims, s.shape, f"result {s.name!r}") for s in results]
+        def state(sig):
+            return "param" if sig.role in mir.STATE_ROLES else "activation"
+
+        arg_axes = [self.axes_of(s.dims, s.shape, f"argument {s.name!r}", state(s)) for s in args]
+        res_axes = [self.axes_of(s.dims, s.shape, f"result {s.name!r}", state(s)) for s in results]
         ftype = ir.FunctionType(ir.TypeAttr(old.attributes["function_type"]).value)
         in_types = [self.local_type(s.shape, a, ir.RankedTensorType(t).element_type)
                     for s, a, t in zip(args, arg_axes, ftype.inputs)]
@@ -152,6 +156,7 @@ class Partitioner:
             raise MtfcError(f"partition: cannot split {mir.describe_op(op)}: ops with {len(op.results)} results have no rule")
         dims = all_dims[0]
         shape = tuple(ir.RankedTensorType(op.results[0].type).shape)
+        self.current_class = mir.op_class(op)
         axes = self.axes_of(dims, shape, f"value of {mir.describe_op(op)}")
         if op.name in ("stablehlo.pad", "stablehlo.concatenate"):
             users = [u.owner for u in op.results[0].uses]
@@ -299,27 +304,35 @@ def reshape(p, op, args, dims, shape):
 
 @rule("stablehlo.dot_general")
 def dot_general(p, op, args, dims, shape):
-    """Local dot of local blocks; the rhs takes the lhs's layout on the batch and
-    contracting dims; a split contracting dim leaves partial sums: all_reduce."""
+    """Local dot of local blocks.  Batch and free dims of both operands take
+    the result's layout; the contracting dims keep the lhs's axes (minus any
+    the result uses) and the rhs follows; a split contracting dim leaves
+    partial sums: all_reduce over its axes."""
     lhs, rhs = args
     numbers = hlo.DotDimensionNumbers(op.attributes["dot_dimension_numbers"])
     lb, rb = list(numbers.lhs_batching_dimensions), list(numbers.rhs_batching_dimensions)
     lc, rc = list(numbers.lhs_contracting_dimensions), list(numbers.rhs_contracting_dimensions)
-    target = list(rhs.axes)
-    for li, ri in zip(lb + lc, rb + rc):
-        target[ri] = lhs.axes[li]
-    used = [a for ri in rb + rc for a in target[ri]]
-    for ri in range(len(target)):
-        if ri not in rb + rc:
-            target[ri] = tuple(a for a in target[ri] if a not in used)
-    rhs = p.emit.reshard(rhs, target, mir.describe_op(op))
     lfree = [i for i in range(len(lhs.shape)) if i not in lb + lc]
     rfree = [i for i in range(len(rhs.shape)) if i not in rb + rc]
-    out_axes = [lhs.axes[i] for i in lb] + [lhs.axes[i] for i in lfree] + [rhs.axes[i] for i in rfree]
-    flat = [a for ax in out_axes for a in ax]
-    if len(flat) != len(set(flat)):
-        raise MtfcError(f"partition: {mir.describe_op(op)}: operands [{', '.join(lhs.dims)}] and "
-                        f"[{', '.join(rhs.dims)}] put one mesh axis on two result dims")
+    out_axes = p.axes_of(dims, shape, mir.describe_op(op))
+    used = {a for axes in out_axes for a in axes}
+    lhs_target, rhs_target = [()] * len(lhs.shape), [()] * len(rhs.shape)
+    for k, i in enumerate(lb):
+        lhs_target[i] = rhs_target[rb[k]] = out_axes[k]
+    for k, i in enumerate(lfree):
+        lhs_target[i] = out_axes[len(lb) + k]
+    for k, i in enumerate(rfree):
+        rhs_target[i] = out_axes[len(lb) + len(lfree) + k]
+    for li, ri in zip(lc, rc):
+        keep = []
+        for a in lhs.axes[li]:
+            if a in used:
+                break  # keep a prefix: the axes after one the result uses are gathered too
+            keep.append(a)
+            used.add(a)
+        lhs_target[li] = rhs_target[ri] = tuple(keep)
+    lhs = p.emit.reshard(lhs, lhs_target, mir.describe_op(op))
+    rhs = p.emit.reshard(rhs, rhs_target, mir.describe_op(op))
     t = p.local_type(shape, out_axes, ir.RankedTensorType(op.results[0].type).element_type)
     value = p.clone(op, [lhs.value, rhs.value], t, dims)
     result = _result(p, value, dims, shape, out_axes)

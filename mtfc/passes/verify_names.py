@@ -30,8 +30,7 @@ def _check(dims: list[str], value_type: ir.Type, what: str) -> None:
 @register_pass("verify-names")
 def verify_names(module: ir.Module, options) -> None:
     """Check that every value carries dim names and the mesh/layout are valid."""
-    mesh, rules = mir.module_mesh(module), mir.module_layout(module)
-    rules.validate(mesh)
+    mir.module_layouts(module).validate()
     fn = mir.entry_function(module)
     ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
     for sig, t in zip(mir.arguments(module), ftype.inputs):
