@@ -8,6 +8,15 @@ Default layout: data parallel over `rows` (batch), Megatron-style tensor
 parallel over `cols` (heads and d_ff).  Other layouts:
   data parallel      --layout "batch:rows+cols"
   model parallel     --layout "heads:cols,d_ff:cols,vocab:rows"
+  FSDP (ZeRO-3)      --layout "batch:rows+cols" --param-layout "d_model:rows+cols"
+
+Training (the loss output, AdamW with warm-up and cosine decay) on the
+generated token stream in examples/data/tokens.npy, whose best possible loss
+is about 0.73 nats (ln 64 = 4.16 for guessing):
+  mtfc compile examples/transformer.py --train -o train.mlir
+  mtfc run train.mlir --steps 100 --data examples/data/tokens.npy
+The loss falls below 1.2 within 60 steps under each layout above
+(tests/test_train_transformer.py).
 """
 
 import mtfc as mtf
@@ -29,6 +38,7 @@ d_ff = mtf.Dim("d_ff", 256)
     },
     mesh="rows:2,cols:4",
     layout="batch:rows,heads:cols,d_ff:cols",
+    optimizer="adamw:lr=0.01,b2=0.99,warmup=10,decay=cosine,steps=200,clip=1.0",
 )
 def transformer(tokens, targets):
     x = mtf.layers.embedding(tokens, vocab, d_model)

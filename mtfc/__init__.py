@@ -2,7 +2,8 @@
 
 ``import mtfc as mtf`` gives the DSL: `Dim`, `Shape`, ops (`einsum`,
 `reduce_sum`, `softmax`, ...), `layers`, `get_variable`, `init`, `entry`,
-`Input` and `scope`.
+`Input`, `scope`, and autodiff (`grad`, `value_and_grad`, `stop_gradient`,
+`trainable_variables`).
 
 XLA's C++ warnings are silenced unless ``TF_CPP_MIN_LOG_LEVEL`` is already set
 (GSPMD's deprecation notice would otherwise open every run).
@@ -15,8 +16,9 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from mtfc.errors import MtfcError
 from mtfc.frontend import layers
 from mtfc.frontend.dims import Dim, Shape
-from mtfc.frontend.graph import Tensor, scope
-from mtfc.frontend.model import Entry, Input, entry, get_variable, init, trace
+from mtfc.frontend.graph import Tensor, recompute, scope
+from mtfc.frontend.autodiff import grad, value_and_grad
+from mtfc.frontend.model import Entry, Input, entry, get_variable, init, trace, trainable_variables
 from mtfc.frontend.ops import (
     abs,
     add,

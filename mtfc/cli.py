@@ -54,6 +54,10 @@ _mesh_option = click.option("--mesh", default=None, help='Device mesh, e.g. "row
 _layout_option = click.option(
     "--layout", default=None, help='Layout rules, e.g. "batch:rows,d_ff:cols" or "batch:rows+cols" (overrides the model\'s).'
 )
+_param_layout_option = click.option(
+    "--param-layout", default=None,
+    help='Layout rules for parameters and optimizer state, e.g. "d_model:rows" for FSDP (default: --layout).',
+)
 _dump_option = click.option(
     "--dump-ir-after-all", "dump_dir", default=None, type=click.Path(file_okay=False),
     help="Write the module after each pass to DIR as numbered files.",
@@ -70,17 +74,28 @@ _dump_option = click.option(
     help="Partitioning: gspmd (mhlo.sharding for XLA's partitioner, the default), explicit (mtfc's own "
     "per-device program), shardy (per-device program by Shardy, a cross-check) or none (global module).",
 )
+@_param_layout_option
 @click.option("--portable", is_flag=True, help="Write a versioned portable StableHLO artifact.")
 @click.option("--entry", "entry_name", default=None, help="The @mtf.entry function to compile, if the file has several.")
+@click.option("--train", is_flag=True, help="Build the train step (params, optimizer state, batch) -> "
+              "(loss, metrics, new params, new state) from the model's loss.")
+@click.option("--optimizer", default=None, help='With --train: optimizer spec, e.g. "adamw:lr=3e-3,clip=1,warmup=10" '
+              "(overrides the model's).")
+@click.option("--precision", default=None, type=click.Choice(["f32", "bf16"]),
+              help="With --train: compute dtype (bf16 keeps f32 master weights and optimizer state).")
 @_dump_option
 @_handle_errors
-def compile(model, output, mesh, layout, mode, portable, entry_name, dump_dir):  # noqa: A001
+def compile(model, output, mesh, layout, param_layout, mode, portable, entry_name, train, optimizer, precision,
+            dump_dir):  # noqa: A001
     """Compile a model file to StableHLO."""
     from mtfc.compiler import DEFAULT_MODE, compile_file
     from mtfc.emit.artifact import write_module
 
+    if (optimizer or precision) and not train:
+        raise MtfcError("--optimizer and --precision apply to train steps: add --train")
     module = compile_file(
-        model, mesh=mesh, layout=layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir, entry_name=entry_name
+        model, mesh=mesh, layout=layout, param_layout=param_layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir,
+        entry_name=entry_name, train=train, optimizer=optimizer, precision=precision,
     )
     write_module(module, output, portable=portable)
     click.echo(f"wrote {output}", err=True)
@@ -92,12 +107,13 @@ def compile(model, output, mesh, layout, mode, portable, entry_name, dump_dir): 
 @click.option("--pipeline", default=None, help="A named pipeline (a --mode of mtfc compile) instead of --passes.")
 @_mesh_option
 @_layout_option
+@_param_layout_option
 @click.option("-o", "--output", default=None, help="Write here instead of stdout (.mlir / .mlirbc).")
 @click.option("--no-debug-info", is_flag=True, help="Print without locations.")
 @click.option("--list-passes", is_flag=True, help="List the passes and exit.")
 @_dump_option
 @_handle_errors
-def opt(module_file, passes, pipeline, mesh, layout, output, no_debug_info, list_passes, dump_dir):
+def opt(module_file, passes, pipeline, mesh, layout, param_layout, output, no_debug_info, list_passes, dump_dir):
     """Run passes over a module file and print the result (like mlir-opt)."""
     from mtfc import ir as mir
     from mtfc.compiler import override_mesh_layout
@@ -111,7 +127,7 @@ def opt(module_file, passes, pipeline, mesh, layout, output, no_debug_info, list
         return
     context = mir.new_context()
     module = read_module(module_file, context)
-    override_mesh_layout(module, mesh, layout)
+    override_mesh_layout(module, mesh, layout, param_layout)
     if pipeline is not None:
         if pipeline not in PIPELINES:
             raise MtfcError(f"unknown pipeline {pipeline!r} (choose from {', '.join(PIPELINES)})")
@@ -153,14 +169,24 @@ def inspect(module_file, as_json, compare, no_xla, backend):
 @click.option("--outputs", "outputs_file", default=None, help="Save outputs to this .npz.")
 @click.option("--check", is_flag=True, help="Compare with the unsharded run on one device.")
 @click.option("--repeat", default=3, show_default=True, help="Timed executions (the median is reported).")
+@click.option("--steps", default=None, type=int,
+              help="Train-step modules: steps to run (default 10; after --restore, steps beyond the saved one).")
+@click.option("--data", default=None, help="Train-step modules: batches from FILE.npz (arrays by input name) "
+              "or FILE.npy (a token stream); default synthetic.")
+@click.option("--save", default=None, help="Train-step modules: write a sharded checkpoint to DIR at the end.")
+@click.option("--save-every", default=None, type=int, help="Train-step modules: also save every K steps.")
+@click.option("--restore", default=None, help="Train-step modules: start from the checkpoint in DIR.")
+@click.option("--log", "log_file", default=None, help="Train-step modules: per-step JSON lines to FILE.")
 @_handle_errors
-def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat):
-    """Run a compiled module on a device mesh and summarize its outputs."""
-    from mtfc.runtime.runner import run_command
+def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat,
+        steps, data, save, save_every, restore, log_file):
+    """Run a compiled module on a device mesh and summarize its outputs; run the
+    training loop of a train-step module."""
+    from mtfc.runtime.train_loop import TrainOptions, run_or_train
 
-    ok = run_command(
-        module_file, backend=backend, seed=seed, inputs_file=inputs_file,
-        outputs_file=outputs_file, check=check, repeat=repeat, echo=click.echo,
+    ok = run_or_train(
+        module_file, TrainOptions(steps, data, save, save_every, restore, log_file), backend=backend, seed=seed,
+        inputs_file=inputs_file, outputs_file=outputs_file, check=check, repeat=repeat, echo=click.echo,
     )
     if not ok:
         sys.exit(1)

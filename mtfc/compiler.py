@@ -12,11 +12,11 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.frontend.lower import lower_graph
-from mtfc.frontend.model import Entry, Input, load_model_file, resolve_mesh_layout, trace_entry
+from mtfc.frontend.model import Entry, Input, load_model_file, model_error, resolve_mesh_layout, trace_entry
 from mtfc.mesh import LayoutRules, Mesh
 from mtfc.passes.manager import PIPELINES, run_passes
 
-MODES = ("gspmd", "explicit", "none")
+MODES = ("gspmd", "explicit", "shardy", "none")
 DEFAULT_MODE = "gspmd"
 
 
@@ -25,20 +25,48 @@ def compile_entry(
     *,
     mesh: str | None = None,
     layout: str | None = None,
+    param_layout: str | None = None,
     mode: str = DEFAULT_MODE,
     dump_dir: str | None = None,
     path: str | None = None,
     context: ir.Context | None = None,
+    train: bool = False,
+    optimizer: str | None = None,
+    precision: str | None = None,
 ) -> ir.Module:
-    """Trace `entry`, lower it to global StableHLO, and run `mode`'s pipeline."""
+    """Trace `entry` (or, with `train`, its train step), lower it to global
+    StableHLO, and run `mode`'s pipeline."""
     if mode not in PIPELINES:
         raise MtfcError(f"unknown mode {mode!r} (choose from {', '.join(PIPELINES)})")
     mesh_obj, rules = resolve_mesh_layout(entry, mesh, layout)
-    traced = trace_entry(entry, path)
+    param_text = param_layout if param_layout is not None else entry.param_layout
+    param_rules = LayoutRules.parse(param_text) if param_text is not None else None
+    if param_rules is not None:
+        param_rules.validate(mesh_obj)
+    if train:
+        from mtfc.frontend.train import trace_train_step
+
+        try:
+            step = trace_train_step(entry, optimizer, precision)
+        except MtfcError:
+            raise
+        except Exception as e:
+            if path is None:
+                raise
+            raise model_error(path, e) from None
+        traced, roles, aliases = step.traced, step.output_roles, step.aliases
+    else:
+        traced, roles, aliases = trace_entry(entry, path), entry.output_roles, None
     module = lower_graph(
         traced.graph, traced.outputs, mesh=mesh_obj, layout=rules, model_name=entry.name,
-        context=context, output_roles=entry.output_roles,
+        context=context, output_roles=roles, aliases=aliases,
     )
+    with module.context:
+        if param_rules is not None:
+            module.operation.attributes[mir.PARAM_LAYOUT] = ir.StringAttr.get(str(param_rules))
+        if train:
+            module.operation.attributes[mir.STEP] = ir.StringAttr.get("train")
+            module.operation.attributes[mir.OPTIMIZER] = ir.StringAttr.get(str(step.optimizer))
     return run_passes(module, PIPELINES[mode], dump_dir=dump_dir)
 
 
@@ -56,16 +84,22 @@ def compile_function(
     layout: str = "",
     mode: str = DEFAULT_MODE,
     name: str = "model",
+    **kwargs,
 ) -> ir.Module:
-    """Compile a Python model function directly (tests, notebooks)."""
-    return compile_entry(Entry(fn, inputs, mesh, layout, name), mode=mode)
+    """Compile a Python model function directly (tests, notebooks); `kwargs`
+    go to `compile_entry` (param_layout, train, optimizer, precision)."""
+    return compile_entry(Entry(fn, inputs, mesh, layout, name), mode=mode, **kwargs)
 
 
-def override_mesh_layout(module: ir.Module, mesh: str | None, layout: str | None) -> None:
+def override_mesh_layout(module: ir.Module, mesh: str | None, layout: str | None,
+                         param_layout: str | None = None) -> None:
     """Replace the module's mesh and/or layout rules (before partitioning passes)."""
-    if mesh is None and layout is None:
+    if mesh is None and layout is None and param_layout is None:
         return
     mesh_obj = Mesh.parse(mesh) if mesh is not None else mir.module_mesh(module)
     rules = LayoutRules.parse(layout) if layout is not None else mir.module_layout(module)
     rules.validate(mesh_obj)
-    mir.set_mesh_and_layout(module, mesh_obj, rules)
+    param_rules = LayoutRules.parse(param_layout) if param_layout is not None else None
+    if param_rules is not None:
+        param_rules.validate(mesh_obj)
+    mir.set_mesh_and_layout(module, mesh_obj, rules, param_rules)

@@ -133,6 +133,12 @@ class Operation:
     name: str
     location: tuple[str, int] | None
     outputs: list[Tensor] = field(default_factory=list)
+    # "param" for ops that update stored state (the optimizer): their results
+    # take the parameter layout (docs/IR.md, "Parameter layouts")
+    layout_class: str = "activation"
+    # made inside `recompute()`: gradient ops that read its outputs get a
+    # fresh copy instead of the stored forward value
+    recompute: bool = False
 
 
 @dataclass
@@ -143,6 +149,7 @@ class Variable:
     role: str
     tensor: Tensor
     init: str
+    trainable: bool = False  # a float parameter that `mtf.grad`'s conveniences differentiate
 
 
 class Graph:
@@ -153,6 +160,12 @@ class Graph:
         self.variables: list[Variable] = []
         self._scopes: list[str] = []
         self._names: dict[str, int] = {}
+        # While set, ops are recorded at this location instead of the caller's
+        # model-file line (gradient ops take their forward op's location).
+        self.location_override: tuple[str, int] | None = None
+        # "bf16" under mixed precision: parameters are read as bf16 copies of
+        # their f32 master values (`get_variable`)
+        self.compute_dtype: str = "f32"
 
     def scope_prefix(self) -> str:
         return "/".join(self._scopes)
@@ -163,13 +176,19 @@ class Graph:
         self._names[full] = n + 1
         return full if n == 0 else f"{full}_{n}"
 
-    def add_variable(self, name: str, role: str, shape: Shape, dtype: str, init: str) -> Tensor:
+    def location(self) -> tuple[str, int] | None:
+        """Where an op recorded now comes from: the model-file line (or the override)."""
+        return self.location_override or user_location()
+
+    def add_variable(
+        self, name: str, role: str, shape: Shape, dtype: str, init: str, trainable: bool = False
+    ) -> Tensor:
         if any(v.name == name for v in self.variables):
             raise fail(f"variable {name!r} is created twice")
         op = Operation("variable", [], {"name": name}, name, user_location())
         tensor = Tensor(shape, dtype, op)
         op.outputs.append(tensor)
-        self.variables.append(Variable(name, role, tensor, init))
+        self.variables.append(Variable(name, role, tensor, init, trainable))
         return tensor
 
 
@@ -201,3 +220,19 @@ def scope(name: str):
         yield
     finally:
         graph._scopes.pop()
+
+
+@contextlib.contextmanager
+def recompute():
+    """Activation recomputation: ``with mtf.recompute(): ...`` marks a block
+    whose outputs the backward pass recomputes from the block's inputs
+    instead of keeping them alive from the forward pass (lowered with
+    ``stablehlo.optimization_barrier`` on the block's inputs, so XLA cannot
+    merge the copy back into the forward computation)."""
+    graph = current_graph()
+    start = len(graph.operations)
+    try:
+        yield
+    finally:
+        for op in graph.operations[start:]:
+            op.recompute = True

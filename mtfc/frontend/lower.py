@@ -25,10 +25,16 @@ from mtfc.mesh import LayoutRules, Mesh
 class Lowerer:
     """Helpers the primitives' ``lower`` methods use to emit tagged StableHLO."""
 
+    def __init__(self):
+        self.layout_class = "activation"  # of the graph operation being lowered
+
     def tag(self, op_or_value, dims) -> ir.Value:
-        """Attach ``mtfc.dims`` to the op defining the (single) result; return it."""
+        """Attach ``mtfc.dims`` (and the layout class, when not the default) to
+        the op defining the (single) result; return it."""
         op = op_or_value.operation if hasattr(op_or_value, "operation") else op_or_value.owner
         op.attributes[mir.DIMS] = mir.str_array(list(dims))
+        if self.layout_class != "activation":
+            op.attributes[mir.CLASS] = ir.StringAttr.get(self.layout_class)
         return op.results[0]
 
     def type(self, tensor: Tensor) -> ir.RankedTensorType:
@@ -61,11 +67,11 @@ def _scalar_attr(value, dtype: str) -> ir.Attribute:
     return ir.IntegerAttr.get(element, int(value))
 
 
-def _location(op: Operation) -> ir.Location:
+def _location(op: Operation, prefix: str = "") -> ir.Location:
     if op.location is None:
-        return ir.Location.name(op.name)
+        return ir.Location.name(prefix + op.name)
     filename, line = op.location
-    return ir.Location.name(op.name, childLoc=ir.Location.file(os.path.basename(filename), line, 1))
+    return ir.Location.name(prefix + op.name, childLoc=ir.Location.file(os.path.basename(filename), line, 1))
 
 
 def _live_operations(graph: Graph, outputs: list[Tensor]) -> list[Operation]:
@@ -80,6 +86,38 @@ def _live_operations(graph: Graph, outputs: list[Tensor]) -> list[Operation]:
     return [op for op in graph.operations if id(op) in live]
 
 
+class _Recompute:
+    """Fresh copies of values made in `mtf.recompute()` blocks, for the
+    gradient ops that read them: the producing ops are lowered again from the
+    block's inputs, each passed through ``stablehlo.optimization_barrier``."""
+
+    def __init__(self, lx: Lowerer, values: dict[int, ir.Value]):
+        self.lx, self.values = lx, values
+        self.copies: dict[int, ir.Value] = {}
+        self.barriers: dict[int, ir.Value] = {}
+
+    def value(self, t: Tensor) -> ir.Value:
+        if id(t) not in self.copies:
+            op = t.op
+            args = [self.value(i) if i.op.recompute else self._barrier(i) for i in op.inputs]
+            saved = self.lx.layout_class
+            self.lx.layout_class = op.layout_class
+            with _location(op, prefix="recompute/"):
+                results = PRIMITIVES[op.primitive].lower(self.lx, op, args)
+            self.lx.layout_class = saved
+            for out, r in zip(op.outputs, results):
+                self.copies[id(out)] = r
+        return self.copies[id(t)]
+
+    def _barrier(self, t: Tensor) -> ir.Value:
+        if id(t) not in self.barriers:
+            value = self.values[id(t)]
+            with _location(t.op, prefix="recompute/"):
+                barrier = hlo.OptimizationBarrierOp([value])
+            self.barriers[id(t)] = self.lx.tag(barrier, t.shape.names)
+        return self.barriers[id(t)]
+
+
 def lower_graph(
     graph: Graph,
     outputs: dict[str, Tensor],
@@ -89,10 +127,15 @@ def lower_graph(
     model_name: str,
     context: ir.Context | None = None,
     output_roles: dict[str, str] | None = None,
+    aliases: dict[str, int] | None = None,
 ) -> ir.Module:
-    """The global module for `graph` with results `outputs` (name -> tensor)."""
+    """The global module for `graph` with results `outputs` (name -> tensor).
+
+    `aliases`: argument name -> index of the result that reuses its buffer
+    (``tf.aliasing_output``, for train steps)."""
     context = context or mir.new_context()
     output_roles = output_roles or {}
+    aliases = aliases or {}
     for name, t in outputs.items():
         if not isinstance(t, Tensor):
             raise MtfcError(f"model output {name!r} is a {type(t).__name__}, not an mtfc tensor")
@@ -113,6 +156,8 @@ def lower_graph(
                         mir.NAME: ir.StringAttr.get(v.name),
                         mir.ROLE: ir.StringAttr.get(v.role),
                         mir.INIT: ir.StringAttr.get(v.init),
+                        **({mir.ALIAS: ir.IntegerAttr.get(ir.IntegerType.get_signless(32), aliases[v.name])}
+                           if v.name in aliases else {}),
                     }
                 )
                 for v in graph.variables
@@ -135,12 +180,16 @@ def lower_graph(
         for v, arg in zip(graph.variables, block.arguments):
             values[id(v.tensor)] = arg
         lx = Lowerer()
+        remat = _Recompute(lx, values)
         with ir.InsertionPoint(block):
             for op in _live_operations(graph, list(outputs.values())):
                 if op.primitive == "variable":
                     continue
+                lx.layout_class = op.layout_class
+                gradient = op.name.startswith("grad/")
+                args = [remat.value(t) if gradient and t.op.recompute else values[id(t)] for t in op.inputs]
                 with _location(op):
-                    results = PRIMITIVES[op.primitive].lower(lx, op, [values[id(t)] for t in op.inputs])
+                    results = PRIMITIVES[op.primitive].lower(lx, op, args)
                 for t, r in zip(op.outputs, results):
                     values[id(t)] = r
             func.ReturnOp([values[id(t)] for t in outputs.values()])

@@ -75,14 +75,37 @@ class init:  # noqa: N801 - a namespace, used as mtf.init.normal(0.02)
         return init.normal(1.0 / math.sqrt(fan_in))
 
 
-def get_variable(name: str, shape, dtype: str = "f32", initializer: str | None = None) -> Tensor:
-    """A trainable parameter named ``params/<scope>/<name>`` (Mesh TF's get_variable)."""
+def get_variable(
+    name: str, shape, dtype: str = "f32", initializer: str | None = None, *, trainable: bool = True
+) -> Tensor:
+    """A parameter named ``params/<scope>/<name>`` (Mesh TF's get_variable).
+
+    Float parameters are trainable (listed by `trainable_variables`, so
+    differentiated by `value_and_grad`) unless `trainable=False` (e.g. an
+    optimizer's slot variables); integer ones never are.
+    """
+    from mtfc.frontend.graph import FLOAT_DTYPES
     from mtfc.frontend.ops import _dtype
 
     graph = current_graph()
     shape = as_shape(shape)
+    dtype = _dtype(dtype)
     full = "params/" + (f"{graph.scope_prefix()}/{name}" if graph.scope_prefix() else name)
-    return graph.add_variable(full, "parameter", shape, _dtype(dtype), initializer or init.normal(0.02))
+    tensor = graph.add_variable(
+        full, "parameter", shape, dtype, initializer or init.normal(0.02), trainable=trainable and dtype in FLOAT_DTYPES
+    )
+    if graph.compute_dtype != "f32" and dtype == "f32":
+        # mixed precision: the model computes with a copy in the compute dtype;
+        # the f32 master value is what the optimizer updates
+        from mtfc.frontend.ops import cast
+
+        return cast(tensor, graph.compute_dtype)
+    return tensor
+
+
+def trainable_variables() -> dict[str, Tensor]:
+    """The current graph's trainable parameters, name (``params/...``) -> tensor, in creation order."""
+    return {v.name: v.tensor for v in current_graph().variables if v.trainable}
 
 
 # ----------------------------------------------------------------- entry
@@ -115,17 +138,36 @@ class Entry:
     layout: str = ""
     name: str = ""
     output_roles: dict[str, str] = field(default_factory=dict)
+    param_layout: str | None = None  # rules for parameters / optimizer state (FSDP); None: `layout`
+    loss: str = "loss"  # the output a train step minimises
+    optimizer: str = "adamw:lr=0.001"  # the train step's optimizer spec (mtfc.frontend.optimizers)
+    precision: str = "f32"  # compute dtype of a train step: f32, or bf16 with f32 master weights
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
 
 
-def entry(*, inputs: dict, mesh: str = "", layout: str = "", name: str | None = None):
-    """Decorator marking a model file's entry function."""
+def entry(
+    *,
+    inputs: dict,
+    mesh: str = "",
+    layout: str = "",
+    name: str | None = None,
+    param_layout: str | None = None,
+    loss: str = "loss",
+    optimizer: str = "adamw:lr=0.001",
+    precision: str = "f32",
+):
+    """Decorator marking a model file's entry function.
+
+    `mesh`, `layout` and `param_layout` are defaults the command line may
+    override; `loss`, `optimizer` and `precision` say how `mtfc compile
+    --train` builds a train step from it."""
 
     def wrap(fn):
         specs = {k: (v if isinstance(v, Input) else Input(v)) for k, v in inputs.items()}
-        return Entry(fn, specs, mesh, layout, name or fn.__name__)
+        return Entry(fn, specs, mesh, layout, name or fn.__name__, param_layout=param_layout, loss=loss,
+                     optimizer=optimizer, precision=precision)
 
     return wrap
 
@@ -215,4 +257,4 @@ def resolve_mesh_layout(entry_fn: Entry, mesh: str | None, layout: str | None) -
     return mesh_obj, rules
 
 
-__all__ = ["init", "get_variable", "Input", "entry", "Entry", "trace", "load_model_file", "fail"]
+__all__ = ["init", "get_variable", "trainable_variables", "Input", "entry", "Entry", "trace", "load_model_file", "fail"]

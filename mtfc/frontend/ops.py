@@ -221,8 +221,10 @@ def log_softmax(x: Tensor, dim: DimLike) -> Tensor:
 
 
 def stop_gradient(x: Tensor) -> Tensor:
-    """Identity in the forward pass (gradients arrive with training support)."""
-    return x
+    """Identity in the forward pass; `mtf.grad` sends no gradient through it."""
+    if not isinstance(x, Tensor):
+        raise fail(f"stop_gradient expects an mtfc tensor, got {type(x).__name__}")
+    return bind1("stop_gradient", [x])
 
 
 # ----------------------------------------------------------------- reshaping

@@ -39,7 +39,7 @@ ELEMENTWISE = {
     for name in (
         "abs add and compare convert cosine divide exponential exponential_minus_one floor ceil log "
         "log_plus_one logistic maximum minimum multiply negate not or power remainder round_nearest_even "
-        "rsqrt select sign sine sqrt subtract tanh xor clamp is_finite"
+        "rsqrt select sign sine sqrt subtract tanh xor clamp is_finite optimization_barrier"
     ).split()
 }
 

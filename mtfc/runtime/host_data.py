@@ -29,7 +29,8 @@ def shard_to_devices(array: np.ndarray, layout: TensorLayout, devices: list) -> 
     """Cut `array` into the shards `layout` assigns and place each on its device."""
     if tuple(array.shape) != tuple(layout.sizes):
         raise MtfcError(f"array of shape {array.shape} does not match dims {list(layout.dims)} of sizes {layout.sizes}")
-    shards = [jax.device_put(np.ascontiguousarray(array[layout.shard_slices(d)]), dev) for d, dev in enumerate(devices)]
+    # np.array, not np.ascontiguousarray: the latter turns a rank-0 array into shape (1,).
+    shards = [jax.device_put(np.array(array[layout.shard_slices(d)], order="C"), dev) for d, dev in enumerate(devices)]
     return jax.make_array_from_single_device_arrays(array.shape, jax_sharding(layout, devices), shards)
 
 
@@ -52,10 +53,12 @@ def gather_from_shards(shards: list, layout: TensorLayout, dtype) -> np.ndarray:
     return out
 
 
-def synthesize(sig: mir.Signature, seed: int) -> np.ndarray:
+def synthesize(sig: mir.Signature, seed: int, step: int | None = None) -> np.ndarray:
     """Host data for an argument from its initializer string, reproducible from
-    (`seed`, argument name) and independent of the layout."""
-    digest = hashlib.sha256(f"{seed}/{sig.name}".encode()).digest()
+    (`seed`, argument name) and independent of the layout.  With `step` (the
+    training loop's per-step batches) the key is (`seed`, `step`, name)."""
+    key = f"{seed}/{sig.name}" if step is None else f"{seed}/{step}/{sig.name}"
+    digest = hashlib.sha256(key.encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
     kind, _, args_text = (sig.init or "normal:1.0").partition(":")
     args = [float(a) for a in args_text.split(",") if a]

@@ -47,10 +47,11 @@ def run_command(
     check: bool = False,
     repeat: int = 3,
     echo: Callable[[str], None] = print,
+    module=None,
 ) -> bool:
-    """Run `module_file`; return False when `check` finds a mismatch."""
-    context = mir.new_context()
-    module = read_module(module_file, context)
+    """Run `module_file` (already read: `module`); return False when `check` finds a mismatch."""
+    if module is None:
+        module = read_module(module_file, mir.new_context())
     kind = mir.partitioning(module)
     mesh = mir.module_mesh(module)
     if backend == "cpu":

@@ -5,7 +5,9 @@ A primitive is the unit the graph records.  Its class states
 * ``infer(inputs, params) -> [(Shape, dtype)]`` -- the dims rule: output dims
   and dtype from input dims, raising a located `MtfcError` on a model mistake;
 * ``lower(lx, op, args) -> [ir.Value]`` -- StableHLO for it, every emitted op
-  tagged with its dim names through ``lx.tag``.
+  tagged with its dim names through ``lx.tag``;
+* ``grad(op, output_grads) -> [Tensor | None]`` -- the reverse-mode gradient
+  rule, in DSL ops (so gradients keep dim names), one entry per input.
 
 Partitioning rules are not here: the passes read only the IR and consult
 `mtfc.passes.op_rules` instead.
@@ -16,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from mtfc.frontend.dims import Shape
-from mtfc.frontend.graph import Operation, Tensor, current_graph, fail, user_location
+from mtfc.frontend.graph import Operation, Tensor, current_graph, fail
 
 PRIMITIVES: dict[str, "Primitive"] = {}
 
@@ -29,6 +31,19 @@ class Primitive:
 
     def lower(self, lx, op: Operation, args: list) -> list:
         raise NotImplementedError(f"primitive {self.name} has no lowering")
+
+    def grad(self, op: Operation, output_grads: list[Tensor | None]) -> list[Tensor | None]:
+        """The gradient rule (reverse mode), written in DSL ops.
+
+        `output_grads` holds, per output of `op`, the gradient of the scalar
+        being differentiated with respect to that output (dims and dtype of
+        the output), or None where it is zero.  Returns, per input, the
+        gradient with respect to that input (exactly the input's shape and
+        dtype), or None where it is zero or the input is not differentiable.
+        `mtfc.frontend.autodiff` calls it with the graph's name scope and
+        location set to the forward op's.
+        """
+        raise NotImplementedError(f"primitive {self.name} has no gradient rule")
 
 
 def register(cls):
@@ -45,7 +60,7 @@ def bind(primitive: str, inputs: Sequence[Tensor], *, name: str | None = None, *
             raise fail(f"{primitive} expects mtfc tensors, got {type(t).__name__}")
     prim = PRIMITIVES[primitive]
     outs = prim.infer(list(inputs), params)
-    op = Operation(primitive, list(inputs), params, graph.unique_name(name or primitive), user_location())
+    op = Operation(primitive, list(inputs), params, graph.unique_name(name or primitive), graph.location())
     op.outputs = [Tensor(shape, dtype, op, i) for i, (shape, dtype) in enumerate(outs)]
     graph.operations.append(op)
     return op.outputs

@@ -1,4 +1,8 @@
-"""Einsum by dim names and reductions over named dims."""
+"""Einsum by dim names and reductions over named dims.
+
+An einsum's gradient is an einsum of the output gradient with the other
+inputs; a sum's is a broadcast.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo as hlo
 
 from mtfc.frontend.dims import Shape
-from mtfc.frontend.graph import fail
+from mtfc.frontend.graph import FLOAT_DTYPES, fail
 from mtfc.frontend.primitives.base import Primitive, check_same_sizes, register
 
 REDUCERS = {"sum": hlo.AddOp, "max": hlo.MaxOp, "min": hlo.MinOp}
@@ -47,6 +51,24 @@ class Einsum(Primitive):
             perm = [names.index(n) for n in out.shape.names]
             value = lx.tag(hlo.TransposeOp(value, perm), out.shape.names)
         return [value]
+
+    def grad(self, op, output_grads):
+        from mtfc.frontend import ops
+
+        (g,) = output_grads
+        if op.outputs[0].dtype not in FLOAT_DTYPES:
+            return [None] * len(op.inputs)
+        grads = []
+        for i, x in enumerate(op.inputs):
+            # d/dx_i: the output gradient times every other input, summed down to
+            # x_i's dims (an einsum, so it partitions like the forward one)
+            others = op.inputs[:i] + op.inputs[i + 1 :]
+            available = set(g.shape.names).union(*(t.shape.names for t in others))
+            kept = Shape(d for d in x.shape if d.name in available)
+            gx = ops.einsum([g] + others, kept)
+            # dims only x_i had were summed away in the forward op: broadcast back
+            grads.append(ops.broadcast(gx, x.shape))
+        return grads
 
 
 def _dot(lx, lhs, lhs_names, rhs, rhs_names, keep, sizes, dtype):
@@ -117,3 +139,17 @@ class Reduce(Primitive):
         (x,), out = op.inputs, op.outputs[0]
         axes = [i for i, n in enumerate(x.shape.names) if n not in out.shape.names]
         return [reduce_value(lx, args[0], axes, list(out.shape.sizes), out.shape.names, x.dtype, op.params["kind"])]
+
+    def grad(self, op, output_grads):
+        from mtfc.frontend import ops
+
+        (g,), (x,), ans = output_grads, op.inputs, op.outputs[0]
+        if x.dtype not in FLOAT_DTYPES:
+            return [None]
+        if op.params["kind"] == "sum":
+            return [ops.broadcast(g, x.shape)]
+        # max / min (JAX's convention): the gradient goes to the elements equal
+        # to the result, shared equally among ties
+        hit = ops.cast(ops.equal(x, ans), x.dtype)
+        count = ops.reduce_sum(hit, output_shape=ans.shape)
+        return [hit * (g / count)]

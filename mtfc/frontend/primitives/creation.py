@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from jax.extend.mlir.dialects import stablehlo as hlo
 
-from mtfc.frontend.graph import fail
+from mtfc.frontend.graph import FLOAT_DTYPES, fail
 from mtfc.frontend.primitives.base import Primitive, register
 
 
@@ -25,6 +25,9 @@ class Constant(Primitive):
         out = op.outputs[0]
         return [lx.tag(hlo.ConstantOp(lx.dense(op.params["value"], out)), out.shape.names)]
 
+    def grad(self, op, output_grads):
+        return []
+
 
 @register
 class Iota(Primitive):
@@ -39,6 +42,9 @@ class Iota(Primitive):
     def lower(self, lx, op, args):
         out = op.outputs[0]
         return [lx.tag(hlo.IotaOp(lx.type(out), out.shape.index(op.params["dim"])), out.shape.names)]
+
+    def grad(self, op, output_grads):
+        return []
 
 
 @register
@@ -77,3 +83,32 @@ class Gather(Primitive):
         sizes[axis] = 1
         gather = hlo.GatherOp(args[0], args[1], numbers, sizes, indices_are_sorted=False)
         return [lx.tag(gather, out.shape.names)]
+
+    def grad(self, op, output_grads):
+        """The table's gradient is a scatter-add of the output gradient rows,
+        written as ``einsum(one_hot(indices, vocab), g)``: it partitions like
+        any einsum (a vocab split needs no gather of the gradient).  Indices
+        are clamped into range first, as the lookup (StableHLO gather) does."""
+        from mtfc.frontend import ops
+        from mtfc.frontend.dims import Dim
+
+        (g,), (table, indices) = output_grads, op.inputs
+        if table.dtype not in FLOAT_DTYPES:
+            return [None, None]
+        vocab = table.shape.get(op.params["dim"])
+        if vocab.name in indices.shape.names:
+            # the indices reuse the table dim's name: give it another one on both sides
+            other = _fresh_name(vocab.name, [table.shape, indices.shape, g.shape])
+            indices = ops.rename_dimension(indices, vocab.name, other)
+            g = ops.rename_dimension(g, vocab.name, other)
+        indices = ops.minimum(ops.maximum(indices, 0), vocab.size - 1)
+        hot = ops.one_hot(indices, Dim(vocab.name, vocab.size), dtype=table.dtype)
+        return [ops.einsum([hot, g], table.shape, name="scatter_add"), None]
+
+
+def _fresh_name(base, shapes):
+    names = {n for s in shapes for n in s.names}
+    k = 0
+    while f"{base}_{k}" in names:
+        k += 1
+    return f"{base}_{k}"

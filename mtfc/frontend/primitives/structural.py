@@ -1,5 +1,9 @@
 """Primitives that move data without arithmetic: broadcast, transpose,
-reshape (rename / replace dims), slice, pad, concat."""
+reshape (rename / replace dims), slice, pad, concat, stop_gradient.
+
+Their gradient rules move the gradient back the other way: a broadcast's is a
+sum over the added dims, a slice's a pad with zeros, a pad's a slice, and so on.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,13 @@ class Broadcast(Primitive):
             positions = sorted(positions)
         return [lx.tag(hlo.BroadcastInDimOp(lx.type(out), value, positions), out.shape.names)]
 
+    def grad(self, op, output_grads):
+        from mtfc.frontend import ops
+
+        (g,), x = output_grads, op.inputs[0]
+        # sum over the added dims, then back to x's dim order
+        return [ops.transpose(ops.reduce_sum(g, output_shape=x.shape), x.shape)]
+
 
 @register
 class Transpose(Primitive):
@@ -56,6 +67,11 @@ class Transpose(Primitive):
         perm = [x.shape.names.index(n) for n in out.shape.names]
         return [lx.tag(hlo.TransposeOp(args[0], perm), out.shape.names)]
 
+    def grad(self, op, output_grads):
+        from mtfc.frontend import ops
+
+        return [ops.transpose(output_grads[0], op.inputs[0].shape)]
+
 
 @register
 class Reshape(Primitive):
@@ -73,6 +89,12 @@ class Reshape(Primitive):
     def lower(self, lx, op, args):
         out = op.outputs[0]
         return [lx.tag(hlo.ReshapeOp(lx.type(out), args[0]), out.shape.names)]
+
+    def grad(self, op, output_grads):
+        from mtfc.frontend import ops
+
+        # the same elements under the input's dims (a rename back, or the inverse split / merge)
+        return [ops.reshape(output_grads[0], op.inputs[0].shape)]
 
 
 @register
@@ -100,6 +122,15 @@ class Slice(Primitive):
         start[i], limit[i] = op.params["begin"], op.params["end"]
         return [lx.tag(hlo.SliceOp(args[0], start, limit, [1] * len(start)), out.shape.names)]
 
+    def grad(self, op, output_grads):
+        from mtfc.frontend import ops
+
+        (g,), x = output_grads, op.inputs[0]
+        old = x.shape.get(op.params["dim"])
+        begin, end = op.params["begin"], op.params["end"]
+        # zeros where the slice dropped elements
+        return [ops.pad(g, (begin, old.size - end), op.params["new_dim"].name, new_name=old.name)]
+
 
 @register
 class Pad(Primitive):
@@ -125,6 +156,14 @@ class Pad(Primitive):
         pad_value = lx.scalar(op.params["value"], x.dtype)
         return [lx.tag(hlo.PadOp(args[0], pad_value, low, high, [0] * len(low)), out.shape.names)]
 
+    def grad(self, op, output_grads):
+        from mtfc.frontend import ops
+
+        (g,), x = output_grads, op.inputs[0]
+        old = x.shape.get(op.params["dim"])
+        # the padding value is a constant: only the original elements get gradient
+        return [ops.slice(g, op.params["before"], old.size, op.params["new_dim"].name, new_name=old.name)]
+
 
 @register
 class Concat(Primitive):
@@ -149,3 +188,31 @@ class Concat(Primitive):
         out = op.outputs[0]
         axis = op.inputs[0].shape.index(op.params["dim"])
         return [lx.tag(hlo.ConcatenateOp(args, axis), out.shape.names)]
+
+    def grad(self, op, output_grads):
+        from mtfc.frontend import ops
+
+        (g,), dim, new = output_grads, op.params["dim"], op.params["new_dim"].name
+        grads, offset = [], 0
+        for x in op.inputs:
+            size = x.shape.get(dim).size
+            grads.append(ops.slice(g, offset, size, new, new_name=dim))
+            offset += size
+        return grads
+
+
+@register
+class StopGradient(Primitive):
+    """The identity, with no gradient: ``mtf.stop_gradient(x)``.  Lowers to nothing."""
+
+    name = "stop_gradient"
+
+    def infer(self, inputs, params):
+        (x,) = inputs
+        return [(x.shape, x.dtype)]
+
+    def lower(self, lx, op, args):
+        return [args[0]]
+
+    def grad(self, op, output_grads):
+        return [None]

@@ -1,0 +1,236 @@
+"""Batches for the training loop: one host array per `input` argument per step.
+
+Step ``k`` (counted from 0 over the whole run, restores included, so a resumed
+run reads the same batches as an uninterrupted one) gets:
+
+* **synthetic** (no ``--data``): every input synthesized from its
+  ``mtfc.init``, seeded by ``(seed, k, mtfc.name)`` (`host_data.synthesize`);
+* **``--data FILE.npz``**: arrays named like the inputs.  Either all arrays
+  have a leading *step* axis, ``(S, *input shape)``, and step ``k`` takes
+  slice ``k mod S``; or all have a leading *example* axis, ``(E, *input
+  shape[1:])``, and step ``k`` takes the consecutive examples
+  ``[b*B, (b+1)*B)`` with ``B`` the input's first (batch) dim and ``b = k mod
+  floor(E / B)`` (a trailing partial batch is never used).  Inputs the file
+  lacks are synthesized as above;
+* **``--data FILE.npy``**: a 1-D integer token stream, for inputs named
+  ``tokens`` (and optionally ``targets``) of dims ``[batch, length]``: the
+  stream is cut into windows ``w = 0, 1, ...`` starting at ``w * length``;
+  row ``j`` of step ``k`` reads window ``(k * batch + j) mod W`` (``W`` the
+  number of whole windows), ``tokens = stream[s : s + length]`` and
+  ``targets = stream[s + 1 : s + length + 1]`` (shifted by one).  Other
+  inputs are synthesized.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mtfc import ir as mir
+from mtfc.errors import MtfcError
+from mtfc.runtime.host_data import synthesize
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def _cast(array: np.ndarray, sig: mir.Signature, what: str) -> np.ndarray:
+    target = np.dtype(mir.numpy_dtype(sig.dtype))
+    if array.dtype == target:
+        return array
+    if not np.can_cast(array.dtype, target, "same_kind") and not (
+        array.dtype.kind in "iub" and target.kind in "iuf"
+    ):
+        raise MtfcError(f"{what} has dtype {array.dtype}, input {sig.name!r} is {sig.dtype}")
+    return array.astype(target)
+
+
+def throughput_unit(inputs: list[mir.Signature]) -> tuple[str, int] | None:
+    """("tokens", batch*length) when there is a `tokens` input, else
+    ("examples", the size of the `batch` dim, or the first input's leading dim)."""
+    for sig in inputs:
+        if _leaf(sig.name) == "tokens" and len(sig.shape) == 2:
+            return "tokens", sig.shape[0] * sig.shape[1]
+    for sig in inputs:
+        if "batch" in sig.dims:
+            return "examples", sig.shape[sig.dims.index("batch")]
+    for sig in inputs:
+        if sig.shape:
+            return "examples", sig.shape[0]
+    return None
+
+
+class Batches:
+    """Synthetic batches (and the base of the file-backed sources)."""
+
+    kind = "synthetic"
+
+    def __init__(self, inputs: list[mir.Signature], seed: int):
+        self.inputs = inputs
+        self.seed = seed
+        self.synthesized = [s.name for s in inputs]
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        out = {s.name: synthesize(s, self.seed, step) for s in self.inputs if s.name in self.synthesized}
+        out.update(self._from_file(step))
+        return out
+
+    def _from_file(self, step: int) -> dict[str, np.ndarray]:
+        return {}
+
+    def describe(self) -> str:
+        return f"synthetic (seed {self.seed}, per step)"
+
+    def info(self) -> dict:
+        return {"source": self.kind, "seed": self.seed}
+
+    def _note_synthesized(self) -> str:
+        return f"; synthesized per step: {', '.join(self.synthesized)}" if self.synthesized else ""
+
+
+class NpzBatches(Batches):
+    kind = "npz"
+
+    def __init__(self, path: str, inputs: list[mir.Signature], seed: int):
+        super().__init__(inputs, seed)
+        self.path = path
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                given = {k: np.asarray(data[k]) for k in data.files}
+        except (OSError, ValueError) as e:
+            raise MtfcError(f"cannot read data {path!r}: {e}") from None
+        by_name = {s.name: s for s in inputs}
+        unknown = sorted(set(given) - set(by_name))
+        if unknown:
+            raise MtfcError(
+                f"{path}: no input named {unknown[0]!r} (inputs: {', '.join(sorted(by_name)) or 'none'})"
+            )
+        if not given:
+            raise MtfcError(f"{path} holds no arrays")
+        self.arrays: dict[str, np.ndarray] = {}
+        modes = {}
+        for name, array in given.items():
+            sig = by_name[name]
+            shape = tuple(array.shape)
+            if shape[1:] == sig.shape and len(shape) == len(sig.shape) + 1:
+                modes[name] = "steps"
+            elif sig.shape and len(shape) == len(sig.shape) and shape[1:] == sig.shape[1:] and shape[0] >= sig.shape[0]:
+                modes[name] = "examples"
+            else:
+                want = " x ".join(map(str, sig.shape)) or "scalar"
+                examples = (f" or (examples >= {sig.shape[0]}, {', '.join(map(str, sig.shape[1:]))})"
+                            if sig.shape else "")
+                raise MtfcError(
+                    f"{path}: array {name!r} has shape {shape}, input {name!r} [{', '.join(sig.dims)}] is {want}: "
+                    f"give (steps, {', '.join(map(str, sig.shape))}){examples}"
+                )
+            self.arrays[name] = _cast(array, sig, f"{path}: array {name!r}")
+        if len(set(modes.values())) > 1:
+            raise MtfcError(
+                f"{path}: some arrays have a leading step axis and some an example axis "
+                f"({', '.join(f'{n}: {m}' for n, m in sorted(modes.items()))}); use one kind"
+            )
+        self.mode = next(iter(modes.values()))
+        lengths = {n: a.shape[0] for n, a in self.arrays.items()}
+        if self.mode == "steps":
+            if len(set(lengths.values())) > 1:
+                raise MtfcError(f"{path}: arrays have different numbers of steps: {lengths}")
+            self.length = next(iter(lengths.values()))
+        else:
+            counts = {n: lengths[n] // by_name[n].shape[0] for n in self.arrays}
+            if len(set(lengths.values())) > 1:
+                raise MtfcError(f"{path}: arrays have different numbers of examples: {lengths}")
+            self.length = min(counts.values())
+        if self.length < 1:
+            raise MtfcError(f"{path}: the arrays hold no whole step")
+        self.synthesized = [s.name for s in inputs if s.name not in self.arrays]
+
+    def _from_file(self, step: int) -> dict[str, np.ndarray]:
+        i = step % self.length
+        if self.mode == "steps":
+            return {n: a[i] for n, a in self.arrays.items()}
+        out = {}
+        for n, a in self.arrays.items():
+            size = next(s.shape[0] for s in self.inputs if s.name == n)
+            out[n] = a[i * size:(i + 1) * size]
+        return out
+
+    def describe(self) -> str:
+        unit = "steps" if self.mode == "steps" else "batches of consecutive examples"
+        return f"{self.path} ({self.length} {unit}, cycled){self._note_synthesized()}"
+
+    def info(self) -> dict:
+        return {"source": self.kind, "path": self.path, "mode": self.mode, "length": self.length, "seed": self.seed}
+
+
+class TokenBatches(Batches):
+    kind = "tokens"
+
+    def __init__(self, path: str, inputs: list[mir.Signature], seed: int):
+        super().__init__(inputs, seed)
+        self.path = path
+        try:
+            stream = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise MtfcError(f"cannot read data {path!r}: {e}") from None
+        if stream.ndim != 1 or stream.dtype.kind not in "iu":
+            raise MtfcError(
+                f"{path}: a .npy data file is a 1-D integer token stream; this one is {stream.dtype} of shape {stream.shape}"
+            )
+        self.stream = stream
+        self.tokens = next((s for s in inputs if _leaf(s.name) == "tokens"), None)
+        self.targets = next((s for s in inputs if _leaf(s.name) == "targets"), None)
+        if self.tokens is None:
+            raise MtfcError(
+                f"{path} is a token stream, but the module has no input named 'tokens' "
+                f"(inputs: {', '.join(s.name for s in inputs) or 'none'}); give an .npz instead"
+            )
+        for sig in (self.tokens, self.targets):
+            if sig is not None and (len(sig.shape) != 2 or sig.dtype not in ("i32", "ui32")):
+                raise MtfcError(
+                    f"input {sig.name!r} [{', '.join(sig.dims)}] ({sig.dtype}) cannot take windows of a token stream: "
+                    "it needs dims [batch, length] and an integer dtype"
+                )
+        if self.targets is not None and self.targets.shape != self.tokens.shape:
+            raise MtfcError(f"inputs {self.tokens.name!r} and {self.targets.name!r} have different shapes")
+        self.batch_size, self.length = self.tokens.shape
+        need = self.length + (1 if self.targets is not None else 0)
+        if len(stream) < need:
+            raise MtfcError(f"{path} holds {len(stream)} tokens; one window of {self.tokens.name!r} needs {need}")
+        self.windows = (len(stream) - need) // self.length + 1
+        self.synthesized = [s.name for s in inputs if s is not self.tokens and s is not self.targets]
+
+    def _from_file(self, step: int) -> dict[str, np.ndarray]:
+        n, length = self.batch_size, self.length
+        starts = ((step * n + np.arange(n)) % self.windows) * length
+        dtype = mir.numpy_dtype(self.tokens.dtype)
+        tokens = np.stack([self.stream[s:s + length] for s in starts]).astype(dtype)
+        out = {self.tokens.name: tokens}
+        if self.targets is not None:
+            out[self.targets.name] = np.stack([self.stream[s + 1:s + length + 1] for s in starts]).astype(dtype)
+        return out
+
+    def describe(self) -> str:
+        return (f"{self.path} ({len(self.stream)} tokens, {self.windows} windows of {self.length}, cycled)"
+                f"{self._note_synthesized()}")
+
+    def info(self) -> dict:
+        return {"source": self.kind, "path": self.path, "tokens": int(len(self.stream)), "windows": self.windows,
+                "seed": self.seed}
+
+
+def open_batches(path: str | None, inputs: list[mir.Signature], seed: int) -> Batches:
+    """The batch source for `--data path` (None: synthetic)."""
+    if path is None:
+        return Batches(inputs, seed)
+    if not os.path.exists(path):
+        raise MtfcError(f"data file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise MtfcError(f"data file {path!r} is a directory")
+    if path.endswith(".npz"):
+        return NpzBatches(path, inputs, seed)
+    if path.endswith(".npy"):
+        return TokenBatches(path, inputs, seed)
+    raise MtfcError(f"data file {path!r}: expected .npz (arrays by input name) or .npy (a token stream)")
