@@ -12,7 +12,7 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.frontend.lower import lower_graph
-from mtfc.frontend.model import Entry, Input, load_model_file, model_error, resolve_mesh_layout, trace_entry
+from mtfc.frontend.model import Entry, Input, load_model_file, resolve_mesh_layout, run_model_code, trace_entry
 from mtfc.mesh import LayoutRules, Mesh
 from mtfc.passes.manager import PIPELINES, run_passes
 
@@ -46,14 +46,7 @@ def compile_entry(
     if train:
         from mtfc.frontend.train import trace_train_step
 
-        try:
-            step = trace_train_step(entry, optimizer, precision)
-        except MtfcError:
-            raise
-        except Exception as e:
-            if path is None:
-                raise
-            raise model_error(path, e) from None
+        step = run_model_code(path, trace_train_step, entry, optimizer, precision)
         traced, roles, aliases = step.traced, step.output_roles, step.aliases
     else:
         traced, roles, aliases = trace_entry(entry, path), entry.output_roles, None

@@ -238,16 +238,21 @@ def model_error(path: str, error: Exception) -> MtfcError:
     return MtfcError(f"{type(error).__name__}: {error}", where=where)
 
 
-def trace_entry(entry_fn: Entry, path: str | None = None) -> Traced:
+def run_model_code(path: str | None, fn: Callable, *args, **kwargs):
+    """Call `fn`, which runs model-file code: an exception it raises becomes a
+    one-line `MtfcError` at the model file's line (when `path` is known)."""
     try:
-        traced = trace(entry_fn.fn, entry_fn.inputs, entry_fn.name)
+        return fn(*args, **kwargs)
     except MtfcError:
         raise
     except Exception as e:
         if path is None:
             raise
         raise model_error(path, e) from None
-    return traced
+
+
+def trace_entry(entry_fn: Entry, path: str | None = None) -> Traced:
+    return run_model_code(path, trace, entry_fn.fn, entry_fn.inputs, entry_fn.name)
 
 
 def resolve_mesh_layout(entry_fn: Entry, mesh: str | None, layout: str | None) -> tuple[Mesh, LayoutRules]:
