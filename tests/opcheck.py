@@ -32,8 +32,9 @@ def _tolerance_key(got: np.ndarray, want: np.ndarray, name: str) -> str:
     return "f32"
 
 
-# Every op test runs under each partitioner: XLA's (gspmd) and mtfc's own (explicit).
-MODES = ("gspmd", "explicit")
+# Every op test runs under each partitioner: XLA's (gspmd), mtfc's own
+# (explicit) and Shardy's (shardy, run in-process by the pass sdy-partition).
+MODES = ("gspmd", "explicit", "shardy")
 
 
 def check(fn, inputs, reference, layout, host_inputs=None, modes=MODES):

@@ -32,7 +32,7 @@ LAYOUTS = {
 }
 
 
-MODES = ("gspmd", "explicit")
+MODES = ("gspmd", "explicit", "shardy")
 
 
 @pytest.mark.parametrize("mode", MODES)

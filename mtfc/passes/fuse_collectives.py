@@ -9,7 +9,9 @@ their replica groups.  Guarantees: the same results, computed with
   ``reduce_scatter`` along that dim;
 * independent ``all_reduce`` ops over the same groups with the same reducer
   and element type -> one variadic ``all_reduce`` (placed after the last
-  operand is computed and before the first result is used);
+  operand is computed and before the first result is used; not in shardy
+  modules, whose manual program XLA's partitioner accepts only with
+  single-operand all_reduces);
 * identical collectives on the same operands -> one;
 then ops left without uses are removed.  "The device's own block" is checked
 semantically: the slice's start, evaluated on every device, is the device's
@@ -58,9 +60,10 @@ def _users(value: ir.Value) -> list[ir.Operation]:
 
 
 class Fuser:
-    def __init__(self, fn: ir.Operation, num_devices: int):
+    def __init__(self, fn: ir.Operation, num_devices: int, *, variadic: bool = True):
         self.fn = fn
         self.n = num_devices
+        self.variadic = variadic  # may all_reduces be merged into one variadic op
         self.changed = False
 
     def ops(self) -> list[ir.Operation]:
@@ -136,8 +139,18 @@ class Fuser:
 
     def sink_all_reduce(self) -> None:
         """all_reduce then a transpose or reshape == the transpose or reshape
-        then all_reduce (a sum commutes with moving elements); sinking it lets
-        a following own-block slice become a reduce_scatter."""
+        then all_reduce (a sum commutes with moving elements).  Sinking it
+        lets a following own-block slice become a reduce_scatter, and moves a
+        gradient's all_reduce past the transpose into its parameter's dim
+        order, next to its real consumer (the optimizer), so that
+        `merge_all_reduces` can merge the gradients' all_reduces."""
+        for _ in range(4):  # through a transpose then a reshape, ...
+            if not self._sink_all_reduce_once():
+                break
+            self.remove_dead()
+
+    def _sink_all_reduce_once(self) -> bool:
+        sunk = False
         for op in self.ops():
             if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
                 continue
@@ -145,9 +158,7 @@ class Fuser:
             if len(users) != 1 or users[0].name not in ("stablehlo.transpose", "stablehlo.reshape"):
                 continue
             move = users[0]
-            after = _users(move.results[0])
-            if not any(u.name == "stablehlo.dynamic_slice" for u in after):
-                continue
+            sunk = True
             attrs = {n: move.attributes[n] for n in move.attributes}
             with ir.InsertionPoint(move), move.location:
                 moved = ir.Operation.create(move.name, results=[move.results[0].type], operands=[op.operands[0]],
@@ -158,6 +169,7 @@ class Fuser:
                                              operands=[moved.results[0]], attributes=reduce_attrs, regions=1)
                 clone_region(op.regions[0], summed.regions[0])
             self.replace(move.results[0], summed.results[0])
+        return sunk
 
     def reduce_then_own_slice(self) -> None:
         for op in self.ops():
@@ -268,12 +280,16 @@ class Fuser:
         self.remove_dead()
         self.reduce_then_own_slice()
         self.remove_dead()
-        self.merge_all_reduces()
-        self.remove_dead()
+        if self.variadic:
+            self.merge_all_reduces()
+            self.remove_dead()
 
 
 @register_pass("fuse-collectives")
 def fuse_collectives(module: ir.Module, options) -> None:
     """Merge, simplify and remove collectives without changing results."""
     mesh = mir.module_mesh(module)
-    Fuser(mir.entry_function(module), mesh.size).run()
+    # XLA runs Shardy's manual program through its SPMD partitioner, which
+    # accepts only single-operand all_reduces
+    variadic = mir.partitioning(module) != "shardy"
+    Fuser(mir.entry_function(module), mesh.size, variadic=variadic).run()

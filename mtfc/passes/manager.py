@@ -38,6 +38,7 @@ PIPELINES: dict[str, list[str]] = {
     "none": ["verify-names"],
     "gspmd": ["verify-names", "attach-shardings"],
     "explicit": ["verify-names", "partition", "fuse-collectives"],
+    "shardy": ["verify-names", "sdy-partition", "fuse-collectives"],
 }
 
 
@@ -89,3 +90,4 @@ def run_passes(
 
 # Importing the pass modules registers them.
 from mtfc.passes import verify_names, attach_shardings, partition, fuse_collectives  # noqa: E402,F401
+from mtfc.passes import shardy  # noqa: E402,F401
