@@ -71,8 +71,8 @@ _dump_option = click.option(
 @_layout_option
 @click.option(
     "--mode", default=None,
-    help="Partitioning: gspmd (mhlo.sharding for XLA's partitioner, the default), explicit (mtfc's own "
-    "per-device program), shardy (per-device program by Shardy, a cross-check) or none (global module).",
+    help="Partitioning: explicit (mtfc's own per-device program, the default), gspmd (mhlo.sharding for "
+    "XLA's partitioner), shardy (per-device program by Shardy, a cross-check) or none (global module).",
 )
 @_param_layout_option
 @click.option("--portable", is_flag=True, help="Write a versioned portable StableHLO artifact.")

@@ -17,7 +17,7 @@ from mtfc.mesh import LayoutRules, Mesh
 from mtfc.passes.manager import PIPELINES, run_passes
 
 MODES = ("gspmd", "explicit", "shardy", "none")
-DEFAULT_MODE = "gspmd"
+DEFAULT_MODE = "explicit"
 
 
 def compile_entry(

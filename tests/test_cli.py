@@ -39,10 +39,18 @@ def test_compile_text_bytecode_and_portable_all_run_alike(tmp_path):
 
 
 def test_dump_ir_after_all_writes_numbered_files(tmp_path):
-    invoke("compile", MLP, "-o", tmp_path / "m.mlir", "--dump-ir-after-all", tmp_path / "dumps")
+    invoke("compile", MLP, "-o", tmp_path / "m.mlir", "--mode", "gspmd", "--dump-ir-after-all", tmp_path / "dumps")
     assert sorted(os.listdir(tmp_path / "dumps")) == ["00-input.mlir", "01-verify-names.mlir", "02-attach-shardings.mlir"]
     assert "mhlo.sharding" not in (tmp_path / "dumps" / "00-input.mlir").read_text()
     assert "mhlo.sharding" in (tmp_path / "dumps" / "02-attach-shardings.mlir").read_text()
+
+
+def test_default_mode_is_explicit_and_dumps_each_pass(tmp_path):
+    invoke("compile", MLP, "-o", tmp_path / "m.mlir", "--dump-ir-after-all", tmp_path / "dumps")
+    assert sorted(os.listdir(tmp_path / "dumps")) == [
+        "00-input.mlir", "01-verify-names.mlir", "02-partition.mlir", "03-fuse-collectives.mlir"]
+    assert 'mtfc.partitioning = "explicit"' in (tmp_path / "m.mlir").read_text()
+    assert "stablehlo.all_reduce" in (tmp_path / "dumps" / "02-partition.mlir").read_text()
 
 
 def test_opt_reruns_attach_shardings_with_a_new_layout(tmp_path):
