@@ -45,8 +45,13 @@ def strip_shardings(module: ir.Module) -> ir.Module:
     return ir.Module.parse(text, module.context)
 
 
-def compile_options(kind: str, num_devices: int) -> xla_client.CompileOptions:
+def compile_options(kind: str, num_devices: int, xla_options: dict | None = None) -> xla_client.CompileOptions:
+    """PJRT compile options for a module of partitioning `kind` on `num_devices`;
+    `xla_options` (e.g. ``{"xla_cpu_multi_thread_eigen": False}``) override
+    XLA's debug options for this executable only."""
     options = xla_client.CompileOptions()
+    if xla_options:
+        options.env_option_overrides = list(xla_options.items())
     build = options.executable_build_options
     if kind == "gspmd":
         build.num_replicas, build.num_partitions = 1, num_devices
@@ -75,7 +80,8 @@ def compile_options(kind: str, num_devices: int) -> xla_client.CompileOptions:
 class Program:
     """A module compiled for a mesh of devices, ready to run on host data."""
 
-    def __init__(self, module: ir.Module, *, backend: str = "cpu", unsharded: bool = False):
+    def __init__(self, module: ir.Module, *, backend: str = "cpu", unsharded: bool = False,
+                 xla_options: dict | None = None):
         self.arguments = mir.arguments(module)
         self.results = mir.results(module)
         fn = mir.entry_function(module)
@@ -101,7 +107,7 @@ class Program:
         start = time.perf_counter()
         try:
             self.executable = client.compile_and_load(
-                text, xla_client.DeviceList(tuple(self.devices)), compile_options(kind, mesh.size)
+                text, xla_client.DeviceList(tuple(self.devices)), compile_options(kind, mesh.size, xla_options)
             )
         except Exception as e:
             raise MtfcError(f"XLA could not compile the module: {str(e).strip().splitlines()[0]}") from None
