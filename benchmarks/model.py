@@ -103,23 +103,11 @@ def mtfc_model(size: Size):
         "targets": mtf.Input([batch, length], "i32", mtf.init.randint(0, vocab.size)),
     }
 
+    decoder = _example_decoder()
+
     def transformer(tokens, targets):
-        x = mtf.layers.embedding(tokens, vocab, d_model)
-        for i in range(size.layers):
-            with mtf.scope(f"block{i}"):
-                x = x + mtf.layers.attention(
-                    mtf.layers.layer_norm(x, d_model, name="ln_attention"),
-                    io_dim=d_model, heads_dim=heads, kv_dim=d_kv, length_dim=length, causal=True,
-                )
-                x = x + mtf.layers.feed_forward(
-                    mtf.layers.layer_norm(x, d_model, name="ln_feed_forward"),
-                    io_dim=d_model, hidden_dim=d_ff, activation=mtf.gelu,
-                )
-        x = mtf.layers.layer_norm(x, d_model, name="ln_final")
-        logits = mtf.layers.dense(x, vocab, [d_model], use_bias=False, name="logits")
-        target_logit = mtf.reduce_sum(logits * mtf.one_hot(targets, vocab), vocab)
-        loss = mtf.reduce_mean(mtf.reduce_logsumexp(logits, vocab) - target_logit)
-        return {"logits": logits, "loss": loss}
+        return decoder(tokens, targets, vocab=vocab, d_model=d_model, heads=heads, d_kv=d_kv, d_ff=d_ff,
+                       n_layers=size.layers)
 
     return transformer, inputs
 
@@ -275,3 +263,15 @@ def jax_mesh(devices, mesh: str):
     shape = tuple(s for _, s in axes)
     grid = np.array(devices[: math.prod(shape)], dtype=object).reshape(shape)
     return Mesh(grid, tuple(n for n, _ in axes), axis_types=(AxisType.Auto,) * len(axes))
+
+
+def _example_decoder():
+    """`decoder` of examples/transformer.py: the benchmarked model is the example's."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "transformer.py")
+    spec = importlib.util.spec_from_file_location("mtfc_example_transformer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.decoder

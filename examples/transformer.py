@@ -41,8 +41,16 @@ d_ff = mtf.Dim("d_ff", 256)
     optimizer="adamw:lr=0.01,b2=0.99,warmup=10,decay=cosine,steps=200,clip=1.0",
 )
 def transformer(tokens, targets):
+    return decoder(tokens, targets, vocab=vocab, d_model=d_model, heads=heads, d_kv=d_kv, d_ff=d_ff,
+                   n_layers=N_LAYERS)
+
+
+def decoder(tokens, targets, *, vocab, d_model, heads, d_kv, d_ff, n_layers):
+    """The model at any size (the benchmarks build it at several): logits
+    over `vocab` and the mean next-token cross-entropy against `targets`."""
+    length = tokens.shape[1]
     x = mtf.layers.embedding(tokens, vocab, d_model)
-    for i in range(N_LAYERS):
+    for i in range(n_layers):
         with mtf.scope(f"block{i}"):
             x = x + mtf.layers.attention(
                 mtf.layers.layer_norm(x, d_model, name="ln_attention"),
