@@ -35,10 +35,22 @@ CONFIGS = {"default": ("large", ["single", "data", "tensor"]), "quick": ("small"
 # the issue's two reference points (one device; tensor parallel on 8) and data parallel
 
 
+def _round_robin(subs, repeats: int) -> dict[str, list]:
+    """`repeats` timed steps of each subject, interleaved (A, B, C, A, ...), so
+    a change in the machine's load hits every subject alike."""
+    from benchmarks.runners import timed_step
+
+    samples = {s.name: [] for s in subs}
+    for _ in range(repeats):
+        for s in subs:
+            samples[s.name].append(timed_step(s))
+    return samples
+
+
 def _measure(size, layouts: list[str], repeats: int, log, *, subjects=("jax", "explicit"),
              xla_options: dict | None = None) -> list[dict]:
     from benchmarks import model as bm
-    from benchmarks.runners import JaxSubject, MtfcSubject, host_data, timed_step
+    from benchmarks.runners import JaxSubject, MtfcSubject, host_data
 
     rows = []
     for name in layouts:
@@ -54,10 +66,7 @@ def _measure(size, layouts: list[str], repeats: int, log, *, subjects=("jax", "e
             s.load(host)
             s.step()
             s.step()
-        samples = {s.name: [] for s in subs}
-        for _ in range(repeats):
-            for s in subs:
-                samples[s.name].append(timed_step(s))
+        samples = _round_robin(subs, repeats)
         for s in subs:
             x = samples[s.name]
             row = {"size": size.name, "batch": size.batch, "layout": name, "subject": s.name,
@@ -162,7 +171,7 @@ def flags_study(size: str, layouts: list[str], repeats: int) -> None:
     """Each XLA:CPU option variant compiled side by side in this process and
     run interleaved (the same load for all); mtfc explicit's train step."""
     from benchmarks import model as bm
-    from benchmarks.runners import MtfcSubject, timed_step
+    from benchmarks.runners import MtfcSubject
 
     for name in layouts:
         subs = []
@@ -174,10 +183,7 @@ def flags_study(size: str, layouts: list[str], repeats: int) -> None:
         for s in subs:
             s.load(host)
             s.step()
-        samples = {s.name: [] for s in subs}
-        for _ in range(repeats):
-            for s in subs:
-                samples[s.name].append(timed_step(s))
+        samples = _round_robin(subs, repeats)
         for s in subs:
             x = samples[s.name]
             print(f"{size}/{name:<6} {s.name:<52} wall {np.median([v['wall'] for v in x]) * 1e3:7.0f} ms  "
