@@ -5,77 +5,59 @@
 `Input`, `scope`, and autodiff (`grad`, `value_and_grad`, `stop_gradient`,
 `trainable_variables`).
 
+The DSL (and with it jax) is imported on first use of one of its names
+(PEP 562 module ``__getattr__``), so ``import mtfc.errors`` and the command
+line's ``--help`` stay light; ``mtf.Dim`` and ``from mtfc import einsum``
+work as if everything had been imported eagerly.
+
 XLA's C++ warnings are silenced unless ``TF_CPP_MIN_LOG_LEVEL`` is already set
 (GSPMD's deprecation notice would otherwise open every run).
 """
 
+import importlib as _importlib
 import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mtfc.errors import MtfcError
-from mtfc.frontend import layers
-from mtfc.frontend.dims import Dim, Shape
-from mtfc.frontend.graph import Tensor, recompute, scope
-from mtfc.frontend.autodiff import grad, value_and_grad
-from mtfc.frontend.model import Entry, Input, entry, get_variable, init, trace, trainable_variables
-from mtfc.frontend.ops import (
-    abs,
-    add,
-    broadcast,
-    cast,
-    concat,
-    constant,
-    divide,
-    einsum,
-    equal,
-    exp,
-    floor,
-    gather,
-    gelu,
-    greater,
-    greater_equal,
-    iota,
-    less,
-    less_equal,
-    log,
-    log_softmax,
-    logical_and,
-    logical_not,
-    logical_or,
-    maximum,
-    minimum,
-    multiply,
-    negative,
-    not_equal,
-    one_hot,
-    ones,
-    pad,
-    power,
-    range_,
-    reduce_logsumexp,
-    reduce_max,
-    reduce_mean,
-    reduce_min,
-    reduce_sum,
-    relu,
-    rename_dimension,
-    replace_dimensions,
-    reshape,
-    rsqrt,
-    shift,
-    sigmoid,
-    sign,
-    slice,
-    softmax,
-    sqrt,
-    square,
-    stop_gradient,
-    subtract,
-    tanh,
-    transpose,
-    where,
-    zeros,
-)
-
 __version__ = "0.1.0"
+
+# name -> the module defining it (the DSL's public names, imported lazily)
+_OPS = (
+    "abs add broadcast cast concat constant divide einsum equal exp floor gather gelu greater greater_equal iota "
+    "less less_equal log log_softmax logical_and logical_not logical_or maximum minimum multiply negative "
+    "not_equal one_hot ones pad power range_ reduce_logsumexp reduce_max reduce_mean reduce_min reduce_sum relu "
+    "rename_dimension replace_dimensions reshape rsqrt shift sigmoid sign slice softmax sqrt square stop_gradient "
+    "subtract tanh transpose where zeros"
+).split()
+_LAZY = {
+    "MtfcError": "mtfc.errors",
+    "Dim": "mtfc.frontend.dims",
+    "Shape": "mtfc.frontend.dims",
+    "Tensor": "mtfc.frontend.graph",
+    "recompute": "mtfc.frontend.graph",
+    "scope": "mtfc.frontend.graph",
+    "grad": "mtfc.frontend.autodiff",
+    "value_and_grad": "mtfc.frontend.autodiff",
+    **{name: "mtfc.frontend.model"
+       for name in ("Entry", "Input", "entry", "get_variable", "init", "trace", "trainable_variables")},
+    **{name: "mtfc.frontend.ops" for name in _OPS},
+}
+_SUBMODULES = {"layers": "mtfc.frontend.layers"}
+
+__all__ = sorted([*_LAZY, *_SUBMODULES])
+
+
+def __getattr__(name: str):
+    """Import the DSL name `name` on first use and keep it as a module attribute."""
+    if name in _SUBMODULES:
+        value = _importlib.import_module(_SUBMODULES[name])
+    elif name in _LAZY:
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'mtfc' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
