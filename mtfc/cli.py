@@ -4,6 +4,12 @@ Every user mistake ends as one line ``error: ...`` on stderr and exit status
 1 (2 for command-line usage errors, as click does); outputs are written to a
 temporary name and renamed, so a failed command leaves nothing half-written.
 Set ``MTFC_TRACEBACK=1`` to see the Python traceback of an internal error.
+Ctrl-C ends a command with one line and exit status 130; a closed stdout (``mtfc
+run ... | head``) ends it quietly with 141 (128 + SIGPIPE), like a Unix tool.
+
+This module imports only click and `mtfc.errors` (the DSL and jax load on
+first use, `mtfc/__init__.py`); each command imports what it needs, so
+``--help`` and ``--version`` stay fast.
 """
 
 from __future__ import annotations
@@ -18,14 +24,47 @@ import click
 from mtfc.errors import MtfcError
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE
+
+
+def _silence_closed_pipe() -> None:
+    """Point stdout and stderr at /dev/null after a write to a closed pipe, so
+    that the interpreter's final flush neither fails nor prints "Exception
+    ignored" (the Python docs' note on SIGPIPE).  In-process (click's test
+    runner) the streams have no file descriptor and are left alone."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):
+                pass
+    finally:
+        os.close(devnull)
+
+
 def _handle_errors(fn):
+    """Run a command: a user error (`MtfcError`) prints ``error: ...`` and exits
+    with its `exit_code` (1; 130 for `Interrupted`), Ctrl-C ``error:
+    interrupted`` and 130, a closed stdout nothing and 141; anything else is
+    an internal error (3) unless it is an `OSError` about a path."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return result
         except MtfcError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(1)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _silence_closed_pipe()
+            sys.exit(EXIT_CLOSED_PIPE)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as e:
@@ -102,7 +141,7 @@ def compile(model, output, mesh, layout, param_layout, mode, portable, entry_nam
 
 
 @main.command()
-@click.argument("module_file", type=click.Path(dir_okay=False))
+@click.argument("module_file", type=click.Path(dir_okay=False), required=False)
 @click.option("--passes", default="", help="Comma-separated passes to run, in order (see --list-passes).")
 @click.option("--pipeline", default=None, help="A named pipeline (a --mode of mtfc compile) instead of --passes.")
 @_mesh_option
@@ -114,7 +153,8 @@ def compile(model, output, mesh, layout, param_layout, mode, portable, entry_nam
 @_dump_option
 @_handle_errors
 def opt(module_file, passes, pipeline, mesh, layout, param_layout, output, no_debug_info, list_passes, dump_dir):
-    """Run passes over a module file and print the result (like mlir-opt)."""
+    """Run passes over a module file and print the result (like mlir-opt);
+    with --list-passes (and no MODULE_FILE), list the passes."""
     from mtfc import ir as mir
     from mtfc.compiler import override_mesh_layout
     from mtfc.emit.artifact import read_module, write_module
@@ -122,9 +162,16 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, output, no_de
     from mtfc.passes.manager import PASSES, PIPELINES, parse_pass_list, run_passes
 
     if list_passes:
+        others = {"MODULE_FILE": module_file, "--passes": passes or None, "--pipeline": pipeline, "--mesh": mesh,
+                  "--layout": layout, "--param-layout": param_layout, "-o": output, "--dump-ir-after-all": dump_dir}
+        given = [name for name, value in others.items() if value is not None]
+        if given or no_debug_info:
+            raise click.UsageError(f"--list-passes lists the passes and takes no {(given or ['--no-debug-info'])[0]}")
         for p in PASSES.values():
             click.echo(f"{p.name:20s} {p.summary}")
         return
+    if module_file is None:
+        raise click.UsageError("Missing argument 'MODULE_FILE' (a module to run passes over; or --list-passes).")
     context = mir.new_context()
     module = read_module(module_file, context)
     override_mesh_layout(module, mesh, layout, param_layout)

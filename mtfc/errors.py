@@ -8,8 +8,18 @@ exits non-zero without a traceback.  Internal invariants use ``assert``.
 
 
 class MtfcError(Exception):
-    """A user-facing error with a one-line message naming the culprit."""
+    """A user-facing error with a one-line message naming the culprit; the
+    CLI exits with `exit_code`."""
+
+    exit_code = 1
 
     def __init__(self, message: str, *, where: str | None = None):
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class Interrupted(MtfcError):
+    """The user stopped the command (Ctrl-C, SIGINT); the message says where
+    it stopped.  Exit status 130 (128 + SIGINT), as a shell reports it."""
+
+    exit_code = 130

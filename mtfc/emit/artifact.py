@@ -9,6 +9,8 @@ Reading detects the format from the bytes.
 from __future__ import annotations
 
 import io
+import os
+import re
 
 from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo
@@ -34,6 +36,18 @@ def write_module(module: ir.Module, path: str, *, portable: bool = False) -> Non
         write_text_atomic(path, module_text(module))
 
 
+_PYTHON_IMPORT = re.compile(rb"^(import|from)\s+mtfc\b", re.MULTILINE)
+
+
+def is_model_file(path: str, data: bytes) -> bool:
+    """Whether `path` (holding `data`) is a model file rather than a module: a
+    ``.py`` name, or text with a line importing mtfc (no line of MLIR text
+    starts with ``import``/``from``)."""
+    if path.endswith(".py"):
+        return True
+    return not data.startswith(_BYTECODE_MAGIC) and _PYTHON_IMPORT.search(data) is not None
+
+
 def read_module(path: str, context: ir.Context) -> ir.Module:
     """Read text, bytecode or a portable artifact into `context`."""
     try:
@@ -46,6 +60,12 @@ def read_module(path: str, context: ir.Context) -> ir.Module:
                 data = f.read()
     except OSError as e:
         raise MtfcError(f"cannot read module {path!r}: {e.strerror}") from None
+    if is_model_file(path, data):
+        stem = os.path.splitext(path)[0] if path.endswith(".py") else path
+        raise MtfcError(
+            f"{path} is a model file (Python), not a module: compile it first with "
+            f"'mtfc compile {path} -o {stem}.mlir'"
+        )
     if data.startswith(_BYTECODE_MAGIC):
         # MLIR reports why a portable artifact did not deserialize through the
         # context's diagnostics; keep them off stderr and fall back to plain

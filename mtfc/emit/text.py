@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 
 from jax.extend.mlir import ir
 
@@ -13,11 +13,27 @@ def module_text(module: ir.Module, *, debug_info: bool = True) -> str:
     return module.operation.get_asm(enable_debug_info=debug_info)
 
 
+def _create_temporary(folder: str, name: str) -> tuple[int, str]:
+    """Create a new, empty temporary file for `name` in `folder`; return (fd, path).
+
+    It is created with mode 0666 minus the process's umask, as `open(path,
+    "w")` would create `name` itself (`tempfile.mkstemp` would make it 0600,
+    and the rename would keep that)."""
+    while True:
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder."""
+    """Write `data` to `path` through a temporary file in the same folder,
+    renamed into place: `path` holds either its old content or all of `data`,
+    never part of it; the file gets the user's umask (like `open(path, "w")`)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = _create_temporary(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -29,4 +45,5 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 
 
 def write_text_atomic(path: str, text: str) -> None:
+    """`write_bytes_atomic` of `text` as UTF-8."""
     write_bytes_atomic(path, text.encode())

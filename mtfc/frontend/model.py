@@ -216,6 +216,8 @@ def load_model_file(path: str, entry_name: str | None = None) -> Entry:
         raise MtfcError(f"{os.path.basename(path)}:{e.lineno}: syntax error: {e.msg}") from None
     except Exception as e:
         raise model_error(path, e) from None
+    except SystemExit as e:
+        raise exit_error(path, e) from None
     entries = {k: v for k, v in vars(module).items() if isinstance(v, Entry)}
     if entry_name is not None:
         if entry_name not in entries:
@@ -238,9 +240,17 @@ def model_error(path: str, error: Exception) -> MtfcError:
     return MtfcError(f"{type(error).__name__}: {error}", where=where)
 
 
+def exit_error(path: str | None, error: SystemExit) -> MtfcError:
+    """The error for model-file code that called ``sys.exit``/``exit()``/``quit()``:
+    mtfc, not the model file, ends the command (a silent exit would look like success)."""
+    message = f"the model file called sys.exit({error.code!r}); a model file must not exit"
+    return MtfcError(message, where=model_error(path, error).where) if path is not None else MtfcError(message)
+
+
 def run_model_code(path: str | None, fn: Callable, *args, **kwargs):
     """Call `fn`, which runs model-file code: an exception it raises becomes a
-    one-line `MtfcError` at the model file's line (when `path` is known)."""
+    one-line `MtfcError` at the model file's line (when `path` is known); so
+    does a `SystemExit` (always)."""
     try:
         return fn(*args, **kwargs)
     except MtfcError:
@@ -249,6 +259,8 @@ def run_model_code(path: str | None, fn: Callable, *args, **kwargs):
         if path is None:
             raise
         raise model_error(path, e) from None
+    except SystemExit as e:
+        raise exit_error(path, e) from None
 
 
 def trace_entry(entry_fn: Entry, path: str | None = None) -> Traced:
