@@ -215,7 +215,8 @@ def inspect(module_file, as_json, compare, no_xla, backend):
 @click.option("--inputs", "inputs_file", default=None, type=click.Path(dir_okay=False), help=".npz of inputs by name.")
 @click.option("--outputs", "outputs_file", default=None, help="Save outputs to this .npz.")
 @click.option("--check", is_flag=True, help="Compare with the unsharded run on one device.")
-@click.option("--repeat", default=3, show_default=True, help="Timed executions (the median is reported).")
+@click.option("--repeat", default=None, type=click.IntRange(min=1),
+              help="Forward modules: timed executions, the median is reported (default 3).")
 @click.option("--steps", default=None, type=int,
               help="Train-step modules: steps to run (default 10; after --restore, steps beyond the saved one).")
 @click.option("--data", default=None, help="Train-step modules: batches from FILE.npz (arrays by input name) "

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import subprocess
+import sys
 
+import click
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from mtfc.cli import main
@@ -79,3 +84,160 @@ def test_run_uses_given_inputs_and_synthesizes_the_rest(tmp_path):
     # x = 0: y is the output bias (zeros) broadcast over the batch; probs uniform
     np.testing.assert_allclose(y, np.zeros((64, 16)), atol=1e-6)
     np.testing.assert_allclose(probs, np.full((64, 16), 1 / 16), rtol=1e-6)
+
+
+# ----------------------------------------------------------------- a light command line
+
+LIGHT_COMMANDS = [["--help"], ["--version"], ["compile", "--help"], ["opt", "--help"], ["inspect", "--help"],
+                  ["run", "--help"], ["-h"]]
+
+
+def test_help_and_version_do_not_import_jax():
+    # The time (well under 0.5 s) follows from not importing jax; a test asserts what it can: the imports.
+    script = (
+        "import sys\n"
+        "from mtfc.cli import main\n"
+        "assert 'jax' not in sys.modules, 'import mtfc.cli imported jax'\n"
+        f"for args in {LIGHT_COMMANDS!r}:\n"
+        "    try:\n"
+        "        main(args, prog_name='mtfc')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), (args, e.code)\n"
+        "    assert 'jax' not in sys.modules, f'mtfc {\" \".join(args)} imported jax'\n"
+        "    assert not any(m.startswith('mtfc.frontend') for m in sys.modules), args\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith("ok") and "mtfc, version 0.1.0" in proc.stdout
+
+
+def test_the_dsl_is_imported_on_first_use():
+    script = (
+        "import sys\n"
+        "import mtfc as mtf\n"
+        "assert 'jax' not in sys.modules\n"
+        "d = mtf.Dim('d', 4)\n"
+        "from mtfc import einsum, layers, ir\n"
+        "assert layers.dense is mtf.layers.dense and einsum is mtf.einsum and ir.__name__ == 'mtfc.ir'\n"
+        "assert set(mtf.__all__) <= set(dir(mtf))\n"
+        "assert all(getattr(mtf, name) is not None for name in mtf.__all__)\n"
+        "try:\n"
+        "    mtf.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    assert 'no_such_name' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+# ----------------------------------------------------------------- opt --list-passes
+
+
+def test_opt_list_passes_needs_no_module():
+    from mtfc.passes.manager import PASSES
+
+    listed = [line.split()[0] for line in invoke("opt", "--list-passes").splitlines()]
+    assert listed == list(PASSES)
+
+
+def test_opt_without_module_or_list_passes_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["opt"])
+    assert result.exit_code == 2 and "Missing argument 'MODULE_FILE'" in result.stderr, result.stderr
+    assert "--list-passes" in result.stderr
+    (tmp_path / "m.mlir").write_text("module {}\n")
+    result = CliRunner().invoke(main, ["opt", str(tmp_path / "m.mlir"), "--list-passes"])
+    assert result.exit_code == 2 and "--list-passes lists the passes and takes no MODULE_FILE" in result.stderr
+
+
+# ----------------------------------------------------------------- file modes
+
+
+TINY_TRAIN = """\
+import mtfc as mtf
+
+batch, d = mtf.Dim("batch", 8), mtf.Dim("d", 4)
+
+
+@mtf.entry(inputs={"x": mtf.Input([batch, d])}, mesh="rows:2", layout="batch:rows", optimizer="sgd:lr=0.01")
+def tiny(x):
+    w = mtf.get_variable("w", [d])
+    return {"loss": mtf.reduce_mean(mtf.square(x * w))}
+"""
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_written_files_get_the_users_umask(tmp_path, umask):
+    expected = 0o666 & ~umask
+    invoke("compile", MLP, "-o", tmp_path / "m.mlir", "--dump-ir-after-all", tmp_path / "dumps")
+    invoke("compile", MLP, "-o", tmp_path / "m.mlirbc")
+    invoke("compile", MLP, "-o", tmp_path / "m.vhlo", "--portable")
+    invoke("run", tmp_path / "m.mlir", "--outputs", tmp_path / "fwd.npz", "--repeat", 1)
+    (tmp_path / "tiny.py").write_text(TINY_TRAIN)
+    invoke("compile", tmp_path / "tiny.py", "--train", "-o", tmp_path / "train.mlir")
+    invoke("run", tmp_path / "train.mlir", "--steps", 1, "--outputs", tmp_path / "train.npz",
+           "--log", tmp_path / "log.jsonl")
+    files = ["tiny.py", "m.mlir", "m.mlirbc", "m.vhlo", "fwd.npz", "train.mlir", "train.npz", "log.jsonl",
+             *(os.path.join("dumps", name) for name in os.listdir(tmp_path / "dumps"))]
+    modes = {name: stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in files}
+    assert modes == {name: expected for name in files}
+    assert stat.S_IMODE(os.stat(tmp_path / "dumps").st_mode) == 0o777 & ~umask
+
+
+def test_an_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
+    from mtfc.emit.text import write_bytes_atomic
+
+    path = tmp_path / "f.bin"
+    write_bytes_atomic(str(path), b"old")
+    write_bytes_atomic(str(path), b"new content")
+    assert path.read_bytes() == b"new content" and os.listdir(tmp_path) == ["f.bin"]
+
+
+# ----------------------------------------------------------------- docs/cli.md
+
+
+def _all_commands(group, prefix=()):
+    yield prefix, group
+    if isinstance(group, click.Group):
+        for name, command in group.commands.items():
+            yield from _all_commands(command, (*prefix, name))
+
+
+def _doc_sections(doc: str) -> dict[str, str]:
+    """docs/cli.md cut at its ``## `mtfc COMMAND`` headings: command name -> its text
+    (subsections included); "" -> the text before the first command."""
+    sections, name = {"": ""}, ""
+    for line in doc.splitlines(keepends=True):
+        if line.startswith("## `mtfc "):
+            name = line[len("## `mtfc "):].split()[0].rstrip("`")
+            sections[name] = ""
+        sections[name] += line
+    return sections
+
+
+def test_docs_cli_md_documents_every_option_of_every_command():
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")) as f:
+        sections = _doc_sections(f.read())
+    missing = []
+    for path, command in _all_commands(main):
+        name = " ".join(path)
+        if name not in sections:
+            missing.append(f"mtfc {name} (no section)")
+            continue
+        for param in command.get_params(click.Context(command)):
+            if param.param_type_name != "option" or param.hidden or (path and "--help" in param.opts):
+                continue  # -h/--help: documented once, for every command, before the commands
+            # each spelling (`-o`, `--output`) in the command's own section, as `--option`
+            for opt in param.opts + param.secondary_opts:
+                if f"`{opt}" not in sections[name] and f", {opt}" not in sections[name]:
+                    missing.append(f"mtfc {name} {opt}".replace("  ", " "))
+    assert not missing, f"docs/cli.md does not document: {missing}"

@@ -32,7 +32,7 @@ import numpy as np
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
-from mtfc.errors import MtfcError
+from mtfc.errors import Interrupted, MtfcError
 from mtfc.runtime import checkpoint
 from mtfc.runtime import devices as rt_devices
 from mtfc.runtime.check import compare
@@ -45,6 +45,7 @@ OPTIMIZER = "mtfc.optimizer"
 ALIASING = "tf.aliasing_output"
 STATE_ROLES = ("parameter", "optimizer_state")
 DEFAULT_STEPS = 10
+DEFAULT_REPEAT = 3  # timed executions of a forward run
 
 
 def step_kind(module: ir.Module) -> str | None:
@@ -384,8 +385,8 @@ def train_command(
     last_saved = None
     outs = None
     start_step = state.step
+    progress = Progress(steps, echo, stream=progress_stream)
     try:
-        progress = Progress(steps, echo, stream=progress_stream)
         upcoming = train.device_inputs(batches.batch(state.step)) if steps else None
         previous = time.perf_counter()
         for n in range(steps):
@@ -414,6 +415,9 @@ def train_command(
                 echo(f"saved step {state.step} to {options.save}")
                 previous = time.perf_counter()  # a step's time does not include the save
         progress.close()
+    except KeyboardInterrupt:
+        progress.close()
+        raise Interrupted(_interrupted_message(state.step, options, last_saved, start_step)) from None
     finally:
         if log:
             log.close()
@@ -440,6 +444,17 @@ def train_command(
     return True
 
 
+def _interrupted_message(step: int, options: TrainOptions, last_saved: int | None, start_step: int) -> str:
+    """What Ctrl-C during training says: the steps completed and the checkpoint to resume from."""
+    if last_saved is not None:
+        kept = f"last checkpoint: {options.save} (step {last_saved})"
+    elif options.restore is not None:
+        kept = f"no checkpoint saved (restored from {options.restore} at step {start_step})"
+    else:
+        kept = "no checkpoint saved"
+    return f"interrupted at step {step}; {kept}"
+
+
 def _summary(records: list[StepRecord], start_step: int, train: TrainStep, echo: Callable[[str], None]) -> None:
     times = np.array([r.seconds for r in records])
     median = float(np.median(times))
@@ -452,7 +467,7 @@ def _summary(records: list[StepRecord], start_step: int, train: TrainStep, echo:
 
 
 def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed: int, inputs_file, outputs_file,
-                 check: bool, repeat: int, echo: Callable[[str], None]) -> bool:
+                 check: bool, repeat: int | None, echo: Callable[[str], None]) -> bool:
     """`mtfc run`: the training loop for a train-step module, the forward run otherwise."""
     from mtfc.emit.artifact import read_module
     from mtfc.runtime.runner import run_command
@@ -461,6 +476,8 @@ def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed:
     module = read_module(module_file, context)
     kind = step_kind(module)
     if kind == "train":
+        if repeat is not None:
+            raise MtfcError(f"--repeat is for forward modules; {module_file} is a train-step module (use --steps)")
         return train_command(module, module_file, options, backend=backend, seed=seed, outputs_file=outputs_file,
                              inputs_file=inputs_file, check=check, echo=echo)
     if kind is not None:
@@ -473,4 +490,4 @@ def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed:
             f"{module_file} is a forward module"
         )
     return run_command(module_file, backend=backend, seed=seed, inputs_file=inputs_file, outputs_file=outputs_file,
-                       check=check, repeat=repeat, echo=echo, module=module)
+                       check=check, repeat=DEFAULT_REPEAT if repeat is None else repeat, echo=echo, module=module)
