@@ -108,14 +108,16 @@ def test_gspmd_module_shows_the_collectives_xla_chose(tmp_path):
     assert skipped["collectives"]["ops"] == [] and skipped["memory"]["xla"] is None
 
 
+PARTITIONERS = ("mtfc explicit", "shardy", "XLA GSPMD")
+
+
 def test_compare_puts_the_partitioners_side_by_side(tmp_path):
     report = inspect_json(compiled(tmp_path, matmul, MATMUL_INPUTS, "batch:rows,d:cols", "none"), "--compare")
     rows = {r["partitioner"]: r for r in report["comparison"]}
-    assert {"mtfc explicit", "XLA GSPMD"} <= set(rows)
+    assert set(rows) == set(PARTITIONERS)
     for name in rows:
-        if rows[name].get("error"):
-            continue
-        assert rows[name]["by_kind"]["all_reduce"] == {"count": 1, "bytes": 512, "bus_bytes": 768}, name
+        assert rows[name]["error"] is None, (name, rows[name]["error"])  # a failing partitioner fails the test
+        assert rows[name]["by_kind"] == {"all_reduce": {"count": 1, "bytes": 512, "bus_bytes": 768}}, name
     text = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.mlir"), "--compare"]).output
     assert "partitioners side by side" in text and "XLA GSPMD" in text and "mtfc explicit" in text
 
@@ -155,12 +157,13 @@ def test_json_schema(tmp_path):
     assert set(m["peak_at"]) == {"index", "op", "location"}
     for v in m["largest_live"]:
         assert set(v) == {"op", "location", "dims", "dtype", "local_shape", "bytes", "defined_at", "last_use"}
+    assert [row["partitioner"] for row in report["comparison"]] == list(PARTITIONERS)
     for row in report["comparison"]:
-        assert {"partitioner", "mode", "source", "by_kind", "total", "collectives"} <= set(row)
-        if not row.get("error"):
-            _check_totals(row["total"])
-            for op in row["collectives"]:
-                assert set(op) == COLLECTIVE_KEYS
+        assert set(row) == {"partitioner", "mode", "source", "error", "by_kind", "total", "collectives"}
+        assert row["error"] is None, (row["partitioner"], row["error"])
+        _check_totals(row["total"])
+        for op in row["collectives"]:
+            assert set(op) == COLLECTIVE_KEYS
 
 
 # --------------------------------------------------------------- the transformer
@@ -178,8 +181,10 @@ def transformer_report(tmp_path_factory):
 
 def test_transformer_explicit_needs_no_more_communication_than_xla(transformer_report):
     rows = {r["partitioner"]: r for r in transformer_report["comparison"]}
+    assert set(rows) == set(PARTITIONERS)
+    for name, row in rows.items():
+        assert row["error"] is None, (name, row["error"])
     mtfc_row, xla_row = rows["mtfc explicit"], rows["XLA GSPMD"]
-    assert not mtfc_row.get("error") and not xla_row.get("error")
     assert xla_row["total"]["count"] > 0
     assert mtfc_row["total"]["count"] <= xla_row["total"]["count"]
     assert mtfc_row["total"]["bus_bytes"] <= xla_row["total"]["bus_bytes"]

@@ -104,7 +104,7 @@ def compare_partitioners(module: ir.Module, *, backend: str = "cpu") -> list[dic
     for name, pipeline, source in PARTITIONERS:
         if pipeline not in PIPELINES:
             continue
-        row = {"partitioner": name, "mode": pipeline, "source": source}
+        row = {"partitioner": name, "mode": pipeline, "source": source, "error": None}
         try:
             clone = ir.Module.parse(text, module.context)
             with module.context:
