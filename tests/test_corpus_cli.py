@@ -239,3 +239,11 @@ def test_closed_stdout_ends_quietly(tmp_path, tiny_modules, which, extra, read_l
     assert status == 141, (status, stderr)   # 128 + SIGPIPE, as `yes | head` reports for `yes`
     assert stderr == "", stderr               # no "error: Broken pipe", traceback or "Exception ignored"
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------ options a module cannot use
+
+
+def test_repeat_with_a_train_step_module_is_an_error(tmp_path, tiny_modules):
+    _, _, train = tiny_modules
+    fails(["run", train, "--repeat", 5], ["--repeat is for forward modules", "train-step module"], folder=tmp_path)
