@@ -44,6 +44,17 @@ def _silence_closed_pipe() -> None:
         os.close(devnull)
 
 
+def _fail(message: str, status: int):
+    """Print ``error: MESSAGE`` on stderr and exit with `status` (quietly, with
+    141, when stderr is a closed pipe too: ``mtfc ... 2>&1 | head``)."""
+    try:
+        click.echo(f"error: {message}", err=True)
+    except BrokenPipeError:
+        _silence_closed_pipe()
+        sys.exit(EXIT_CLOSED_PIPE)
+    sys.exit(status)
+
+
 def _handle_errors(fn):
     """Run a command: a user error (`MtfcError`) prints ``error: ...`` and exits
     with its `exit_code` (1; 130 for `Interrupted`), Ctrl-C ``error:
@@ -57,11 +68,9 @@ def _handle_errors(fn):
             sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
             return result
         except MtfcError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
+            _fail(str(e), e.exit_code)
         except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _fail("interrupted", EXIT_INTERRUPTED)
         except BrokenPipeError:
             _silence_closed_pipe()
             sys.exit(EXIT_CLOSED_PIPE)
@@ -74,11 +83,9 @@ def _handle_errors(fn):
                 # A path that cannot be written (a directory, a missing or
                 # read-only folder) is the user's mistake, not an internal error.
                 path = e.filename2 if e.filename2 is not None else e.filename
-                click.echo(f"error: {path!r}: {e.strerror}" if path else f"error: {e.strerror}", err=True)
-                sys.exit(1)
+                _fail(f"{path!r}: {e.strerror}" if path else e.strerror, 1)
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            click.echo(f"error: internal error ({type(e).__name__}: {first}); set MTFC_TRACEBACK=1 for details", err=True)
-            sys.exit(3)
+            _fail(f"internal error ({type(e).__name__}: {first}); set MTFC_TRACEBACK=1 for details", 3)
 
     return wrapper
 

@@ -207,29 +207,32 @@ def test_ctrl_c_during_run_leaves_no_output(tmp_path, tiny_modules):
 # ------------------------------------------------------------------ a closed stdout
 
 
-def _run_with_closed_stdout(args, cwd, *, read_lines: int) -> tuple[int, str]:
+def _run_with_closed_stdout(args, cwd, *, read_lines: int, stderr_too: bool = False) -> tuple[int, str]:
     """Run ``mtfc ARGS`` with stdout a pipe whose reader reads `read_lines` lines and
-    closes it (``mtfc ... | head -n N``); return (exit status, stderr)."""
+    closes it (``mtfc ... | head -n N``; with `stderr_too`, ``2>&1 | head``); return
+    (exit status, stderr; with `stderr_too`, what was read)."""
     read_end, write_end = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != "MTFC_TRACEBACK"}
     command = [sys.executable, "-c", "from mtfc.cli import main; main()", *map(str, args)]
-    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=write_end, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=write_end,
+                            stderr=write_end if stderr_too else subprocess.PIPE, text=True)
     os.close(write_end)
     with os.fdopen(read_end) as reader:
-        for _ in range(read_lines):
-            reader.readline()
+        read = "".join(reader.readline() for _ in range(read_lines))
     try:
         _, stderr = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         raise
-    return proc.returncode, stderr
+    return proc.returncode, read if stderr_too else stderr
 
 
+# The reader closes the pipe before the command writes (0 lines: it is still starting up),
+# or a few lines into a run that goes on writing for seconds: a write meets the closed pipe.
 @pytest.mark.parametrize("which, extra, read_lines", [
     ("forward", [], 0),
-    ("forward", ["--check"], 1),
+    ("forward", ["--check"], 0),
     ("train", ["--steps", 2000], 2),
 ])
 def test_closed_stdout_ends_quietly(tmp_path, tiny_modules, which, extra, read_lines):
@@ -247,3 +250,15 @@ def test_closed_stdout_ends_quietly(tmp_path, tiny_modules, which, extra, read_l
 def test_repeat_with_a_train_step_module_is_an_error(tmp_path, tiny_modules):
     _, _, train = tiny_modules
     fails(["run", train, "--repeat", 5], ["--repeat is for forward modules", "train-step module"], folder=tmp_path)
+
+
+def test_closed_stdout_of_opt_ends_quietly(tmp_path, tiny_modules):
+    _, forward, _ = tiny_modules
+    status, stderr = _run_with_closed_stdout(["opt", forward, "--passes", "verify-names"], tmp_path, read_lines=0)
+    assert (status, stderr) == (141, "")
+
+
+def test_an_error_with_stdout_and_stderr_closed_ends_quietly(tmp_path):
+    # `mtfc run missing.mlir 2>&1 | head -n 0`: the error line itself meets the closed pipe.
+    status, read = _run_with_closed_stdout(["run", "missing.mlir"], tmp_path, read_lines=0, stderr_too=True)
+    assert (status, read) == (141, "")
