@@ -135,10 +135,13 @@ def compile(model, output, mesh, layout, param_layout, mode, portable, entry_nam
             dump_dir):  # noqa: A001
     """Compile a model file to StableHLO."""
     from mtfc.compiler import DEFAULT_MODE, compile_file
-    from mtfc.emit.artifact import write_module
+    from mtfc.emit.artifact import is_module_file, write_module
 
     if (optimizer or precision) and not train:
         raise MtfcError("--optimizer and --precision apply to train steps: add --train")
+    if is_module_file(model):
+        raise MtfcError(f"{model} is a module, not a model file (Python): run it with 'mtfc run {model}' "
+                        f"(passes: 'mtfc opt', contents: 'mtfc inspect')")
     module = compile_file(
         model, mesh=mesh, layout=layout, param_layout=param_layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir,
         entry_name=entry_name, train=train, optimizer=optimizer, precision=precision,

@@ -70,6 +70,22 @@ def test_model_file_without_py_suffix_is_recognized_by_its_content(tmp_path):
     fails(["run", model], [f"{model} is a model file (Python)"], folder=tmp_path)
 
 
+@pytest.mark.parametrize("name", ["fwd.mlir", "copy.bin"])
+def test_module_given_to_compile(tmp_path, tiny_modules, name):
+    _, forward, _ = tiny_modules
+    module = tmp_path / name
+    if name.endswith(".mlir"):
+        module.write_bytes(forward.read_bytes())
+    else:  # bytecode under any name
+        from mtfc import ir as mir
+        from mtfc.emit.artifact import read_module, write_module
+
+        write_module(read_module(str(forward), mir.new_context()), str(tmp_path / "m.mlirbc"))
+        os.rename(tmp_path / "m.mlirbc", module)
+    fails(["compile", module, "-o", tmp_path / "out.mlir"],
+          [f"{module} is a module, not a model file (Python)", f"'mtfc run {module}'"], folder=tmp_path)
+
+
 # ------------------------------------------------------------ a model file that exits
 
 EXITS = {

@@ -48,6 +48,18 @@ def is_model_file(path: str, data: bytes) -> bool:
     return not data.startswith(_BYTECODE_MAGIC) and _PYTHON_IMPORT.search(data) is not None
 
 
+def is_module_file(path: str) -> bool:
+    """Whether `path` holds a module rather than a model file: a ``.mlir`` or
+    ``.mlirbc`` name, or bytecode (a portable artifact too) whatever its name."""
+    if path.endswith((".mlir", ".mlirbc")):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_BYTECODE_MAGIC)) == _BYTECODE_MAGIC
+    except OSError:
+        return False  # the model-file loader says what is wrong with the path
+
+
 def read_module(path: str, context: ir.Context) -> ir.Module:
     """Read text, bytecode or a portable artifact into `context`."""
     try:
