@@ -182,6 +182,8 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, output, no_de
         return
     if module_file is None:
         raise click.UsageError("Missing argument 'MODULE_FILE' (a module to run passes over; or --list-passes).")
+    if pipeline is not None and passes:
+        raise MtfcError("give --passes or --pipeline, not both")
     context = mir.new_context()
     module = read_module(module_file, context)
     override_mesh_layout(module, mesh, layout, param_layout)

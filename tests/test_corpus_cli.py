@@ -278,3 +278,9 @@ def test_an_error_with_stdout_and_stderr_closed_ends_quietly(tmp_path):
     # `mtfc run missing.mlir 2>&1 | head -n 0`: the error line itself meets the closed pipe.
     status, read = _run_with_closed_stdout(["run", "missing.mlir"], tmp_path, read_lines=0, stderr_too=True)
     assert (status, read) == (141, "")
+
+
+def test_opt_with_passes_and_pipeline_is_an_error(tmp_path, tiny_modules):
+    _, forward, _ = tiny_modules
+    fails(["opt", forward, "--passes", "verify-names", "--pipeline", "gspmd", "-o", tmp_path / "out.mlir"],
+          ["--passes or --pipeline, not both"], folder=tmp_path)
