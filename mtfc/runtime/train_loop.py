@@ -33,6 +33,7 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
+from mtfc.index_ranges import argument_ranges
 from mtfc.runtime import checkpoint
 from mtfc.runtime import devices as rt_devices
 from mtfc.runtime.check import compare
@@ -341,7 +342,8 @@ def train_command(
     if options.restore is not None:
         checkpoint.load_index(options.restore)  # fail on a bad checkpoint before compiling
     # Bad data files fail before compiling.
-    batches = open_batches(options.data, [s for s in mir.arguments(module) if s.role == "input"], seed)
+    batches = open_batches(options.data, [s for s in mir.arguments(module) if s.role == "input"], seed,
+                           argument_ranges(module))
     if backend == "cpu":
         kind = mir.partitioning(module)
         rt_devices.ensure_cpu_devices(max(mir.module_mesh(module).size if kind != "none" else 1, 1))
