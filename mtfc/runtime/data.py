@@ -29,6 +29,7 @@ array or input, the first bad value and its position.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -141,6 +142,7 @@ class Batches:
         return f"synthetic (seed {self.seed}, per step)"
 
     def info(self) -> dict:
+        """What a checkpoint records of the data (the file's real path, its size)."""
         return {"source": self.kind, "seed": self.seed}
 
     def _note_synthesized(self) -> str:
@@ -223,7 +225,7 @@ class NpzBatches(Batches):
         return f"{self.path} ({self.length} {unit}, cycled){self._note_synthesized()}"
 
     def info(self) -> dict:
-        return {"source": self.kind, "path": self.path, "mode": self.mode, "length": self.length, "seed": self.seed}
+        return {"source": self.kind, "path": os.path.realpath(self.path), "mode": self.mode, "length": self.length, "seed": self.seed}
 
 
 class TokenBatches(Batches):
@@ -284,8 +286,31 @@ class TokenBatches(Batches):
                 f"{self._note_synthesized()}")
 
     def info(self) -> dict:
-        return {"source": self.kind, "path": self.path, "tokens": int(len(self.stream)), "windows": self.windows,
+        return {"source": self.kind, "path": os.path.realpath(self.path), "tokens": int(len(self.stream)), "windows": self.windows,
                 "seed": self.seed}
+
+
+def describe_info(info) -> str:
+    """A `Batches.info()` record in words (for messages)."""
+    if not isinstance(info, dict) or info.get("source") not in ("synthetic", "npz", "tokens"):
+        return f"an unknown data source ({json.dumps(info)})"
+    if info["source"] == "synthetic":
+        return "synthetic batches"
+    if info["source"] == "tokens":
+        return f"{info.get('path')} ({info.get('tokens')} tokens)"
+    return f"{info.get('path')} ({info.get('length')} {'steps' if info.get('mode') == 'steps' else 'batches'})"
+
+
+def same_source(saved, now: dict) -> bool:
+    """Whether a checkpoint's data record `saved` names the source `now` reads
+    (the seed aside: a changed seed is reported on its own)."""
+    if not isinstance(saved, dict):
+        return False
+    strip = lambda info: {k: v for k, v in info.items() if k != "seed"}  # noqa: E731
+    saved = strip(saved)
+    if "path" in saved and isinstance(saved["path"], str):
+        saved["path"] = os.path.realpath(saved["path"])
+    return saved == strip(now)
 
 
 def open_batches(path: str | None, inputs: list[mir.Signature], seed: int,

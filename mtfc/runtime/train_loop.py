@@ -37,7 +37,7 @@ from mtfc.index_ranges import argument_ranges
 from mtfc.runtime import checkpoint
 from mtfc.runtime import devices as rt_devices
 from mtfc.runtime.check import compare
-from mtfc.runtime.data import Batches, open_batches, throughput_unit
+from mtfc.runtime.data import Batches, describe_info, open_batches, same_source, throughput_unit
 from mtfc.runtime.execute import Program
 from mtfc.runtime.host_data import gather_from_shards, shard_to_devices, synthesize
 
@@ -374,6 +374,9 @@ def train_command(
         if index.get("seed") is not None and index.get("seed") != seed:
             notes.append(f"it was trained with --seed {index['seed']}, continuing with --seed {seed}")
         echo(f"restored step {state.step} from {options.restore}" + (f" ({'; '.join(notes)})" if notes else ""))
+        if "data" in index and not same_source(index["data"], batches.info()):
+            _warn(f"{options.restore} was trained on {describe_info(index['data'])}; "
+                  f"this run reads {describe_info(batches.info())}")
     else:
         state = train.initial_state(seed)
 
@@ -408,7 +411,7 @@ def train_command(
                 log.flush()
             if not math.isfinite(loss):
                 progress.close()
-                raise MtfcError(f"the loss is {loss} after step {state.step}; stopping (nothing saved)")
+                raise MtfcError(f"the loss is {loss} after step {state.step}; stopping ({_kept(options, last_saved)})")
             if options.save_every and state.step % options.save_every == 0:
                 progress.close()
                 train.save(options.save, state, meta)
@@ -440,6 +443,20 @@ def train_command(
         write_bytes_atomic(outputs_file, buffer.getvalue())
         echo(f"wrote {outputs_file}")
     return True
+
+
+def _kept(options: "TrainOptions", last_saved: int | None) -> str:
+    """Which checkpoint a run stopped early leaves, in words."""
+    if last_saved is not None:
+        return f"the last checkpoint, step {last_saved}, is in {options.save}"
+    if options.save is not None:
+        return f"this run saved no checkpoint; {options.save} is as it was"
+    return "no checkpoint was saved (no --save)"
+
+
+def _warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _summary(records: list[StepRecord], start_step: int, train: TrainStep, echo: Callable[[str], None]) -> None:
