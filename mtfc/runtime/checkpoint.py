@@ -402,7 +402,7 @@ def _need_fields(obj, fields: dict, what: str) -> None:
         if key not in obj:
             raise MtfcError(f"{what} has no {key!r}")
         if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
-            raise MtfcError(f"{what}: {key!r} is {json.dumps(obj[key])}, not a {kind.__name__ if isinstance(kind, type) else 'valid value'}")
+            raise MtfcError(f"{what}: {key!r} is {json.dumps(obj[key])}, not a {kind.__name__}")
 
 
 def validate_index(index: dict, where: str) -> None:

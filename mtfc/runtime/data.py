@@ -44,8 +44,8 @@ def _leaf(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
-_NOT_NUMBERS = {"c": "a complex", "U": "a string", "S": "a byte string", "O": "an object", "V": "a structured", "M": "a datetime",
-                "m": "a timedelta"}
+_NOT_NUMBERS = {"c": "a complex", "U": "a string", "S": "a byte string", "O": "an object", "V": "a structured",
+                "M": "a datetime", "m": "a timedelta"}
 _CHUNK = 1 << 22  # values checked at a time (bounded memory for large token streams)
 
 
@@ -225,7 +225,8 @@ class NpzBatches(Batches):
         return f"{self.path} ({self.length} {unit}, cycled){self._note_synthesized()}"
 
     def info(self) -> dict:
-        return {"source": self.kind, "path": os.path.realpath(self.path), "mode": self.mode, "length": self.length, "seed": self.seed}
+        return {"source": self.kind, "path": os.path.realpath(self.path), "mode": self.mode, "length": self.length,
+                "seed": self.seed}
 
 
 class TokenBatches(Batches):
@@ -286,8 +287,8 @@ class TokenBatches(Batches):
                 f"{self._note_synthesized()}")
 
     def info(self) -> dict:
-        return {"source": self.kind, "path": os.path.realpath(self.path), "tokens": int(len(self.stream)), "windows": self.windows,
-                "seed": self.seed}
+        return {"source": self.kind, "path": os.path.realpath(self.path), "tokens": int(len(self.stream)),
+                "windows": self.windows, "seed": self.seed}
 
 
 def describe_info(info) -> str:
