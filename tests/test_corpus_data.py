@@ -53,6 +53,20 @@ def scaled(x):
 '''
 
 
+# sqrt's gradient at 0 is infinite: step 1's loss is 0, the state it leaves is not finite.
+POISONED_MODEL = '''
+import mtfc as mtf
+batch = mtf.Dim("batch", 4)
+d = mtf.Dim("d", 8)
+
+
+@mtf.entry(inputs={"x": mtf.Input([batch, d])}, mesh="rows:2", layout="batch:rows", optimizer="sgd:lr=0.01")
+def poisoned(x):
+    w = mtf.get_variable("w", mtf.Shape([d]), initializer=mtf.init.zeros())
+    return {"loss": mtf.reduce_sum(mtf.sqrt(w)) + 0.0 * mtf.reduce_mean(x)}
+'''
+
+
 @pytest.fixture(scope="module")
 def modules(tmp_path_factory):
     """name -> module file: the token model as a train step and as a forward
@@ -60,7 +74,7 @@ def modules(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data_modules")
     out = {}
     for name, text, train in (("train", TOKENS_MODEL, True), ("forward", TOKENS_MODEL, False),
-                              ("scaled", SCALED_MODEL, True)):
+                              ("scaled", SCALED_MODEL, True), ("poisoned", POISONED_MODEL, True)):
         source = folder / f"{name}.py"
         source.write_text(text)
         path = folder / f"{name}.mlir"
@@ -160,3 +174,14 @@ def test_infinite_loss_without_a_checkpoint(modules, tmp_path):
     fails(["run", modules["scaled"], "--steps", 3, "--data", tmp_path / "x.npz", "--save", tmp_path / "ck"],
           ["the loss is inf after step 1; stopping (this run saved no checkpoint;", "is as it was"],
           folder=tmp_path)
+
+
+def test_a_state_that_is_no_longer_finite_is_never_saved(modules, tmp_path):
+    """Step 1's loss is finite but its update is not: the save after it refuses
+    (a checkpoint is always one to resume from) and names what is left."""
+    ck = tmp_path / "ck"
+    fails(["run", modules["poisoned"], "--steps", 3, "--save", ck, "--save-every", 1],
+          ["params/w is not finite after step 1; stopping (this run saved no checkpoint;", "is as it was"],
+          folder=tmp_path)
+    fails(["run", modules["poisoned"], "--steps", 1, "--save", ck],
+          ["params/w is not finite after step 1; stopping"], folder=tmp_path)

@@ -251,11 +251,21 @@ def _old_prefix(path: str) -> str:
     return f".{os.path.basename(os.path.normpath(path))}.old-"
 
 
+class NotFinite(MtfcError):
+    """A float array to save holds NaN or infinity (nothing was saved)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"{name} holds values that are not finite")
+        self.name = name
+
+
 def save(path: str, entries: list[Entry], meta: dict, *, _before_commit=None) -> None:
     """Write `entries` as a checkpoint at `path`, atomically replacing any checkpoint there.
 
-    A file-system error (a full disk, no permission) ends as one `MtfcError`
-    line naming `path`, with the previous checkpoint intact and no temporary left."""
+    A float array holding NaN or infinity is never saved (`NotFinite`: a
+    checkpoint is always one to resume from).  A file-system error (a full
+    disk, no permission) ends as one `MtfcError` line naming `path`; either
+    way the previous checkpoint is intact and no temporary is left."""
     shown = str(path)
     path = os.path.normpath(os.path.abspath(path))
     parent = os.path.dirname(path)
@@ -296,6 +306,8 @@ def _save_locked(path: str, entries: list[Entry], meta: dict, _before_commit) ->
                     local = np.asarray(owner)
                     if tuple(local.shape) != tuple(s.stop - s.start for s in slices):
                         raise AssertionError(f"{sig.name}: device {devs[0]} holds {local.shape}, layout says {slices}")
+                    if sig.dtype in ("f32", "f16", "bf16") and not np.isfinite(local).all():
+                        raise NotFinite(sig.name)
                     stored = _to_disk(local, sig.dtype)
                     _write_npy(os.path.join(tmp, file), stored)
                     shard["sha256"] = _digest(stored)

@@ -414,7 +414,7 @@ def train_command(
                 raise MtfcError(f"the loss is {loss} after step {state.step}; stopping ({_kept(options, last_saved)})")
             if options.save_every and state.step % options.save_every == 0:
                 progress.close()
-                train.save(options.save, state, meta)
+                _save_finite(train, options, state, meta, last_saved)
                 last_saved = state.step
                 echo(f"saved step {state.step} to {options.save}")
                 previous = time.perf_counter()  # a step's time does not include the save
@@ -428,7 +428,7 @@ def train_command(
     else:
         echo(f"no steps run (at step {state.step})")
     if options.save is not None and last_saved != state.step:
-        train.save(options.save, state, meta)
+        _save_finite(train, options, state, meta, last_saved)
         echo(f"saved step {state.step} to {options.save}")
     if outputs_file:
         values = train.host_state(state)
@@ -443,6 +443,17 @@ def train_command(
         write_bytes_atomic(outputs_file, buffer.getvalue())
         echo(f"wrote {outputs_file}")
     return True
+
+
+def _save_finite(train: TrainStep, options: "TrainOptions", state: TrainState, meta: dict,
+                 last_saved: int | None) -> None:
+    """Save the state; a state that is no longer finite stops the run instead,
+    with the line saying which checkpoint is left (as for a non-finite loss)."""
+    try:
+        train.save(options.save, state, meta)
+    except checkpoint.NotFinite as e:
+        raise MtfcError(f"{e.name} is not finite after step {state.step}; stopping ({_kept(options, last_saved)})") \
+            from None
 
 
 def _kept(options: "TrainOptions", last_saved: int | None) -> str:
