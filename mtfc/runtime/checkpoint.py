@@ -269,11 +269,12 @@ def save(path: str, entries: list[Entry], meta: dict, *, _before_commit=None) ->
     shown = str(path)
     path = os.path.normpath(os.path.abspath(path))
     parent = os.path.dirname(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise MtfcError(f"checkpoint path {path!r} exists and is not a directory")
-    if os.path.isdir(path) and os.listdir(path) and not _is_checkpoint(path):
-        raise MtfcError(f"{path!r} is a non-empty directory that is not an mtfc checkpoint; refusing to replace it")
     try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise MtfcError(f"checkpoint path {path!r} exists and is not a directory")
+        if os.path.isdir(path) and os.listdir(path) and not _is_checkpoint(path):
+            raise MtfcError(f"{path!r} is a non-empty directory that is not an mtfc checkpoint; "
+                            "refusing to replace it")
         os.makedirs(parent, exist_ok=True)
         with _SaveLock(path, shown):
             _save_locked(path, entries, meta, _before_commit)
