@@ -549,12 +549,15 @@ def restore_to_devices(index: dict, sig: mir.Signature, layout: TensorLayout, de
     array = next(a for a in index["arrays"] if a["name"] == sig.name)
     by_block = {tuple(map(tuple, s["slices"])): s for s in array["shards"]}
     whole = None
+    read: dict[tuple, np.ndarray] = {}  # each shard file is read (and its digest checked) once
     out = []
     for d, device in enumerate(devices):
         slices = layout.shard_slices(d)
         key = tuple((s.start, s.stop) for s in slices)
         if key in by_block:
-            host = _read_shard(index["_dir"], array, by_block[key])
+            if key not in read:
+                read[key] = _read_shard(index["_dir"], array, by_block[key])
+            host = read[key]
         else:
             if whole is None:
                 whole = read_global(index, sig.name)
