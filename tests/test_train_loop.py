@@ -9,6 +9,7 @@ and partitioned by mtfc's own pipelines (gspmd, explicit) or left global.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -335,7 +336,7 @@ def test_save_restore_continues_bit_for_bit(modules, tmp_path, mode):
 def test_checkpoint_index_and_shards(modules, tmp_path):
     invoke("run", modules["gspmd"], "--steps", 3, "--save", tmp_path / "ck", "--seed", 2)
     index = json.loads((tmp_path / "ck" / "index.json").read_text())
-    assert index["format"] == "mtfc.checkpoint" and index["version"] == 1
+    assert index["format"] == "mtfc.checkpoint" and index["version"] == 2
     assert (index["step"], index["mesh"], index["layout"], index["partitioning"], index["seed"]) == (
         3, "rows:2,cols:4", "batch:rows,d_hidden:cols", "gspmd", 2)
     assert index["optimizer"] == "sgd:lr=0.1,momentum=0.9" and index["model"] == "mlp_train"
@@ -351,6 +352,9 @@ def test_checkpoint_index_and_shards(modules, tmp_path):
     files = sorted(os.listdir(tmp_path / "ck"))
     assert len(files) == 1 + sum(len(a["shards"]) for a in arrays.values())
     assert np.load(tmp_path / "ck" / w1["shards"][1]["file"]).shape == (DI, 8)
+    for shard in w1["shards"]:  # the digest of each shard's data bytes
+        data = np.load(tmp_path / "ck" / shard["file"])
+        assert shard["sha256"] == hashlib.sha256(data.tobytes()).hexdigest()
     _, values = checkpoint.read_all(tmp_path / "ck")
     assert values["opt/step"] == 3
 

@@ -1,9 +1,14 @@
 // An embedding lookup in a table split along the looked-up dim (vocab on
-// `cols`): each device looks up the ids in its block, zeroes the rest, and an
-// all_reduce over `cols` sums the one non-zero row.
+// `cols`): each device clamps the ids to [0, 15] (StableHLO's gather clamps,
+// so an out-of-range id reads the row the unsharded program reads), looks up
+// the ids in its block, zeroes the rest, and an all_reduce over `cols` sums
+// the one non-zero row.
 // RUN: mtfc opt %s --passes partition --no-debug-info | FileCheck %s
 
-// CHECK: stablehlo.subtract %arg0, %{{.*}} {mtfc.dims = ["batch"]} : tensor<4xi32>
+// CHECK: %[[V:.*]] = stablehlo.constant {mtfc.dims = []} dense<15> : tensor<i32>
+// CHECK-NEXT: %[[LAST:.*]] = stablehlo.broadcast_in_dim %[[V]], dims = [] {mtfc.dims = ["batch"]}
+// CHECK-NEXT: %[[C:.*]] = stablehlo.clamp %{{.*}}, %arg0, %[[LAST]] {mtfc.dims = ["batch"]} : tensor<4xi32>
+// CHECK-NEXT: stablehlo.subtract %[[C]], %{{.*}} {mtfc.dims = ["batch"]} : tensor<4xi32>
 // CHECK: stablehlo.compare GE
 // CHECK: stablehlo.compare LT
 // CHECK: %[[G:.*]] = "stablehlo.gather"(%arg1, %{{.*}}) {{.*}} slice_sizes = array<i64: 1, 8>

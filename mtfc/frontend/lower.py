@@ -15,6 +15,7 @@ from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import func
 from jax.extend.mlir.dialects import stablehlo as hlo
 
+from mtfc import index_ranges
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.frontend.graph import Graph, Operation, Tensor
@@ -195,4 +196,5 @@ def lower_graph(
             func.ReturnOp([values[id(t)] for t in outputs.values()])
         if not module.operation.verify():
             raise AssertionError("lowered module does not verify")
+        index_ranges.annotate(module)  # mtfc.range on inputs that index a dim (docs/IR.md)
     return module

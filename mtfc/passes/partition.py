@@ -423,7 +423,10 @@ def concatenate(p, op, args, dims, shape):
 def gather(p, op, args, dims, shape):
     """Embedding lookup ``table[indices]``.  With the looked-up dim split, each
     device looks up the indices that fall in its block (others read row 0 and
-    are zeroed) and an all_reduce sums the one non-zero contribution."""
+    are zeroed) and an all_reduce sums the one non-zero contribution.  Indices
+    are first clamped to ``[0, size - 1]`` of the whole dim, as StableHLO's
+    gather clamps them, so every index -- negative or past the table -- reads
+    the row the unsharded program reads."""
     table, indices = args
     numbers = hlo.GatherDimensionNumbers(op.attributes["dimension_numbers"])
     n_idx = len(indices.shape)
@@ -459,9 +462,11 @@ def gather(p, op, args, dims, shape):
     block = table.local_shape[axis]
     bcast = lambda v, ty: e.tag(hlo.BroadcastInDimOp(ty, v, []), indices.dims)  # noqa: E731
     offset = bcast(e.shard_offset(vocab_axes, block), idx_type)
-    local_idx = e.tag(hlo.SubtractOp(indices.value, offset), indices.dims)
-    pred = ir.RankedTensorType.get(idx_type.shape, ir.IntegerType.get_signless(1))
     zero = bcast(e.scalar_i32(0), idx_type)
+    last = bcast(e.scalar_i32(table.shape[axis] - 1), idx_type)
+    clamped = e.tag(hlo.ClampOp(zero, indices.value, last), indices.dims)
+    local_idx = e.tag(hlo.SubtractOp(clamped, offset), indices.dims)
+    pred = ir.RankedTensorType.get(idx_type.shape, ir.IntegerType.get_signless(1))
     upper = bcast(e.scalar_i32(block), idx_type)
     direction = lambda s: hlo.ComparisonDirectionAttr.get(s)  # noqa: E731
     ge = e.tag(hlo.CompareOp(local_idx, zero, direction("GE"), results=[pred]), indices.dims)

@@ -19,21 +19,79 @@ run reads the same batches as an uninterrupted one) gets:
   number of whole windows), ``tokens = stream[s : s + length]`` and
   ``targets = stream[s + 1 : s + length + 1]`` (shifted by one).  Other
   inputs are synthesized.
+
+Every array a file gives is checked before it is used (`check_dtype`,
+`check_values`): complex, string and object arrays are errors, integers must
+fit the input's dtype, and an input with ``mtfc.range`` (an index into a dim,
+`mtfc.index_ranges`) must lie in its range -- the error names the file, the
+array or input, the first bad value and its position.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
+from mtfc.index_ranges import IndexRange
 from mtfc.runtime.host_data import synthesize
 
 
 def _leaf(name: str) -> str:
     return name.rsplit("/", 1)[-1]
+
+
+_NOT_NUMBERS = {"c": "a complex", "U": "a string", "S": "a byte string", "O": "an object", "V": "a structured",
+                "M": "a datetime", "m": "a timedelta"}
+_CHUNK = 1 << 22  # values checked at a time (bounded memory for large token streams)
+
+
+def check_dtype(what: str, array: np.ndarray) -> None:
+    """Fail unless `array` holds real numbers, integers or booleans (`what` names it)."""
+    kind = _NOT_NUMBERS.get(array.dtype.kind)
+    if kind is not None:
+        raise MtfcError(f"{what} is {kind} array ({array.dtype}); inputs are real numbers, integers or booleans")
+
+
+def _first_bad(array: np.ndarray, lo: int, hi: int) -> int | None:
+    """The flat index of the first value of `array` outside [lo, hi), or None."""
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start:start + _CHUNK]
+        bad = (chunk < lo) | (chunk >= hi)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
+
+
+def _position(array: np.ndarray, flat: int) -> str:
+    if array.ndim == 1:
+        return f"position {flat}"
+    return f"index {tuple(int(i) for i in np.unravel_index(flat, array.shape))}"
+
+
+def check_values(what: str, array: np.ndarray, sig: mir.Signature, index_range: IndexRange | None,
+                 *, value_word: str = "value") -> None:
+    """Fail unless the integers of `array` (given for input `sig`) fit its dtype and
+    lie in `index_range`; the error names `what`, the first bad value and its position."""
+    if array.dtype.kind not in "iu" or array.size == 0:
+        return
+    target = np.dtype(mir.numpy_dtype(sig.dtype))
+    bounds = []
+    if index_range is not None:
+        bounds.append((index_range.lo, index_range.hi,
+                       f"(the size of dim {index_range.dim!r}, which input {sig.name!r} indexes)"))
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        bounds.append((int(info.min), int(info.max) + 1, f"(input {sig.name!r} is {sig.dtype})"))
+    for lo, hi, why in bounds:
+        flat = _first_bad(array, lo, hi)
+        if flat is not None:
+            value = array.reshape(-1)[flat]
+            raise MtfcError(f"{what}: {value_word} {value} at {_position(array, flat)} is outside [{lo}, {hi}) {why}")
 
 
 def _cast(array: np.ndarray, sig: mir.Signature, what: str) -> np.ndarray:
@@ -84,6 +142,7 @@ class Batches:
         return f"synthetic (seed {self.seed}, per step)"
 
     def info(self) -> dict:
+        """What a checkpoint records of the data (the file's real path, its size)."""
         return {"source": self.kind, "seed": self.seed}
 
     def _note_synthesized(self) -> str:
@@ -93,9 +152,11 @@ class Batches:
 class NpzBatches(Batches):
     kind = "npz"
 
-    def __init__(self, path: str, inputs: list[mir.Signature], seed: int):
+    def __init__(self, path: str, inputs: list[mir.Signature], seed: int,
+                 ranges: dict[str, IndexRange] | None = None):
         super().__init__(inputs, seed)
         self.path = path
+        ranges = ranges or {}
         try:
             with np.load(path, allow_pickle=False) as data:
                 given = {k: np.asarray(data[k]) for k in data.files}
@@ -113,6 +174,7 @@ class NpzBatches(Batches):
         modes = {}
         for name, array in given.items():
             sig = by_name[name]
+            check_dtype(f"{path}: array {name!r}", array)
             shape = tuple(array.shape)
             if shape[1:] == sig.shape and len(shape) == len(sig.shape) + 1:
                 modes[name] = "steps"
@@ -126,6 +188,7 @@ class NpzBatches(Batches):
                     f"{path}: array {name!r} has shape {shape}, input {name!r} [{', '.join(sig.dims)}] is {want}: "
                     f"give (steps, {', '.join(map(str, sig.shape))}){examples}"
                 )
+            check_values(f"{path}: array {name!r}", array, sig, ranges.get(name))
             self.arrays[name] = _cast(array, sig, f"{path}: array {name!r}")
         if len(set(modes.values())) > 1:
             raise MtfcError(
@@ -162,19 +225,23 @@ class NpzBatches(Batches):
         return f"{self.path} ({self.length} {unit}, cycled){self._note_synthesized()}"
 
     def info(self) -> dict:
-        return {"source": self.kind, "path": self.path, "mode": self.mode, "length": self.length, "seed": self.seed}
+        return {"source": self.kind, "path": os.path.realpath(self.path), "mode": self.mode, "length": self.length,
+                "seed": self.seed}
 
 
 class TokenBatches(Batches):
     kind = "tokens"
 
-    def __init__(self, path: str, inputs: list[mir.Signature], seed: int):
+    def __init__(self, path: str, inputs: list[mir.Signature], seed: int,
+                 ranges: dict[str, IndexRange] | None = None):
         super().__init__(inputs, seed)
         self.path = path
+        ranges = ranges or {}
         try:
             stream = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as e:
             raise MtfcError(f"cannot read data {path!r}: {e}") from None
+        check_dtype(f"{path}: the token stream", stream)
         if stream.ndim != 1 or stream.dtype.kind not in "iu":
             raise MtfcError(
                 f"{path}: a .npy data file is a 1-D integer token stream; this one is {stream.dtype} of shape {stream.shape}"
@@ -200,6 +267,9 @@ class TokenBatches(Batches):
         if len(stream) < need:
             raise MtfcError(f"{path} holds {len(stream)} tokens; one window of {self.tokens.name!r} needs {need}")
         self.windows = (len(stream) - need) // self.length + 1
+        for sig in (self.tokens, self.targets):
+            if sig is not None:
+                check_values(path, stream, sig, ranges.get(sig.name), value_word="token id")
         self.synthesized = [s.name for s in inputs if s is not self.tokens and s is not self.targets]
 
     def _from_file(self, step: int) -> dict[str, np.ndarray]:
@@ -217,12 +287,37 @@ class TokenBatches(Batches):
                 f"{self._note_synthesized()}")
 
     def info(self) -> dict:
-        return {"source": self.kind, "path": self.path, "tokens": int(len(self.stream)), "windows": self.windows,
-                "seed": self.seed}
+        return {"source": self.kind, "path": os.path.realpath(self.path), "tokens": int(len(self.stream)),
+                "windows": self.windows, "seed": self.seed}
 
 
-def open_batches(path: str | None, inputs: list[mir.Signature], seed: int) -> Batches:
-    """The batch source for `--data path` (None: synthetic)."""
+def describe_info(info) -> str:
+    """A `Batches.info()` record in words (for messages)."""
+    if not isinstance(info, dict) or info.get("source") not in ("synthetic", "npz", "tokens"):
+        return f"an unknown data source ({json.dumps(info)})"
+    if info["source"] == "synthetic":
+        return "synthetic batches"
+    if info["source"] == "tokens":
+        return f"{info.get('path')} ({info.get('tokens')} tokens)"
+    return f"{info.get('path')} ({info.get('length')} {'steps' if info.get('mode') == 'steps' else 'batches'})"
+
+
+def same_source(saved, now: dict) -> bool:
+    """Whether a checkpoint's data record `saved` names the source `now` reads
+    (the seed aside: a changed seed is reported on its own)."""
+    if not isinstance(saved, dict):
+        return False
+    strip = lambda info: {k: v for k, v in info.items() if k != "seed"}  # noqa: E731
+    saved = strip(saved)
+    if "path" in saved and isinstance(saved["path"], str):
+        saved["path"] = os.path.realpath(saved["path"])
+    return saved == strip(now)
+
+
+def open_batches(path: str | None, inputs: list[mir.Signature], seed: int,
+                 ranges: dict[str, IndexRange] | None = None) -> Batches:
+    """The batch source for `--data path` (None: synthetic); `ranges` (input name ->
+    its ``mtfc.range``) bounds the values a file may give."""
     if path is None:
         return Batches(inputs, seed)
     if not os.path.exists(path):
@@ -230,7 +325,7 @@ def open_batches(path: str | None, inputs: list[mir.Signature], seed: int) -> Ba
     if os.path.isdir(path):
         raise MtfcError(f"data file {path!r} is a directory")
     if path.endswith(".npz"):
-        return NpzBatches(path, inputs, seed)
+        return NpzBatches(path, inputs, seed, ranges)
     if path.endswith(".npy"):
-        return TokenBatches(path, inputs, seed)
+        return TokenBatches(path, inputs, seed, ranges)
     raise MtfcError(f"data file {path!r}: expected .npz (arrays by input name) or .npy (a token stream)")

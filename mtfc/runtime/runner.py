@@ -11,13 +11,17 @@ from mtfc import ir as mir
 from mtfc.emit.artifact import read_module
 from mtfc.emit.text import write_bytes_atomic
 from mtfc.errors import MtfcError
+from mtfc.index_ranges import argument_ranges
 from mtfc.runtime import devices as rt_devices
 from mtfc.runtime.check import compare
+from mtfc.runtime.data import check_dtype, check_values
 from mtfc.runtime.execute import Program
 
 
-def load_inputs(path: str, program: Program, seed: int) -> dict[str, np.ndarray]:
-    """Arguments from an .npz by name; any argument it lacks is synthesized from `seed`."""
+def load_inputs(path: str, program: Program, seed: int, ranges: dict | None = None) -> dict[str, np.ndarray]:
+    """Arguments from an .npz by name; any argument it lacks is synthesized from `seed`.
+    Each given array must hold numbers, and integers must fit their argument's
+    dtype and `ranges` (name -> ``mtfc.range``, `mtfc.index_ranges`)."""
     try:
         with np.load(path) as data:
             given = {k: data[k] for k in data.files}
@@ -27,6 +31,11 @@ def load_inputs(path: str, program: Program, seed: int) -> dict[str, np.ndarray]
     unknown = sorted(set(given) - known)
     if unknown:
         raise MtfcError(f"{path}: no argument named {unknown[0]!r} (arguments: {', '.join(sorted(known))})")
+    ranges = ranges or {}
+    for sig in program.arguments:
+        if sig.name in given:
+            check_dtype(f"{path}: array {sig.name!r}", given[sig.name])
+            check_values(f"{path}: array {sig.name!r}", given[sig.name], sig, ranges.get(sig.name))
     inputs = program.synthesize_inputs(seed)
     inputs.update(given)
     return inputs
@@ -57,7 +66,8 @@ def run_command(
     if backend == "cpu":
         rt_devices.ensure_cpu_devices(max(mesh.size, 1))
     program = Program(module, backend=backend, unsharded=kind == "none")
-    inputs = load_inputs(inputs_file, program, seed) if inputs_file else program.synthesize_inputs(seed)
+    inputs = (load_inputs(inputs_file, program, seed, argument_ranges(module)) if inputs_file
+              else program.synthesize_inputs(seed))
     result = program.run(inputs, repeat=repeat)
 
     where = f"{mesh.size} {backend} device(s), mesh {mesh or '(none)'}" if kind != "none" else f"1 {backend} device"

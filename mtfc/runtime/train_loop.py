@@ -33,10 +33,11 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.errors import Interrupted, MtfcError
+from mtfc.index_ranges import argument_ranges
 from mtfc.runtime import checkpoint
 from mtfc.runtime import devices as rt_devices
 from mtfc.runtime.check import compare
-from mtfc.runtime.data import Batches, open_batches, throughput_unit
+from mtfc.runtime.data import Batches, describe_info, open_batches, same_source, throughput_unit
 from mtfc.runtime.execute import Program
 from mtfc.runtime.host_data import gather_from_shards, shard_to_devices, synthesize
 
@@ -342,7 +343,8 @@ def train_command(
     if options.restore is not None:
         checkpoint.load_index(options.restore)  # fail on a bad checkpoint before compiling
     # Bad data files fail before compiling.
-    batches = open_batches(options.data, [s for s in mir.arguments(module) if s.role == "input"], seed)
+    batches = open_batches(options.data, [s for s in mir.arguments(module) if s.role == "input"], seed,
+                           argument_ranges(module))
     if backend == "cpu":
         kind = mir.partitioning(module)
         rt_devices.ensure_cpu_devices(max(mir.module_mesh(module).size if kind != "none" else 1, 1))
@@ -373,6 +375,9 @@ def train_command(
         if index.get("seed") is not None and index.get("seed") != seed:
             notes.append(f"it was trained with --seed {index['seed']}, continuing with --seed {seed}")
         echo(f"restored step {state.step} from {options.restore}" + (f" ({'; '.join(notes)})" if notes else ""))
+        if "data" in index and not same_source(index["data"], batches.info()):
+            _warn(f"{options.restore} was trained on {describe_info(index['data'])}; "
+                  f"this run reads {describe_info(batches.info())}")
     else:
         state = train.initial_state(seed)
 
@@ -407,10 +412,10 @@ def train_command(
                 log.flush()
             if not math.isfinite(loss):
                 progress.close()
-                raise MtfcError(f"the loss is {loss} after step {state.step}; stopping (nothing saved)")
+                raise MtfcError(f"the loss is {loss} after step {state.step}; stopping ({_kept(options, last_saved)})")
             if options.save_every and state.step % options.save_every == 0:
                 progress.close()
-                train.save(options.save, state, meta)
+                _save_finite(train, options, state, meta, last_saved)
                 last_saved = state.step
                 echo(f"saved step {state.step} to {options.save}")
                 previous = time.perf_counter()  # a step's time does not include the save
@@ -427,7 +432,7 @@ def train_command(
     else:
         echo(f"no steps run (at step {state.step})")
     if options.save is not None and last_saved != state.step:
-        train.save(options.save, state, meta)
+        _save_finite(train, options, state, meta, last_saved)
         echo(f"saved step {state.step} to {options.save}")
     if outputs_file:
         values = train.host_state(state)
@@ -453,6 +458,31 @@ def _interrupted_message(step: int, options: TrainOptions, last_saved: int | Non
     else:
         kept = "no checkpoint saved"
     return f"interrupted at step {step}; {kept}"
+
+
+def _save_finite(train: TrainStep, options: "TrainOptions", state: TrainState, meta: dict,
+                 last_saved: int | None) -> None:
+    """Save the state; a state that is no longer finite stops the run instead,
+    with the line saying which checkpoint is left (as for a non-finite loss)."""
+    try:
+        train.save(options.save, state, meta)
+    except checkpoint.NotFinite as e:
+        raise MtfcError(f"{e.name} is not finite after step {state.step}; stopping ({_kept(options, last_saved)})") \
+            from None
+
+
+def _kept(options: "TrainOptions", last_saved: int | None) -> str:
+    """Which checkpoint a run stopped early leaves, in words."""
+    if last_saved is not None:
+        return f"the last checkpoint, step {last_saved}, is in {options.save}"
+    if options.save is not None:
+        return f"this run saved no checkpoint; {options.save} is as it was"
+    return "no checkpoint was saved (no --save)"
+
+
+def _warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _summary(records: list[StepRecord], start_step: int, train: TrainStep, echo: Callable[[str], None]) -> None:

@@ -1,0 +1,299 @@
+"""The fault corpus for checkpoints (tests/corpus.py's contract).
+
+A corrupt or hand-edited checkpoint (a flipped bit, a shard of another
+dtype, a broken or inconsistent index), a second run saving into the same
+directory at the same time, and a full disk: each ends with one error line,
+exit status 1, and leaves the previous checkpoint (and everything else)
+byte for byte as it was.  Restoring with another data source warns; saved
+files get the user's umask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from corpus import fails, process_fails
+from mtfc.cli import main
+from mtfc.compiler import compile_file
+from mtfc.emit.artifact import write_module
+from mtfc.runtime import checkpoint
+
+MODEL = '''
+import mtfc as mtf
+batch = mtf.Dim("batch", 4)
+d = mtf.Dim("d", 8)
+h = mtf.Dim("h", {hidden})
+
+
+@mtf.entry(inputs={{"x": mtf.Input([batch, d])}}, mesh="rows:2,cols:2", layout="batch:rows,h:cols",
+           optimizer="adamw:lr=0.01")
+def model(x):
+    y = mtf.layers.dense(x, h, name="fc")
+    return {{"loss": mtf.reduce_mean(mtf.square(y))}}
+'''
+
+
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory):
+    """"small": a train step with a few KiB of state; "large": one with ~0.5 MiB."""
+    folder = tmp_path_factory.mktemp("ckpt_modules")
+    out = {}
+    for name, hidden in (("small", 16), ("large", 8192)):
+        (folder / f"{name}.py").write_text(MODEL.format(hidden=hidden))
+        path = folder / f"{name}.mlir"
+        write_module(compile_file(str(folder / f"{name}.py"), mode="explicit", train=True), str(path))
+        out[name] = str(path)
+    return out
+
+
+def run_ok(*args) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def saved(modules, tmp_path):
+    """tmp_path/ck: a checkpoint of step 2."""
+    run_ok("run", modules["small"], "--steps", 2, "--save", tmp_path / "ck")
+    return tmp_path / "ck"
+
+
+def _index(ck):
+    return json.loads((ck / "index.json").read_text())
+
+
+def _write_index(ck, index):
+    (ck / "index.json").write_text(json.dumps(index))
+
+
+def _kernel(index):
+    return next(a for a in index["arrays"] if a["name"] == "params/fc/kernel")
+
+
+def _resume(modules, ck, folder, fragments, *, steps=1):
+    """Restore `ck` and save back into it: must fail, leaving everything as it was."""
+    return fails(["run", modules["small"], "--restore", ck, "--steps", steps, "--save", ck], fragments,
+                 folder=folder)
+
+
+# -- corrupt shards --------------------------------------------------------------------------------
+
+
+def test_a_flipped_bit_in_a_shard(modules, saved, tmp_path):
+    shard = saved / _kernel(_index(saved))["shards"][1]["file"]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x10  # in the data, past the header
+    shard.write_bytes(bytes(data))
+    _resume(modules, saved, tmp_path, [f"checkpoint shard '{shard}' of array 'params/fc/kernel' is corrupt",
+                                       "sha256"])
+
+
+def test_a_shard_saved_with_another_dtype(modules, saved, tmp_path):
+    shard = saved / _kernel(_index(saved))["shards"][0]["file"]
+    np.save(shard, np.load(shard).astype(np.float64))
+    _resume(modules, saved, tmp_path, [f"checkpoint shard '{shard}' of array 'params/fc/kernel' holds float64",
+                                       "the index says f32"])
+
+
+def test_an_index_whose_dtype_differs_from_the_module(modules, saved, tmp_path):
+    index = _index(saved)
+    _kernel(index)["dtype"] = "f16"
+    _write_index(saved, index)
+    _resume(modules, saved, tmp_path, ["'params/fc/kernel' is f16 in the checkpoint, f32 in the module"])
+
+
+# -- broken indexes --------------------------------------------------------------------------------
+
+
+def _edit(change):
+    def edit(index):
+        change(index)
+        return index
+    return edit
+
+
+INDEX_EDITS = {
+    "negative step": (_edit(lambda i: i.update(step=-1)), "'step' is -1, not a number of steps"),
+    "step as text": (_edit(lambda i: i.update(step="2")), "'step' is \"2\", not a number of steps"),
+    "no step": (_edit(lambda i: i.pop("step")), "index.json has no 'step'"),
+    "no arrays": (_edit(lambda i: i.pop("arrays")), "index.json has no list of 'arrays'"),
+    "no shape": (_edit(lambda i: _kernel(i).pop("shape")), "array #"),
+    "shape as text": (_edit(lambda i: _kernel(i).update(shape="8x16")), "'shape' is \"8x16\", not a list"),
+    "unknown dtype": (_edit(lambda i: _kernel(i).update(dtype="f64")), "array 'params/fc/kernel': unknown dtype 'f64'"),
+    "slices outside": (_edit(lambda i: _kernel(i)["shards"][0].update(slices=[[0, 9], [0, 8]])),
+                       "has slices [[0, 9], [0, 8]], outside the array's shape [8, 16]"),
+    "overlapping shards": (_edit(lambda i: _kernel(i)["shards"][1].update(slices=[[0, 8], [4, 12]])),
+                           "overlap"),
+    "missing shard": (_edit(lambda i: _kernel(i)["shards"].pop()), "its shards cover 64 of its 128 values"),
+    "file outside": (_edit(lambda i: _kernel(i)["shards"][0].update(file="../../etc/passwd")),
+                     "is not a shard file name inside the checkpoint"),
+    "no digest": (_edit(lambda i: _kernel(i)["shards"][0].pop("sha256")), "has no sha256 digest"),
+    "mesh as a number": (_edit(lambda i: i.update(mesh=4)), "'mesh' is 4, of the wrong type"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INDEX_EDITS))
+def test_a_broken_index(modules, saved, tmp_path, case):
+    edit, fragment = INDEX_EDITS[case]
+    _write_index(saved, edit(_index(saved)))
+    _resume(modules, saved, tmp_path, [f"{saved}: index.json", fragment])
+
+
+def test_index_that_is_not_json(modules, saved, tmp_path):
+    text = (saved / "index.json").read_text()
+    (saved / "index.json").write_text(text[: len(text) // 2])
+    _resume(modules, saved, tmp_path, [f"cannot read checkpoint index '{saved / 'index.json'}'"])
+
+
+# -- concurrent saves ------------------------------------------------------------------------------
+
+HOLDING_SAVER = """
+import os, sys, time
+from mtfc.runtime import checkpoint
+real = checkpoint.save
+def save(path, entries, meta, **kw):
+    def hold(tmp):  # everything written, lock held: wait for the test's go
+        open("ready", "w").close()
+        deadline = time.time() + 120
+        while not os.path.exists("go") and time.time() < deadline:
+            time.sleep(0.05)
+    real(path, entries, meta, _before_commit=hold)
+checkpoint.save = save
+from mtfc.cli import main
+sys.argv = ["mtfc", "run", MODULE, "--steps", "3", "--save", "ck"]
+main()
+"""
+
+
+def test_a_second_run_saving_into_the_same_directory(modules, saved, tmp_path):
+    """Run A is in the middle of saving into ck (its temporary written, not yet
+    swapped in) when run B saves there too: B fails with one line naming A,
+    and takes nothing of A's; then A completes, and ck is A's checkpoint."""
+    script = f"MODULE = {modules['small']!r}\n" + textwrap.dedent(HOLDING_SAVER)
+    env = {k: v for k, v in os.environ.items() if k != "MTFC_TRACEBACK"}
+    a = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "ready").exists():
+            assert a.poll() is None and time.time() < deadline, a.communicate()
+            time.sleep(0.05)
+        assert any(n.startswith(".ck.tmp-") for n in os.listdir(tmp_path))  # A's live temporary
+        process_fails(["run", modules["small"], "--steps", 1, "--save", "ck"],
+                      [f"error: ck: another mtfc run (pid {a.pid}) is saving here"], folder=tmp_path)
+        (tmp_path / "go").touch()
+        out, err = a.communicate(timeout=120)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert a.returncode == 0, err
+    assert checkpoint.load_index(saved)["step"] == 3
+    assert sorted(os.listdir(tmp_path)) == ["ck", "go", "ready"]  # no lock file, no temporary left
+    run_ok("run", modules["small"], "--restore", saved, "--steps", 1)
+
+
+def test_a_temporary_of_a_dead_saver_is_removed_a_live_ones_kept(modules, saved, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = checkpoint._owner_tag().split("-")[0]
+    (tmp_path / f".ck.tmp-{host}-{int(dead.stdout)}-abc").mkdir()
+    live = tmp_path / f".ck.tmp-{host}-1-abc"  # pid 1 is alive
+    live.mkdir()
+    run_ok("run", modules["small"], "--restore", saved, "--steps", 1, "--save", saved)
+    assert sorted(os.listdir(tmp_path)) == sorted(["ck", live.name])
+
+
+# -- a full disk -----------------------------------------------------------------------------------
+
+
+def _used_bytes(folder) -> int:
+    """The tmpfs pages the files under `folder` take."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        total += sum(-(-os.path.getsize(os.path.join(root, f)) // 4096) * 4096 for f in files)
+    return total
+
+
+@pytest.fixture
+def small_disk(modules, tmp_path, monkeypatch):
+    """A directory that holds one checkpoint of the "large" module but not two:
+    a size-limited tmpfs where mounting is allowed (root), else a directory
+    whose shard writer fails with ENOSPC once one checkpoint's worth is written."""
+    run_ok("run", modules["large"], "--steps", 0, "--save", tmp_path / "probe")
+    one = _used_bytes(tmp_path / "probe")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = one + one // 2
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        import errno
+
+        real, written = checkpoint._write_npy, []
+
+        def limited(path, array):
+            written.append(array.nbytes)
+            if sum(written) > size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            real(path, array)
+
+        monkeypatch.setattr(checkpoint, "_write_npy", limited)
+    try:
+        yield disk
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_save_that_runs_out_of_space(modules, small_disk):
+    ck = small_disk / "ck"
+    run_ok("run", modules["large"], "--steps", 1, "--save", ck)
+    fails(["run", modules["large"], "--restore", ck, "--steps", 1, "--save", ck],
+          [f"error: {ck}: No space left on device"], folder=small_disk)
+    assert checkpoint.load_index(ck)["step"] == 1
+    assert sorted(os.listdir(small_disk)) == ["ck"]
+
+
+# -- restore warnings, umask -----------------------------------------------------------------------
+
+
+def test_restore_with_another_data_source_warns(modules, tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.ones((3, 4, 8), np.float32))
+    run_ok("run", modules["small"], "--steps", 1, "--data", tmp_path / "a.npz", "--save", tmp_path / "ck")
+    result = CliRunner().invoke(main, ["run", modules["small"], "--restore", str(tmp_path / "ck"), "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"warning: {tmp_path / 'ck'} was trained on {os.path.realpath(tmp_path / 'a.npz')} "
+                     "(3 steps); this run reads synthetic batches"]
+    # the same file again (by another path): no warning
+    os.chdir(tmp_path)
+    try:
+        result = CliRunner().invoke(main, ["run", modules["small"], "--restore", "ck", "--steps", "1",
+                                           "--data", "a.npz"])
+    finally:
+        os.chdir("/")
+    assert result.exit_code == 0 and result.stderr.strip() == "", result.stderr
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoints_get_the_users_umask(modules, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        run_ok("run", modules["small"], "--steps", 1, "--save", tmp_path / "ck")
+    finally:
+        os.umask(old)
+    ck = tmp_path / "ck"
+    assert os.stat(ck).st_mode & 0o777 == 0o777 & ~umask
+    for name in os.listdir(ck):
+        assert os.stat(ck / name).st_mode & 0o777 == 0o666 & ~umask, name
+
