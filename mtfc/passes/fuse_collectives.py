@@ -218,24 +218,31 @@ class Fuser:
         return sunk
 
     def reduce_then_own_slice(self) -> None:
+        """An all_reduce whose every use keeps this device's block of one dim
+        (one slice, or several equal ones -- Shardy cuts a value once per
+        consumer, each with its own `partition_id` arithmetic) becomes one
+        reduce_scatter along that dim, placed before the first of them."""
         for op in self.ops():
             if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
                 continue
-            users = _users(op.results[0])
-            if len(users) != 1:
+            slices = _users(op.results[0])
+            cut = {self.own_block_dim(ds, op.results[0], _groups(op)) for ds in slices}
+            if not slices or len(cut) != 1 or None in cut or len({str(ds.results[0].type) for ds in slices}) != 1:
                 continue
-            ds = users[0]
-            k = self.own_block_dim(ds, op.results[0], _groups(op))
-            if k is None:
-                continue
+            if len(slices) > 1 and any(self.in_entry_block(ds) != ds for ds in slices):
+                continue  # one reduce_scatter for slices in other regions would not dominate them all
+            first = slices[0]
+            for ds in slices[1:]:
+                first = _earlier(first, ds)
             attrs = {n: op.attributes[n] for n in op.attributes}
-            attrs["scatter_dimension"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), k)
-            with ir.InsertionPoint(ds), ds.location:
-                rs = ir.Operation.create("stablehlo.reduce_scatter", results=[ds.results[0].type],
+            attrs["scatter_dimension"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), cut.pop())
+            with ir.InsertionPoint(first), first.location:
+                rs = ir.Operation.create("stablehlo.reduce_scatter", results=[first.results[0].type],
                                          operands=[op.operands[0]], attributes=attrs, regions=1)
                 clone_region(op.regions[0], rs.regions[0])
-            mir.set_op_result_dims(rs, [mir.value_dims(ds.results[0])])
-            self.replace(ds.results[0], rs.results[0])
+            mir.set_op_result_dims(rs, [mir.value_dims(first.results[0])])
+            for ds in slices:
+                self.replace(ds.results[0], rs.results[0])
 
     def in_entry_block(self, op: ir.Operation) -> ir.Operation | None:
         """`op` if it is an op of @main's block, else the op of that block whose
