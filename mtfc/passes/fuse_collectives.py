@@ -5,11 +5,14 @@ their replica groups.  Guarantees: the same results, computed with
 * ``all_gather`` then a slice of the device's own block -> the gather's input;
 * a slice of the own block then ``all_gather`` back -> the slice's input;
 * ``all_to_all`` followed by its inverse -> the first one's input;
-* ``all_reduce`` whose only use takes the device's own block along one dim ->
-  ``reduce_scatter`` along that dim;
+* ``all_reduce`` then a transpose or reshape, its only use -> the transpose
+  or reshape, then the ``all_reduce``;
+* ``all_reduce`` whose every use takes the device's own block along one dim
+  (one slice or several equal ones) -> one ``reduce_scatter`` along that dim;
 * independent ``all_reduce`` ops over the same groups with the same reducer
-  and element type -> one variadic ``all_reduce`` (placed after the last
-  operand is computed and before the first result is used; not in shardy
+  and element type -> one variadic ``all_reduce``, placed right after the
+  latest op computing one of their operands, which comes before the first
+  op using one of their results (`merge_all_reduces`; not in shardy
   modules, whose manual program XLA's partitioner accepts only with
   single-operand all_reduces);
 * identical collectives on the same operands -> one;
