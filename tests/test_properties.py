@@ -329,6 +329,11 @@ class Builder:
         if not self.ok_size(out):
             return
         self.hot.update(n for n, _ in dims if n not in dict(out))
+        self.einsum_node(ops, out, out_src, bf16)
+
+    def einsum_node(self, ops, out, out_src: str, bf16=False) -> Node | None:
+        """The node `mtf.einsum(ops{out_src})` with dims `out` (`out_src` is
+        `", [dims]"` or `""` for inferred dims), in f32 or computed in bf16."""
         srcs, values = [o.var for o in ops], [o.value for o in ops]
         if bf16:  # computed in bf16: operands cast down, the result cast back up
             srcs, values = zip(*[self.in_bf16(o) for o in ops])
@@ -339,7 +344,7 @@ class Builder:
         expr = f"mtf.einsum([{', '.join(srcs)}]{out_src})"
         if bf16:
             expr = f'mtf.cast({expr}, "f32")'
-        self.add(expr, out, "f32", value, mag, "bf16" if bf16 else self.tol_of(*ops))
+        return self.add(expr, out, "f32", value, mag, "bf16" if bf16 else self.tol_of(*ops))
 
     # kind -> (function form, operator form or None, value(a, b), error scale(a, b, ma, mb, out))
     BINARY = {
@@ -354,15 +359,20 @@ class Builder:
     }
 
     def op_binary(self):
-        fn_src, op_src, ref, err = self.BINARY[self.choice(self.BINARY)]
+        kind = self.choice(self.BINARY)
         a = self.pick(lambda n: n.dtype == "f32")
         b = self.pick(lambda n: n.dtype == "f32" and n is not a and self.ok_size(union_dims(a.dims, n.dims))) or a
+        self.binary_node(kind, a, b)
+
+    def binary_node(self, kind: str, a: Node, b: Node) -> Node | None:
+        """The node `kind(a, b)` (a `BINARY` entry), broadcast to the union of their dims."""
+        fn_src, op_src, ref, err = self.BINARY[kind]
         dims = union_dims(a.dims, b.dims)
         src = (op_src if op_src and self.coin(5) else fn_src).format(a=a.var, b=b.var)
         av, bv = bcast(a.value, a.dims, dims), bcast(b.value, b.dims, dims)
         out = ref(av, bv)
         mag = err(av, bv, bcast(a.mag, a.dims, dims), bcast(b.mag, b.dims, dims), out)
-        self.add(src, dims, "f32", out, mag, self.tol_of(a, b))
+        return self.add(src, dims, "f32", out, mag, self.tol_of(a, b))
 
     # (source, value(x), derivative bound(x)): error scale = |f'(x)| * mag(x) + |f(x)|
     SCALAR = [
@@ -391,10 +401,14 @@ class Builder:
     ]
 
     def op_unary(self, table=None):
-        src, ref, slope = self.choice(table or self.UNARY)
-        a = self.pick(lambda n: n.dtype == "f32")
+        entry = self.choice(table or self.UNARY)
+        self.unary_node(entry, self.pick(lambda n: n.dtype == "f32"))
+
+    def unary_node(self, entry, a: Node) -> Node | None:
+        """The node of a `UNARY` or `SCALAR` entry applied to `a`."""
+        src, ref, slope = entry
         out = ref(a.value)
-        self.add(src.format(a=a.var), a.dims, "f32", out, slope(a.value) * a.mag + np.abs(out), a.tol)
+        return self.add(src.format(a=a.var), a.dims, "f32", out, slope(a.value) * a.mag + np.abs(out), a.tol)
 
     def op_scalar(self):
         self.op_unary(self.SCALAR)
@@ -766,8 +780,10 @@ class Builder:
             self.OPS[self.choice(self.WEIGHTED)][0](self)
             done += any(not n.is_input for n in self.nodes[before:])
 
-    def source(self) -> tuple[str, dict[str, Node]]:
-        outputs = {n.var: n for n in self.nodes if not n.is_input}
+    def source(self, returned=None) -> tuple[str, dict[str, Node]]:
+        """The model's source text and its outputs: `returned` nodes (default:
+        every node that is not an input)."""
+        outputs = {n.var: n for n in (returned if returned is not None else self.nodes) if not n.is_input}
         defined = {line.split(" = ")[0] for line in self.lines if " = mtf.Dim(" in line}
         used = sorted({dim_var(*d): d for n in self.nodes for d in n.dims}.items())
         head = [self.dim_def(*d) for v, d in used if v not in defined]
@@ -852,6 +868,97 @@ def cases(draw, min_ops=3, max_ops=8):
     assume(outputs)
     mesh, layout, problem = draw(layouts(builder.nodes, frozenset(builder.hot)))
     return Case(source, outputs, builder.data, mesh, layout, problem)
+
+
+# ====================================================================== contraction chains
+
+CHAIN_MESHES = ((2, 2), (2, 4), (4, 2), (2, 2, 2))  # several axes to sum over, at most 8 devices
+CHAIN_SIZE = 8  # every chain dim: divisible by any one or two of those axes
+CHAIN_BATCH = ("b", 4)
+
+
+def chain_weight(builder: Builder, dims) -> Node:
+    """A weight [c_l, c_l+1]: an input or a parameter, scaled by 1/sqrt(fan-in)
+    so that values keep their magnitude from level to level."""
+    scale = np.float32(1.0 / math.sqrt(dims[0][1]))
+    host = (builder.rng.standard_normal([s for _, s in dims]).astype(np.float32) * scale).astype(np.float32)
+    if builder.coin(5):
+        var = f"x{len(builder.inputs)}"
+        builder.inputs[var] = f"mtf.Input({builder.shape_src(dims)})"
+        builder.data[var] = host
+        node = Node(var, tuple(dims), "f32", host.astype(F64), np.abs(host).astype(F64), is_input=True)
+        builder.nodes.append(node)
+        return node
+    name = f"w{builder.n_params}"
+    builder.n_params += 1
+    builder.data[f"params/{name}"] = host
+    return builder.add(f"mtf.get_variable({name!r}, {builder.shape_src(dims)})", dims, "f32", host.astype(F64))
+
+
+def chain_level(builder: Builder, operands: list[Node], summed, produced) -> list[Node] | None:
+    """One level: each branch contracts one of `operands` (or the sum or product
+    of two of them) with its own weight over the `summed` dim, giving a value
+    with the `produced` dim, sometimes through a nonlinearity; None when a value
+    comes out of range."""
+    batch = CHAIN_BATCH
+    out = []
+    for j in range(max(len(operands), builder.draw(st.integers(2, 3)))):
+        a = operands[j % len(operands)]  # mostly: every result feeds the next level (none is dead)
+        if len(operands) > 1 and builder.coin(2):  # results combined before the next level's sums
+            b = builder.choice([o for o in operands if o is not a])
+            a = builder.binary_node(builder.choice(["add", "multiply"]), a, b)
+            if a is None:
+                return None
+        elif builder.coin(1):
+            a = builder.choice(operands)
+        w = chain_weight(builder, [summed, produced])
+        order = [batch, produced] if builder.coin(9) else [produced, batch]  # the other order: a transpose
+        u = builder.einsum_node([a, w], order, ", " + builder.shape_src(order))
+        if u is not None and builder.coin(1):
+            u = builder.unary_node(builder.choice(Builder.UNARY[:3]), u)  # tanh, relu, sigmoid
+        if u is None:
+            return None
+        out.append(u)
+    return out
+
+
+@st.composite
+def contraction_chains(draw):
+    """A model of 2-3 levels of einsums, level l summing over dim c_l, which
+    the layout splits over one or two mesh axes other than c_(l-1)'s: each
+    level's all_reduces run over other replica groups than the last level's,
+    and read its results.  The last level's results are added up.  These are
+    the dependent collectives that `fuse-collectives` must merge level by
+    level (each merged op after its operands, before its users)."""
+    builder = Builder(draw)
+    sizes = draw(st.sampled_from(CHAIN_MESHES))
+    mesh_axes = list(zip(draw(st.permutations(AXIS_NAMES))[:len(sizes)], sizes))
+    levels = draw(st.integers(2, 3))
+    chain = [(f"c{level}", CHAIN_SIZE) for level in range(levels + 1)]
+    rules: dict[str, tuple[str, ...]] = {}
+    previous: tuple[str, ...] = ()
+    for name, _ in chain:
+        free = [a for a, _ in mesh_axes if a not in previous]
+        most = min(2, len(mesh_axes) - 1)  # leave the next dim an axis
+        rules[name] = previous = tuple(draw(st.permutations(free))[: draw(st.integers(1, most))])
+    spare = [a for a, _ in mesh_axes if not any(a in axes for axes in rules.values())]
+    if spare and builder.coin(5):
+        rules[CHAIN_BATCH[0]] = (builder.choice(spare),)
+    x = builder.new_input([CHAIN_BATCH, chain[0]])
+    values = [x, builder.new_input([CHAIN_BATCH, chain[0]])] if builder.coin(4) else [x]
+    for level in range(levels):
+        values = chain_level(builder, values, chain[level], chain[level + 1])
+        assume(values is not None)
+    total = values[0]
+    for v in values[1:]:
+        total = builder.binary_node("add", total, v)
+        assume(total is not None)
+    returned = [total] + [n for n in builder.nodes if not n.is_input and n is not total and builder.coin(2)]
+    source, outputs = builder.source(returned)
+    mesh = dict(mesh_axes)
+    layout = ",".join(f"{n}:{'+'.join(axes)}" for n, axes in rules.items())
+    mesh_text = ",".join(f"{a}:{s}" for a, s in mesh_axes)
+    return Case(source, outputs, builder.data, mesh_text, layout, layout_problem(builder.nodes, rules, mesh))
 
 
 # ====================================================================== the worker
@@ -1100,6 +1207,16 @@ def test_layouts_are_judged_alike(worker, case):
     those the generator knows to break a value of the model."""
     key = once(case, "judged")
     compile_everywhere(worker, case, run=False)
+    PASSED.add(key)
+
+
+@settings(max_examples=8, **SETTINGS)
+@given(case=contraction_chains())
+def test_contraction_chains_agree_in_every_mode(worker, case):
+    """Multi-level contraction chains over several mesh axes (dependent
+    collectives): every mode, sharded and unsharded, agrees with NumPy."""
+    key = once(case, "chains")
+    check_case(worker, case)
     PASSED.add(key)
 
 

@@ -5,11 +5,14 @@ their replica groups.  Guarantees: the same results, computed with
 * ``all_gather`` then a slice of the device's own block -> the gather's input;
 * a slice of the own block then ``all_gather`` back -> the slice's input;
 * ``all_to_all`` followed by its inverse -> the first one's input;
-* ``all_reduce`` whose only use takes the device's own block along one dim ->
-  ``reduce_scatter`` along that dim;
+* ``all_reduce`` then a transpose or reshape, its only use -> the transpose
+  or reshape, then the ``all_reduce``;
+* ``all_reduce`` whose every use takes the device's own block along one dim
+  (one slice or several equal ones) -> one ``reduce_scatter`` along that dim;
 * independent ``all_reduce`` ops over the same groups with the same reducer
-  and element type -> one variadic ``all_reduce`` (placed after the last
-  operand is computed and before the first result is used; not in shardy
+  and element type -> one variadic ``all_reduce``, placed right after the
+  latest op computing one of their operands, which comes before the first
+  op using one of their results (`merge_all_reduces`; not in shardy
   modules, whose manual program XLA's partitioner accepts only with
   single-operand all_reduces);
 * identical collectives on the same operands -> one;
@@ -20,6 +23,8 @@ Shardy's ``partition_id`` arithmetic is recognised like mtfc's tables.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from jax.extend.mlir import ir
@@ -57,6 +62,50 @@ def _producer(value: ir.Value) -> ir.Operation | None:
 
 def _users(value: ir.Value) -> list[ir.Operation]:
     return [use.owner.operation if hasattr(use.owner, "operation") else use.owner for use in value.uses]
+
+
+def _later(a: ir.Operation | None, b: ir.Operation | None) -> ir.Operation | None:
+    """The later of two ops of one block (None counts as before every op)."""
+    if a is None:
+        return b
+    return b if b is not None and a.is_before_in_block(b) else a
+
+
+def _earlier(a: ir.Operation | None, b: ir.Operation | None) -> ir.Operation | None:
+    """The earlier of two ops of one block (None counts as after every op)."""
+    if a is None:
+        return b
+    return b if b is not None and b.is_before_in_block(a) else a
+
+
+def _merge_key(op: ir.Operation) -> tuple:
+    """What all_reduces must share to become one variadic op: replica groups,
+    reducer body, element type and the channel/device-id flags."""
+    body = [o.operation.name for o in op.regions[0].blocks[0].operations]
+    return (str(op.attributes["replica_groups"]), tuple(body),
+            str(ir.RankedTensorType(op.operands[0].type).element_type),
+            "use_global_device_ids" in op.attributes, "channel_handle" in op.attributes)
+
+
+@dataclass
+class _Bucket:
+    """all_reduces to merge, with the latest op of the block producing one of
+    their operands and the earliest op using one of their results."""
+
+    members: list[ir.Operation]
+    last_def: ir.Operation | None
+    first_use: ir.Operation | None
+
+    def can_take(self, other: "_Bucket") -> bool:
+        """Whether every producer of both comes strictly before every user of both."""
+        last = _later(self.last_def, other.last_def)
+        first = _earlier(self.first_use, other.first_use)
+        return last is None or first is None or last.is_before_in_block(first)
+
+    def take(self, other: "_Bucket") -> None:
+        self.members.extend(other.members)
+        self.last_def = _later(self.last_def, other.last_def)
+        self.first_use = _earlier(self.first_use, other.first_use)
 
 
 class Fuser:
@@ -172,78 +221,118 @@ class Fuser:
         return sunk
 
     def reduce_then_own_slice(self) -> None:
+        """An all_reduce whose every use keeps this device's block of one dim
+        (one slice, or several equal ones -- Shardy cuts a value once per
+        consumer, each with its own `partition_id` arithmetic) becomes one
+        reduce_scatter along that dim, placed before the first of them."""
         for op in self.ops():
             if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
                 continue
-            users = _users(op.results[0])
-            if len(users) != 1:
+            slices = _users(op.results[0])
+            cut = {self.own_block_dim(ds, op.results[0], _groups(op)) for ds in slices}
+            if not slices or len(cut) != 1 or None in cut or len({str(ds.results[0].type) for ds in slices}) != 1:
                 continue
-            ds = users[0]
-            k = self.own_block_dim(ds, op.results[0], _groups(op))
-            if k is None:
-                continue
+            if len(slices) > 1 and any(self.in_entry_block(ds) != ds for ds in slices):
+                continue  # one reduce_scatter for slices in other regions would not dominate them all
+            first = slices[0]
+            for ds in slices[1:]:
+                first = _earlier(first, ds)
             attrs = {n: op.attributes[n] for n in op.attributes}
-            attrs["scatter_dimension"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), k)
-            with ir.InsertionPoint(ds), ds.location:
-                rs = ir.Operation.create("stablehlo.reduce_scatter", results=[ds.results[0].type],
+            attrs["scatter_dimension"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), cut.pop())
+            with ir.InsertionPoint(first), first.location:
+                rs = ir.Operation.create("stablehlo.reduce_scatter", results=[first.results[0].type],
                                          operands=[op.operands[0]], attributes=attrs, regions=1)
                 clone_region(op.regions[0], rs.regions[0])
-            mir.set_op_result_dims(rs, [mir.value_dims(ds.results[0])])
-            self.replace(ds.results[0], rs.results[0])
+            mir.set_op_result_dims(rs, [mir.value_dims(first.results[0])])
+            for ds in slices:
+                self.replace(ds.results[0], rs.results[0])
+
+    def in_entry_block(self, op: ir.Operation) -> ir.Operation | None:
+        """`op` if it is an op of @main's block, else the op of that block whose
+        region holds it (a use inside a loop body counts at the loop); None if
+        `op` is outside @main."""
+        while op is not None:
+            parent = op.parent
+            if parent is None:
+                return None
+            if parent.operation == self.fn:
+                return op
+            op = parent.operation
+        return None
+
+    def last_producer(self, op: ir.Operation) -> ir.Operation | None:
+        """The latest op of @main's block that computes an operand of `op`
+        (None when every operand is a function argument)."""
+        last = None
+        for value in op.operands:
+            producer = _producer(value)
+            if producer is not None:
+                last = _later(last, self.in_entry_block(producer))
+        return last
+
+    def first_user(self, op: ir.Operation) -> ir.Operation | None:
+        """The earliest op of @main's block that uses a result of `op`
+        (directly or inside its regions); None when no result is used."""
+        first = None
+        for result in op.results:
+            for user in _users(result):
+                first = _earlier(first, self.in_entry_block(user))
+        return first
 
     def merge_all_reduces(self) -> None:
-        ops = self.ops()
-        index = {op: i for i, op in enumerate(ops)}
+        """Merge independent all_reduces of one kind into variadic ones.
 
-        def key(op):
-            body = [o.operation.name for o in op.regions[0].blocks[0].operations]
-            return (str(op.attributes["replica_groups"]), tuple(body),
-                    str(ir.RankedTensorType(op.operands[0].type).element_type),
-                    "use_global_device_ids" in op.attributes, "channel_handle" in op.attributes)
-
-        def first_use(op):
-            uses = [index[u] for r in op.results for u in _users(r) if u in index]
-            return min(uses) if uses else len(ops)
-
-        def last_def(op):
-            defs = [index[_producer(v)] for v in op.operands if _producer(v) in index]
-            return max(defs) if defs else -1
-
-        buckets: dict[tuple, list[ir.Operation]] = {}
-        done: list[list[ir.Operation]] = []
-        for op in ops:
+        Ops are compared by their position in the block (`is_before_in_block`),
+        never by hashing `ir.Operation`s: an Operation's hash follows its
+        operands and attributes, so it changes when a rewrite replaces a use,
+        and a dict keyed by ops silently loses them.  A bucket takes an
+        all_reduce while the latest producer of any member's operand comes
+        strictly before the first user of any member's result (then no member
+        depends on another, even through other ops); its merged op is placed
+        right after that producer (before the first member if there is none).
+        Slots computed from the original positions are consistent across
+        buckets: if bucket A reads what bucket B computes, A's latest producer
+        comes after B's first user, which comes after B's slot."""
+        buckets: dict[tuple, _Bucket] = {}
+        done: list[_Bucket] = []
+        for op in self.ops():
             if op.name != "stablehlo.all_reduce":
                 continue
-            k = key(op)
+            k = _merge_key(op)
+            member = _Bucket([op], self.last_producer(op), self.first_user(op))
             bucket = buckets.get(k)
-            if bucket and max(last_def(o) for o in bucket + [op]) < min(first_use(o) for o in bucket + [op]):
-                bucket.append(op)
+            if bucket is not None and bucket.can_take(member):
+                bucket.take(member)
             else:
-                if bucket:
+                if bucket is not None:
                     done.append(bucket)
-                buckets[k] = [op]
+                buckets[k] = member
         done.extend(buckets.values())
         for bucket in done:
-            if len(bucket) < 2:
-                continue
-            anchor_index = max(last_def(o) for o in bucket)
-            anchor = ops[anchor_index] if anchor_index >= 0 else None
-            operands = [v for o in bucket for v in o.operands]
-            types = [r.type for o in bucket for r in o.results]
-            attrs = {n: bucket[0].attributes[n] for n in bucket[0].attributes if n != mir.DIMS}
-            first = min(bucket, key=lambda o: index[o])
-            # after the last operand is computed, before the first member
-            before = ops[anchor_index + 1] if anchor is not None and index[anchor] >= index[first] else first
-            with ir.InsertionPoint(before), bucket[0].location:
-                merged = ir.Operation.create("stablehlo.all_reduce", results=types, operands=operands,
-                                             attributes=attrs, regions=1)
-                clone_region(bucket[0].regions[0], merged.regions[0])
-            dims = [mir.value_dims(r) for o in bucket for r in o.results]
-            mir.set_op_result_dims(merged, dims)
-            results = iter(merged.results)
-            for o in bucket:
-                for r in o.results:
-                    self.replace(r, next(results))
+            if len(bucket.members) > 1:
+                self.merge_bucket(bucket)
+
+    def merge_bucket(self, bucket: "_Bucket") -> None:
+        """Replace `bucket`'s members by one variadic all_reduce in its slot."""
+        members = bucket.members
+        first = members[0]
+        point = ir.InsertionPoint.after(bucket.last_def) if bucket.last_def is not None else ir.InsertionPoint(first)
+        operands = [v for o in members for v in o.operands]
+        types = [r.type for o in members for r in o.results]
+        attrs = {n: first.attributes[n] for n in first.attributes if n != mir.DIMS}
+        with point, first.location:
+            merged = ir.Operation.create("stablehlo.all_reduce", results=types, operands=operands,
+                                         attributes=attrs, regions=1)
+            clone_region(first.regions[0], merged.regions[0])
+        mir.set_op_result_dims(merged, [mir.value_dims(r) for o in members for r in o.results])
+        results = iter(merged.results)
+        for o in members:
+            for r in o.results:
+                self.replace(r, next(results))
+        for result in merged.results:
+            for user in _users(result):
+                assert merged.is_before_in_block(self.in_entry_block(user)), (
+                    f"fuse-collectives: merged all_reduce placed after its user {user.name}")
 
     def deduplicate(self) -> None:
         seen: dict[tuple, ir.Operation] = {}

@@ -448,7 +448,8 @@ SUPPORTED = {
     for name in (
         "abs add and broadcast_in_dim ceil clamp compare concatenate constant convert cosine divide dot_general "
         "exponential exponential_minus_one floor gather iota is_finite log log_plus_one logistic maximum minimum "
-        "multiply negate not or pad power reduce remainder reshape round_nearest_even rsqrt select sign sine slice "
+        "multiply negate not optimization_barrier or pad power reduce remainder reshape round_nearest_even rsqrt "
+        "select sign sine slice "
         "sqrt subtract tanh transpose xor"
     ).split()
 }
