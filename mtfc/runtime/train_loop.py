@@ -245,7 +245,8 @@ class Progress:
     def update(self, record: StepRecord) -> None:
         self.done += 1
         self.text = (f"step {record.step} ({self.done}/{self.total})  loss {record.loss:.6g}  "
-                     f"{record.seconds * 1e3:.2f} ms/step")
+                     + "".join(f"{name} {_metric_text(value)}  " for name, value in record.metrics.items())
+                     + f"{record.seconds * 1e3:.2f} ms/step")
         if self.tty:
             now = time.monotonic()
             if now - self.drawn >= 0.1 or self.done == self.total:
@@ -440,12 +441,20 @@ def train_command(
     return True
 
 
+def _metric_text(value) -> str:
+    """A metric for the progress line and summary (4 significant digits)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _summary(records: list[StepRecord], start_step: int, train: TrainStep, echo: Callable[[str], None]) -> None:
     times = np.array([r.seconds for r in records])
     median = float(np.median(times))
     total = float(times.sum())
     echo(f"trained steps {start_step + 1}-{records[-1].step} ({len(records)} steps) in {total:.3f} s: "
          f"loss {records[0].loss:.6g} -> {records[-1].loss:.6g} (first -> last)")
+    if records[-1].metrics:
+        echo("metrics: " + ", ".join(f"{name} {_metric_text(records[0].metrics.get(name))} -> {_metric_text(value)}"
+                                     for name, value in records[-1].metrics.items()) + " (first -> last)")
     unit = throughput_unit(train.input_signatures)
     rate = f"; {unit[1] / median:,.0f} {unit[0]}/s" if unit and median > 0 else ""
     echo(f"step time: median {median * 1e3:.2f} ms (min {times.min() * 1e3:.2f}, max {times.max() * 1e3:.2f}){rate}")
