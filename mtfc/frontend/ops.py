@@ -46,6 +46,9 @@ def broadcast(x: Tensor, shape) -> Tensor:
     return bind1("broadcast", [x], shape=shape)
 
 
+LOW_PRECISION = ("bf16", "f16")  # float dtypes whose sums accumulate in f32
+
+
 def default_float() -> str:
     """The dtype of a float value a model does not give one (constants,
     `one_hot`, `zeros`, parameters): the graph's compute dtype -- ``bf16`` in
@@ -221,6 +224,10 @@ def _reduce(kind: str, x: Tensor, reduced_dim, output_shape, name: str) -> Tenso
     shape = Shape(d for d in x.shape if d.name in shape.names)
     if shape == x.shape:
         return x
+    if kind == "sum" and x.dtype in LOW_PRECISION:
+        # a bf16 / f16 sum accumulates in f32 (a bf16 running sum of 512 values
+        # near 4 stops growing at 2048); the result has x's dtype
+        return cast(bind1("reduce", [cast(x, "f32")], shape=shape, kind=kind, name=name), x.dtype)
     return bind1("reduce", [x], shape=shape, kind=kind, name=name)
 
 
