@@ -33,7 +33,7 @@ class TrainStep:
     output_roles: dict[str, str]
     aliases: dict[str, int]  # argument name -> result index
     optimizer: OptimizerSpec
-    dropped: list[str] = field(default_factory=list)  # non-scalar model outputs left out of the step
+    dropped: list[str] = field(default_factory=list)  # "name [dims]" of the non-scalar model outputs left out
 
 
 def _entry_location(entry: Entry) -> tuple[str, int] | None:
@@ -104,7 +104,7 @@ def trace_train_step(entry: Entry, optimizer: str | None = None, precision: str 
 
     The model's scalar outputs other than the loss become the step's metrics
     (role ``metric``, after the optimizer's); its non-scalar outputs are left
-    out, with one warning naming them."""
+    out (`TrainStep.dropped`, see `warn_dropped`)."""
     from mtfc.frontend.autodiff import grad
 
     spec, precision = _settings(entry, optimizer, precision)
@@ -146,10 +146,17 @@ def trace_train_step(entry: Entry, optimizer: str | None = None, precision: str 
     for name, value in state.items():
         outputs[name] = value
         roles[name] = "parameter" if name in new_params else "optimizer_state"
-    if dropped:
-        warn(f"entry {entry.name!r}: train step drops the non-scalar output(s) "
-             + ", ".join(f"{k} {v.shape}" for k, v in dropped.items())
-             + " (only the loss and scalar outputs, as metrics, are results of a train step)")
     index = {name: i for i, name in enumerate(outputs)}
     aliases = {v.name: index[v.name] for v in graph.variables if v.name in index}
-    return TrainStep(Traced(graph, outputs, entry.name), roles, aliases, spec, list(dropped))
+    dropped_text = [f"{k} {v.shape}" for k, v in dropped.items()]
+    return TrainStep(Traced(graph, outputs, entry.name), roles, aliases, spec, dropped_text)
+
+
+def warn_dropped(step: TrainStep) -> None:
+    """The one warning naming a train step's dropped (non-scalar) model
+    outputs; the compiler gives it once the step has compiled (so that a
+    failed compile prints nothing but its error)."""
+    if step.dropped:
+        warn(f"entry {step.traced.name!r}: the train step drops the non-scalar output(s) "
+             + ", ".join(step.dropped)
+             + " (a train step's results are the loss, scalar outputs as metrics, and the new state)")
