@@ -127,11 +127,9 @@ def every_layer_model(tokens, targets):
     return {"loss": mtf.reduce_mean(mtf.reduce_logsumexp(logits, VOCAB) - label_logit)}
 
 
-@pytest.mark.parametrize("mode", ["explicit", "gspmd"])
-@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+# every optimizer in explicit mode; gspmd with one (the partitioner, not the optimizer, differs)
+@pytest.mark.parametrize("optimizer,mode", [(name, "explicit") for name in OPTIMIZERS] + [("adamw_clip", "gspmd")])
 def test_every_layer_trains_in_bf16_with_each_optimizer(optimizer, mode):
-    if mode == "gspmd" and optimizer != "adamw_clip":
-        return  # gspmd: one optimizer is enough (the partitioner, not the optimizer, differs)
     kwargs = dict(mesh="rows:2,cols:4", layout="batch:rows,heads:cols,d_ff:cols", mode=mode, train=True,
                   optimizer=OPTIMIZERS[optimizer])
     bf16 = compile_function(every_layer_model, LAYER_INPUTS, precision="bf16", **kwargs)
