@@ -227,7 +227,8 @@ def _reduce(kind: str, x: Tensor, reduced_dim, output_shape, name: str) -> Tenso
     if kind == "sum" and x.dtype in LOW_PRECISION:
         # a bf16 / f16 sum accumulates in f32 (a bf16 running sum of 512 values
         # near 4 stops growing at 2048); the result has x's dtype
-        return cast(bind1("reduce", [cast(x, "f32")], shape=shape, kind=kind, name=name), x.dtype)
+        total = bind1("reduce", [cast(x, "f32")], shape=shape, kind=kind, name=name)
+        return bind1("convert", [total], dtype=x.dtype, name="cast", f32_sum=True)
     return bind1("reduce", [x], shape=shape, kind=kind, name=name)
 
 
