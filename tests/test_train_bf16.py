@@ -143,13 +143,16 @@ def test_every_layer_trains_in_bf16_with_each_optimizer(optimizer, mode):
 def test_fsdp_bf16_keeps_state_split_and_f32():
     """bf16 under FSDP: the f32 masters and their slots are stored split over
     the mesh (gathered where the forward pass reads them), and the step
-    trains like the f32 one."""
-    kwargs = dict(mesh="rows:2,cols:4", layout="batch:rows", param_layout="d_model:rows+cols", mode="explicit",
-                  train=True, optimizer=OPTIMIZERS["adamw_clip"])
+    trains like the f32 one (docs/training.md, "FSDP / ZeRO as a layout")."""
+    kwargs = dict(mesh="rows:2,cols:4", layout="batch:rows,length:cols", param_layout="d_model:rows+cols",
+                  mode="explicit", train=True, optimizer=OPTIMIZERS["adamw_clip"])
     bf16 = compile_function(every_layer_model, LAYER_INPUTS, precision="bf16", **kwargs)
     assert_f32_state(bf16)
     program = str(bf16)
     assert "stablehlo.all_gather" in program
+    # the split vectors' gradients (ln1, ln2 scale and bias, feed_forward/wo/bias:
+    # bf16 sums accumulated in f32) are reduce-scattered into their masters
+    assert program.count('"stablehlo.reduce_scatter"') == 5
     assert 'tensor<16x2xf32> {mtfc.dims = ["vocab", "d_model"], mtfc.init = "constant:0", ' \
            'mtfc.name = "opt/params/embedding/table/m"' in program
     assert_trains_like_f32(bf16, compile_function(every_layer_model, LAYER_INPUTS, **kwargs))

@@ -45,14 +45,15 @@ _model_file: contextvars.ContextVar[str | None] = contextvars.ContextVar("mtfc_m
 
 def _is_user_frame(frame) -> bool:
     """A frame of model code: not mtfc's, not the standard library's or an
-    installed package's (click, pytest, jax), not generated or frozen code."""
+    installed package's (click, pytest, jax), not frozen import machinery
+    (a notebook cell's ``<ipython-input-...>`` is model code)."""
     filename = os.path.abspath(frame.f_code.co_filename)
     # Code generated for mtfc classes (a dataclass's __init__, file "<string>")
     # belongs to the package too: it is told apart by its module.
     module = frame.f_globals.get("__name__") or ""
     if filename.startswith(_PACKAGE_DIR + os.sep) or module == "mtfc" or module.startswith("mtfc."):
         return False
-    if frame.f_code.co_filename.startswith("<"):
+    if frame.f_code.co_filename.startswith("<frozen"):
         return False
     return not filename.startswith(_LIBRARY_DIRS)
 
