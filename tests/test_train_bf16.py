@@ -207,3 +207,27 @@ def test_promotion_has_gradients_of_each_operand_dtype():
     assert_close(sharded["g_x"], np.broadcast_to(w + 2.0, (4, 16)))
     assert_close(unsharded["g_x"], np.broadcast_to(w + 2.0, (4, 16)))
     assert_close(sharded["y"], (x * w).sum() + 2 * data["x"].astype(BF16).astype(np.float64).sum(), "bf16")
+
+
+def test_bf16_through_the_command_line(tmp_path):
+    """`mtfc compile --train --precision bf16` then `mtfc run`: finite losses
+    and metrics in the log, f32 state in the written module."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mtfc.cli import main
+    from mtfc.emit.artifact import read_module
+
+    module, log = tmp_path / "mlp.mlir", tmp_path / "log.jsonl"
+    runner = CliRunner()
+    result = runner.invoke(main, ["compile", os.path.join(EXAMPLES, "mlp.py"), "--train", "--precision", "bf16",
+                                  "-o", str(module)])
+    assert result.exit_code == 0, result.output
+    assert_f32_state(read_module(str(module), mir.new_context()))
+    result = runner.invoke(main, ["run", str(module), "--steps", "2", "--log", str(log)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert math.isfinite(r["loss"]) and all(math.isfinite(v) for v in r["metrics"].values()), r
