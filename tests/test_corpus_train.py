@@ -1,7 +1,8 @@
-"""Errors raised while a train step is built (`mtfc compile --train`) name
-the model file's line -- never a library's (click's core.py, mtfc's own) --
-or the flag or parameter they concern; each is one `error:` line, exit 1,
-no module written (tests/corpus.py's contract)."""
+"""The corpus's train-step cases: errors raised while a train step is built
+(`mtfc compile --train`) name the model file's line -- never a library's
+(click's core.py, mtfc's own) -- or the flag or parameter they concern;
+each is one `error:` line, exit 1, no module written (tests/corpus.py's
+contract)."""
 
 from __future__ import annotations
 
@@ -138,4 +139,4 @@ def test_in_process_errors_name_the_callers_line():
         compile_function(model, {"x": mtf.Input([mtf.Dim("batch", 8), mtf.Dim("d", 4)])}, train=True)
     with open(__file__) as f:
         line = marked_line(f.read(), "# <- in" + " process")
-    assert str(info.value).startswith(f"test_train_errors.py:{line}: "), str(info.value)
+    assert str(info.value).startswith(f"test_corpus_train.py:{line}: "), str(info.value)
