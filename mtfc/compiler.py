@@ -60,6 +60,7 @@ def compile_entry(
         if train:
             module.operation.attributes[mir.STEP] = ir.StringAttr.get("train")
             module.operation.attributes[mir.OPTIMIZER] = ir.StringAttr.get(str(step.optimizer))
+            module.operation.attributes[mir.PRECISION] = ir.StringAttr.get(step.precision)
     module = run_passes(module, PIPELINES[mode], dump_dir=dump_dir)
     if train:
         from mtfc.frontend.train import warn_dropped

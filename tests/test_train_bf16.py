@@ -210,8 +210,9 @@ def test_promotion_has_gradients_of_each_operand_dtype():
 
 
 def test_bf16_through_the_command_line(tmp_path):
-    """`mtfc compile --train --precision bf16` then `mtfc run`: finite losses
-    and metrics in the log, f32 state in the written module."""
+    """`mtfc compile --train --precision bf16` then `mtfc run --check`: the
+    check passes, finite losses and metrics in the log, f32 state and
+    `mtfc.precision = "bf16"` in the written module."""
     import json
 
     from click.testing import CliRunner
@@ -224,9 +225,13 @@ def test_bf16_through_the_command_line(tmp_path):
     result = runner.invoke(main, ["compile", os.path.join(EXAMPLES, "mlp.py"), "--train", "--precision", "bf16",
                                   "-o", str(module)])
     assert result.exit_code == 0, result.output
-    assert_f32_state(read_module(str(module), mir.new_context()))
-    result = runner.invoke(main, ["run", str(module), "--steps", "2", "--log", str(log)])
+    written = read_module(str(module), mir.new_context())
+    assert_f32_state(written)
+    assert str(written.operation.attributes["mtfc.precision"]) == '"bf16"'
+    # --check judges the f32 results a bf16 step computes at bf16's tolerance
+    result = runner.invoke(main, ["run", str(module), "--steps", "2", "--log", str(log), "--check"])
     assert result.exit_code == 0, result.output
+    assert "check: passed" in result.output and "2e-02" in result.output
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(records) == 2
     for r in records:

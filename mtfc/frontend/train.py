@@ -34,6 +34,7 @@ class TrainStep:
     aliases: dict[str, int]  # argument name -> result index
     optimizer: OptimizerSpec
     dropped: list[str] = field(default_factory=list)  # "name [dims]" of the non-scalar model outputs left out
+    precision: str = "f32"  # the compute dtype
 
 
 def _entry_location(entry: Entry) -> tuple[str, int] | None:
@@ -149,7 +150,7 @@ def trace_train_step(entry: Entry, optimizer: str | None = None, precision: str 
     index = {name: i for i, name in enumerate(outputs)}
     aliases = {v.name: index[v.name] for v in graph.variables if v.name in index}
     dropped_text = [f"{k} {v.shape}" for k, v in dropped.items()]
-    return TrainStep(Traced(graph, outputs, entry.name), roles, aliases, spec, dropped_text)
+    return TrainStep(Traced(graph, outputs, entry.name), roles, aliases, spec, dropped_text, precision)
 
 
 def warn_dropped(step: TrainStep) -> None:
