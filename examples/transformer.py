@@ -16,7 +16,10 @@ is about 0.73 nats (ln 64 = 4.16 for guessing):
   mtfc compile examples/transformer.py --train -o train.mlir
   mtfc run train.mlir --steps 100 --data examples/data/tokens.npy
 The loss falls below 1.2 within 60 steps under each layout above
-(tests/test_train_transformer.py).
+(tests/test_train_transformer.py).  `--train --precision bf16` computes in
+bf16 from f32 master weights and optimizer state (tests/test_train_bf16.py).
+Only the loss is a result of the train step: `logits` is dropped, with a
+warning (docs/training.md, "Metrics").
 """
 
 import mtfc as mtf

@@ -60,7 +60,13 @@ def compile_entry(
         if train:
             module.operation.attributes[mir.STEP] = ir.StringAttr.get("train")
             module.operation.attributes[mir.OPTIMIZER] = ir.StringAttr.get(str(step.optimizer))
-    return run_passes(module, PIPELINES[mode], dump_dir=dump_dir)
+            module.operation.attributes[mir.PRECISION] = ir.StringAttr.get(step.precision)
+    module = run_passes(module, PIPELINES[mode], dump_dir=dump_dir)
+    if train:
+        from mtfc.frontend.train import warn_dropped
+
+        warn_dropped(step)
+    return module
 
 
 def compile_file(path: str, **kwargs) -> ir.Module:

@@ -36,6 +36,7 @@ CLASS = "mtfc.class"
 ALIAS = "tf.aliasing_output"  # on an argument: the result that reuses its buffer
 STEP = "mtfc.step"
 OPTIMIZER = "mtfc.optimizer"
+PRECISION = "mtfc.precision"  # a train step's compute dtype: "f32" or "bf16"
 STATE_ROLES = ("parameter", "optimizer_state")
 PARTITIONING = "mtfc.partitioning"
 ENTRY = "main"

@@ -80,15 +80,19 @@ def test_dense(layout):
 
 @layouts("", "batch:rows", "h:cols", "batch:rows,d:cols")
 def test_dense_bf16(layout):
+    """On a bf16 input the layer computes in bf16 from f32 master parameters
+    (stored f32, read through a bf16 cast)."""
     def model(x):
         return {"y": mtf.layers.dense(x, H, activation=mtf.gelu)}
 
     def reference(p):
-        x, w = f64(p["x"].astype(np.float32)), f64(p["params/dense/kernel"].astype(np.float32))
-        b = f64(p["params/dense/bias"].astype(np.float32))
+        assert p["params/dense/kernel"].dtype == p["params/dense/bias"].dtype == np.float32
+        x = f64(p["x"].astype(np.float32))
+        w = f64(p["params/dense/kernel"].astype(BF16).astype(np.float32))
+        b = f64(p["params/dense/bias"].astype(BF16).astype(np.float32))
         return {"y": np_gelu(x @ w + b).astype(BF16)}
 
-    check(model, {"x": mtf.Input([B, D], "bf16")}, reference, layout, {"params/dense/bias": random(8).astype(BF16)})
+    check(model, {"x": mtf.Input([B, D], "bf16")}, reference, layout, {"params/dense/bias": random(8)})
 
 
 # ----------------------------------------------------------------- layer_norm
@@ -140,10 +144,11 @@ def test_embedding(layout):
 
     def reference(p):
         ids = p["ids"]
-        return {"f32": p["params/embedding/table"][ids], "bf16": p["params/emb_bf16/table"][ids]}
+        return {"f32": p["params/embedding/table"][ids], "bf16": p["params/emb_bf16/table"][ids].astype(BF16)}
 
     data = check(model, {"ids": mtf.Input([B, S], "i32", mtf.init.randint(0, 16))}, reference, layout)
     assert data["params/embedding/table"].shape == (16, 16)
+    assert data["params/emb_bf16/table"].dtype == np.float32  # the master table; read as bf16
     assert len(np.unique(data["ids"])) > 8
 
 

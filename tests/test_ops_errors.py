@@ -145,11 +145,20 @@ def test_one_hot_needs_integer_indices():
 
 
 def test_dtype_mismatch():
+    """Floats of two dtypes promote (tests/test_train_bf16.py); a float with an
+    integer tensor is an error."""
     def model(x, y):
         return {"z": x * y}  # <- dtype_mismatch
 
-    raises_at("dtype_mismatch", model, {"x": mtf.Input([B, D]), "y": mtf.Input([B, D], "bf16")},
-              "bf16", "f32", "cast")
+    raises_at("dtype_mismatch", model, {"x": mtf.Input([B, D]), "y": mtf.Input([B, D], "i32")},
+              "i32", "f32", "cast")
+
+
+def test_a_fractional_number_with_an_integer_tensor():
+    def model(x):
+        return {"z": x * 0.5}  # <- truncated_number
+
+    raises_at("truncated_number", model, {"x": mtf.Input([B, D], "i32")}, "0.5", "i32", "truncated")
 
 
 def test_where_needs_boolean_condition():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -69,3 +70,23 @@ def test_fsdp_train_step_gathers_parameters_and_reduce_scatters_gradients(tmp_pa
     assert kinds["all_reduce"]["bytes"] < 0.01 * kinds["reduce_scatter"]["bytes"]
     gathered = {c["location"].split("(")[0] for c in report["collectives"]["ops"] if c["kind"] == "reduce_scatter"}
     assert all(name.startswith("optimizer/") for name in gathered)
+
+    # docs/training.md states the counts; they are the program's
+    with open(os.path.join(ROOT, "docs", "training.md")) as f:
+        doc = " ".join(f.read().split())
+    m = re.search(r"`mtfc inspect` shows (\d+) all_gathers, (\d+) reduce_scatters of the same bytes, and (\d+) "
+                  r"all_reduces per step\. Those \d+ are variadic .*? and hold (\d+) values, ([\d,]+) bytes: the loss; "
+                  r"the (\d+) split gradients' partial sums of squares for the gradient norm \((\d+) scalars\); and "
+                  r"the gradients of the two `feed_forward/wi/bias` vectors, `\[d_ff\]`", doc)
+    assert m, "docs/training.md no longer states the FSDP step's collectives"
+    gathers, scatters, reduces, values, nbytes, split_grads, scalars = m.groups()
+    assert int(gathers) == kinds["all_gather"]["count"] and int(scatters) == kinds["reduce_scatter"]["count"]
+    assert int(reduces) == kinds["all_reduce"]["count"] and int(nbytes.replace(",", "")) == kinds["all_reduce"]["bytes"]
+    assert int(split_grads) == len(split)
+    operands = [shape.strip() for c in report["collectives"]["ops"] if c["kind"] == "all_reduce"
+                for shape in c["shape"].split(", ")]
+    assert len(operands) == int(values)
+    assert operands.count("f32[]") == 1 + int(scalars)  # the loss and the norm's partial sums
+    replicated = [a["name"] for a in report["arguments"] if a["role"] == "parameter" and a["local_shape"] == a["shape"]]
+    assert sorted(replicated) == [f"params/block{i}/feed_forward/wi/bias" for i in range(2)]
+    assert sorted(o for o in operands if o != "f32[]") == ["f32[256]", "f32[256]"]

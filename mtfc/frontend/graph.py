@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import os
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,23 +27,72 @@ DTYPES = ("f32", "bf16", "f16", "i32", "i1")
 FLOAT_DTYPES = ("f32", "bf16", "f16")
 
 
+def _library_dirs() -> tuple[str, ...]:
+    """Directories holding installed code (the standard library, site-packages):
+    frames there are never a model's line."""
+    paths = sysconfig.get_paths()
+    dirs = {os.path.abspath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    dirs.update(os.path.abspath(p) for p in sys.path if p.rstrip(os.sep).endswith(("site-packages", "dist-packages")))
+    return tuple(d + os.sep for d in sorted(dirs))
+
+
+_LIBRARY_DIRS = _library_dirs()
+
+# The model file being run (`run_model_code`): while set, locations are lines
+# of that file, never of a helper module or library it calls.
+_model_file: contextvars.ContextVar[str | None] = contextvars.ContextVar("mtfc_model_file", default=None)
+
+
+def _is_user_frame(frame) -> bool:
+    """A frame of model code: not mtfc's, not the standard library's or an
+    installed package's (click, pytest, jax), not frozen import machinery
+    (a notebook cell's ``<ipython-input-...>`` is model code)."""
+    filename = os.path.abspath(frame.f_code.co_filename)
+    # Code generated for mtfc classes (a dataclass's __init__, file "<string>")
+    # belongs to the package too: it is told apart by its module.
+    module = frame.f_globals.get("__name__") or ""
+    if filename.startswith(_PACKAGE_DIR + os.sep) or module == "mtfc" or module.startswith("mtfc."):
+        return False
+    if frame.f_code.co_filename.startswith("<frozen"):
+        return False
+    return not filename.startswith(_LIBRARY_DIRS)
+
+
+@contextlib.contextmanager
+def model_file(path: str | None):
+    """Run model code from `path`: located errors and ops name lines of that file."""
+    token = _model_file.set(os.path.abspath(path) if path else None)
+    try:
+        yield
+    finally:
+        _model_file.reset(token)
+
+
 def user_location() -> tuple[str, int] | None:
-    """(file, line) of the innermost stack frame outside the mtfc package."""
+    """(file, line) of the innermost model-code stack frame.
+
+    While a model file runs (`model_file`), the innermost frame of that file;
+    otherwise the innermost frame that is neither mtfc's nor a library's.
+    None when no such frame is on the stack (e.g. while mtfc builds a train
+    step after the model function returned)."""
+    target = _model_file.get()
     frame = sys._getframe(1)
     while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        # Code generated for mtfc classes (a dataclass's __init__, file "<string>")
-        # belongs to the package too: it is told apart by its module.
-        module = frame.f_globals.get("__name__") or ""
-        in_package = filename.startswith(_PACKAGE_DIR + os.sep) or module == "mtfc" or module.startswith("mtfc.")
-        if not in_package and not filename.startswith("<frozen"):
+        if target is not None:
+            if os.path.abspath(frame.f_code.co_filename) == target:
+                return (frame.f_code.co_filename, frame.f_lineno)
+        elif _is_user_frame(frame):
             return (frame.f_code.co_filename, frame.f_lineno)
         frame = frame.f_back
     return None
 
 
 def where() -> str | None:
-    loc = user_location()
+    """``file:line`` for an error raised now: the location ops recorded now get
+    (the graph's override while gradients or the optimizer are built, else the
+    model-code line), or None."""
+    graph = _current.get()
+    loc = graph.location() if graph is not None else user_location()
     return f"{os.path.basename(loc[0])}:{loc[1]}" if loc else None
 
 

@@ -2,6 +2,11 @@
 
 Every layer names its dims explicitly, so the same layer is data parallel,
 tensor parallel or both purely by the layout rules.
+
+Parameters are stored in f32 (their master values, `get_variable`) and read
+in the dtype the layer computes in: its float input's dtype (`dense`,
+`layer_norm`, `attention`, `feed_forward`), or `embedding`'s `dtype` (None:
+the compute dtype).
 """
 
 from __future__ import annotations
@@ -10,8 +15,14 @@ import math
 
 from mtfc.frontend import ops
 from mtfc.frontend.dims import Dim, Shape, as_shape
-from mtfc.frontend.graph import Tensor, fail, scope
+from mtfc.frontend.graph import FLOAT_DTYPES, Tensor, fail, scope
 from mtfc.frontend.model import get_variable, init
+
+
+def _compute_dtype(x: Tensor) -> str | None:
+    """The dtype a layer on `x` reads its parameters in: x's float dtype (None,
+    the compute dtype, for a non-float input)."""
+    return x.dtype if x.dtype in FLOAT_DTYPES else None
 
 
 def dense(x: Tensor, new_dims, reduced_dims=None, *, use_bias: bool = True, activation=None, name: str = "dense") -> Tensor:
@@ -19,10 +30,10 @@ def dense(x: Tensor, new_dims, reduced_dims=None, *, use_bias: bool = True, acti
     new_dims = as_shape(new_dims)
     reduced = as_shape([x.shape.get(d) for d in reduced_dims]) if reduced_dims else Shape([x.shape[-1]])
     with scope(name):
-        w = get_variable("kernel", Shape(list(reduced) + list(new_dims)), x.dtype, init.fan_in_normal(reduced, reduced))
+        w = get_variable("kernel", Shape(list(reduced) + list(new_dims)), _compute_dtype(x), init.fan_in_normal(reduced, reduced))
         y = ops.einsum([x, w], Shape(list(x.shape.without(reduced)) + list(new_dims)))
         if use_bias:
-            y = y + get_variable("bias", new_dims, x.dtype, init.zeros())
+            y = y + get_variable("bias", new_dims, _compute_dtype(x), init.zeros())
     return activation(y) if activation else y
 
 
@@ -30,16 +41,17 @@ def layer_norm(x: Tensor, dim, *, epsilon: float = 1e-6, name: str = "layer_norm
     """Normalize over `dim` to zero mean and unit variance, then scale and shift."""
     d = x.shape.get(dim)
     with scope(name):
-        scale = get_variable("scale", Shape([d]), x.dtype, init.ones())
-        bias = get_variable("bias", Shape([d]), x.dtype, init.zeros())
+        scale = get_variable("scale", Shape([d]), _compute_dtype(x), init.ones())
+        bias = get_variable("bias", Shape([d]), _compute_dtype(x), init.zeros())
         mean = ops.reduce_mean(x, d)
         centered = x - mean
         variance = ops.reduce_mean(ops.square(centered), d)
         return centered * ops.rsqrt(variance + epsilon) * scale + bias
 
 
-def embedding(ids: Tensor, vocab_dim: Dim, output_dim: Dim, *, name: str = "embedding", dtype: str = "f32") -> Tensor:
-    """Look up `ids` (i32) in a [vocab_dim, output_dim] table."""
+def embedding(ids: Tensor, vocab_dim: Dim, output_dim: Dim, *, name: str = "embedding", dtype: str | None = None) -> Tensor:
+    """Look up `ids` (i32) in a [vocab_dim, output_dim] table (f32, read as
+    `dtype`; None: the compute dtype)."""
     with scope(name):
         table = get_variable("table", Shape([vocab_dim, output_dim]), dtype, init.normal(1.0 / math.sqrt(output_dim.size)))
         return ops.gather(table, ids, vocab_dim)
@@ -67,10 +79,11 @@ def attention(
     memory_dim = Dim(memory_length_name, length_dim.size)
     with scope(name):
         fan_in = init.normal(1.0 / math.sqrt(io_dim.size))
-        wq = get_variable("w_q", Shape([io_dim, heads_dim, kv_dim]), x.dtype, fan_in)
-        wk = get_variable("w_k", Shape([io_dim, heads_dim, kv_dim]), x.dtype, fan_in)
-        wv = get_variable("w_v", Shape([io_dim, heads_dim, kv_dim]), x.dtype, fan_in)
-        wo = get_variable("w_o", Shape([heads_dim, kv_dim, io_dim]), x.dtype,
+        dtype = _compute_dtype(x)
+        wq = get_variable("w_q", Shape([io_dim, heads_dim, kv_dim]), dtype, fan_in)
+        wk = get_variable("w_k", Shape([io_dim, heads_dim, kv_dim]), dtype, fan_in)
+        wv = get_variable("w_v", Shape([io_dim, heads_dim, kv_dim]), dtype, fan_in)
+        wo = get_variable("w_o", Shape([heads_dim, kv_dim, io_dim]), dtype,
                           init.normal(1.0 / math.sqrt(heads_dim.size * kv_dim.size)))
         batch_dims = [d for d in x.shape if d.name not in (length_dim.name, io_dim.name)]
         memory = ops.rename_dimension(x, length_dim, memory_dim.name)

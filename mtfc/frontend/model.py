@@ -28,9 +28,11 @@ from typing import Callable
 
 from mtfc.errors import MtfcError
 from mtfc.frontend.dims import Shape, as_shape
-from mtfc.frontend.graph import Graph, Tensor, current_graph, fail, tracing
+from mtfc.frontend.graph import Graph, Tensor, current_graph, fail, model_file, tracing
 from mtfc.mesh import LayoutRules, Mesh
 
+
+MASTER_DTYPE = "f32"  # the dtype every float parameter is stored (and updated) in
 
 # ----------------------------------------------------------------- initializers
 # An initializer is a string the runtime understands without Python from the
@@ -76,31 +78,32 @@ class init:  # noqa: N801 - a namespace, used as mtf.init.normal(0.02)
 
 
 def get_variable(
-    name: str, shape, dtype: str = "f32", initializer: str | None = None, *, trainable: bool = True
+    name: str, shape, dtype: str | None = None, initializer: str | None = None, *, trainable: bool = True
 ) -> Tensor:
     """A parameter named ``params/<scope>/<name>`` (Mesh TF's get_variable).
 
-    Float parameters are trainable (listed by `trainable_variables`, so
-    differentiated by `value_and_grad`) unless `trainable=False` (e.g. an
-    optimizer's slot variables); integer ones never are.
+    A float parameter is stored in f32 -- its master value, the module's
+    argument, which the optimizer updates -- and the model reads it as
+    `dtype`: a float dtype, or None for the compute dtype (f32, or bf16 in a
+    train step built with ``--precision bf16``); the cast is recorded where
+    it is read.  An integer or boolean parameter is stored and read as
+    `dtype`.  Float parameters are trainable (listed by
+    `trainable_variables`, so differentiated by `value_and_grad`) unless
+    `trainable=False`; integer ones never are.
     """
     from mtfc.frontend.graph import FLOAT_DTYPES
-    from mtfc.frontend.ops import _dtype
+    from mtfc.frontend.ops import _dtype, cast, default_float
 
     graph = current_graph()
     shape = as_shape(shape)
-    dtype = _dtype(dtype)
+    read_dtype = _dtype(dtype) if dtype is not None else default_float()
+    stored_dtype = MASTER_DTYPE if read_dtype in FLOAT_DTYPES else read_dtype
     full = "params/" + (f"{graph.scope_prefix()}/{name}" if graph.scope_prefix() else name)
     tensor = graph.add_variable(
-        full, "parameter", shape, dtype, initializer or init.normal(0.02), trainable=trainable and dtype in FLOAT_DTYPES
+        full, "parameter", shape, stored_dtype, initializer or init.normal(0.02),
+        trainable=trainable and stored_dtype in FLOAT_DTYPES,
     )
-    if graph.compute_dtype != "f32" and dtype == "f32":
-        # mixed precision: the model computes with a copy in the compute dtype;
-        # the f32 master value is what the optimizer updates
-        from mtfc.frontend.ops import cast
-
-        return cast(tensor, graph.compute_dtype)
-    return tensor
+    return cast(tensor, read_dtype)
 
 
 def trainable_variables() -> dict[str, Tensor]:
@@ -249,10 +252,12 @@ def exit_error(path: str | None, error: SystemExit) -> MtfcError:
 
 def run_model_code(path: str | None, fn: Callable, *args, **kwargs):
     """Call `fn`, which runs model-file code: an exception it raises becomes a
-    one-line `MtfcError` at the model file's line (when `path` is known); so
-    does a `SystemExit` (always)."""
+    one-line `MtfcError` at the model file's line (when `path` is known), and
+    the errors and ops it locates name lines of that file (`model_file`); a `SystemExit`
+    is such an error too (always)."""
     try:
-        return fn(*args, **kwargs)
+        with model_file(path):
+            return fn(*args, **kwargs)
     except MtfcError:
         raise
     except Exception as e:

@@ -1,8 +1,15 @@
 """The DSL's ops: thin wrappers that bind primitives, plus composites built from them.
 
 Elementwise ops broadcast by dim name: the result holds the first operand's
-dims, then the other operand's new dims, in order (Mesh TF's rule).  Python
-numbers become constants of the tensor operand's dtype.
+dims, then the other operand's new dims, in order (Mesh TF's rule).
+
+Dtypes: float operands of different dtypes (elementwise ops, `where`,
+`einsum`) are cast to their promoted dtype (`promote`: f32 when they differ);
+Python numbers become constants of the operands' dtype; a float or integer
+tensor mixed with a tensor of another kind is an error.  A float value the
+model gives no dtype (`constant`, `zeros`, `ones`, `one_hot`, `where` of two
+numbers, parameters) takes the compute dtype (`default_float`: bf16 in a
+train step built with ``--precision bf16``, else f32).
 """
 
 from __future__ import annotations
@@ -39,23 +46,59 @@ def broadcast(x: Tensor, shape) -> Tensor:
     return bind1("broadcast", [x], shape=shape)
 
 
-def _as_tensors(*values) -> list[Tensor]:
-    like = next((v for v in values if isinstance(v, Tensor)), None)
-    if like is None:
+LOW_PRECISION = ("bf16", "f16")  # float dtypes whose sums accumulate in f32
+
+
+def default_float() -> str:
+    """The dtype of a float value a model does not give one (constants,
+    `one_hot`, `zeros`, parameters): the graph's compute dtype -- ``bf16`` in
+    a train step built with ``--precision bf16``, else ``f32``."""
+    graph = _current_graph_or_none()
+    return graph.compute_dtype if graph is not None else "f32"
+
+
+def _current_graph_or_none():
+    from mtfc.frontend.graph import _current
+
+    return _current.get()
+
+
+def promote(dtypes) -> str | None:
+    """The common dtype of float operands (JAX's rule for floats): one dtype
+    stays; f32 with bf16 or f16, or bf16 with f16, gives f32.  None when a
+    non-float dtype is mixed with another dtype (an error left to the op)."""
+    dtypes = set(dtypes)
+    if len(dtypes) == 1:
+        return next(iter(dtypes))
+    if dtypes <= set(FLOAT_DTYPES):
+        return "f32"
+    return None
+
+
+def _as_tensors(*values, op: str = "elementwise") -> list[Tensor]:
+    """Tensors for `values`: float tensors of different dtypes are cast to
+    their promoted dtype (`promote`); Python numbers become constants of it.
+    A float number with an integer or boolean tensor is an error (it would be
+    truncated)."""
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    if not tensors:
         raise fail("at least one operand must be an mtfc tensor")
+    dtype = promote(t.dtype for t in tensors) or tensors[0].dtype
     out = []
     for v in values:
         if isinstance(v, Tensor):
-            out.append(v)
+            out.append(cast(v, dtype) if v.dtype in FLOAT_DTYPES and dtype in FLOAT_DTYPES else v)
         elif isinstance(v, (int, float, bool, np.number)):
-            out.append(constant(v, Shape(), like.dtype))
+            if dtype not in FLOAT_DTYPES and isinstance(v, (float, np.floating)) and not float(v).is_integer():
+                raise fail(f"{op}: the number {v!r} with a {dtype} tensor would be truncated; cast the tensor first")
+            out.append(constant(v, Shape(), dtype))
         else:
             raise fail(f"cannot use {type(v).__name__} as an mtfc operand")
     return out
 
 
 def _elementwise(fn: str, *values, name: str | None = None) -> Tensor:
-    tensors = _as_tensors(*values)
+    tensors = _as_tensors(*values, op=fn)
     shape = _union([t.shape for t in tensors])
     tensors = [_splat_or_broadcast(t, shape) for t in tensors]
     return bind1("elementwise", tensors, fn=fn, name=name or fn)
@@ -106,8 +149,8 @@ def where(condition, x, y) -> Tensor:
     if not isinstance(condition, Tensor):
         raise fail("where: the condition must be an mtfc tensor")
     if not isinstance(x, Tensor) and not isinstance(y, Tensor):
-        x = constant(x, Shape(), "f32")
-    x, y = _as_tensors(x, y)
+        x = constant(x, Shape(), default_float())
+    x, y = _as_tensors(x, y, op="where")
     shape = _union([x.shape, y.shape, condition.shape])
     return bind1(
         "elementwise",
@@ -155,6 +198,9 @@ def einsum(xs: Sequence[Tensor], output_shape=None, *, name: str = "einsum") -> 
     xs = list(xs)
     if not xs or not all(isinstance(x, Tensor) for x in xs):
         raise fail("einsum takes a list of mtfc tensors")
+    dtype = promote(x.dtype for x in xs)
+    if dtype in FLOAT_DTYPES:
+        xs = [cast(x, dtype) for x in xs]
     if output_shape is None:
         all_dims = [d for x in xs for d in x.shape]
         counts = {n: sum(n in x.shape.names for x in xs) for n in {d.name for d in all_dims}}
@@ -178,6 +224,11 @@ def _reduce(kind: str, x: Tensor, reduced_dim, output_shape, name: str) -> Tenso
     shape = Shape(d for d in x.shape if d.name in shape.names)
     if shape == x.shape:
         return x
+    if kind == "sum" and x.dtype in LOW_PRECISION:
+        # a bf16 / f16 sum accumulates in f32 (a bf16 running sum of 512 values
+        # near 4 stops growing at 2048); the result has x's dtype
+        total = bind1("reduce", [cast(x, "f32")], shape=shape, kind=kind, name=name)
+        return bind1("convert", [total], dtype=x.dtype, name="cast", f32_sum=True)
     return bind1("reduce", [x], shape=shape, kind=kind, name=name)
 
 
@@ -331,10 +382,11 @@ def abs_int(v: int) -> int:
 # ----------------------------------------------------------------- creation
 
 
-def constant(value, shape=(), dtype="f32") -> Tensor:
-    """A constant: a Python number broadcast to `shape`, or a NumPy array of that shape."""
+def constant(value, shape=(), dtype=None) -> Tensor:
+    """A constant: a Python number broadcast to `shape`, or a NumPy array of
+    that shape; `dtype` None: the compute dtype (`default_float`)."""
     shape = as_shape(shape)
-    dtype = _dtype(dtype)
+    dtype = _dtype(dtype) if dtype is not None else default_float()
     if isinstance(value, np.ndarray):
         value = np.asarray(value)
         if value.ndim == 0:
@@ -342,11 +394,13 @@ def constant(value, shape=(), dtype="f32") -> Tensor:
     return bind1("constant", [], value=value, shape=shape, dtype=dtype)
 
 
-def zeros(shape, dtype="f32") -> Tensor:
+def zeros(shape, dtype=None) -> Tensor:
+    """Zeros of `dtype` (None: the compute dtype)."""
     return constant(0, shape, dtype)
 
 
-def ones(shape, dtype="f32") -> Tensor:
+def ones(shape, dtype=None) -> Tensor:
+    """Ones of `dtype` (None: the compute dtype)."""
     return constant(1, shape, dtype)
 
 
@@ -360,8 +414,10 @@ def range_(dim: Dim, dtype="i32") -> Tensor:
     return iota(Shape([dim]), dim, dtype)
 
 
-def one_hot(indices: Tensor, dim: Dim, dtype="f32", on_value=1.0, off_value=0.0) -> Tensor:
-    """``dim``-sized one-hot vectors of integer `indices` (result dims: indices' + dim)."""
+def one_hot(indices: Tensor, dim: Dim, dtype=None, on_value=1.0, off_value=0.0) -> Tensor:
+    """``dim``-sized one-hot vectors of integer `indices` (result dims: indices'
+    + dim), of `dtype` (None: the compute dtype)."""
+    dtype = _dtype(dtype) if dtype is not None else default_float()
     if indices.dtype != "i32":
         raise fail(f"one_hot indices must be i32, got {indices.dtype}")
     if dim.name in indices.shape.names:

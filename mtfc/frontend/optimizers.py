@@ -97,7 +97,8 @@ def _slot(param_name: str, slot: str, shape: Shape, init: str = "constant:0") ->
 
 
 def _scalar(value: float) -> Tensor:
-    return ops.constant(float(value))
+    """An f32 constant: the optimizer computes in f32 whatever the model's compute dtype."""
+    return ops.constant(float(value), dtype="f32")
 
 
 def global_norm(grads: list[Tensor]) -> Tensor:
@@ -109,6 +110,13 @@ def global_norm(grads: list[Tensor]) -> Tensor:
     for s in sums[1:]:
         total = total + s
     return ops.sqrt(total)
+
+
+def _message(error: MtfcError) -> str:
+    """An error's message without its ``file:line: `` prefix."""
+    text = str(error)
+    prefix = f"{error.where}: " if error.where else ""
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
 
 
 class Optimizer:
@@ -123,7 +131,7 @@ class Optimizer:
         table = learning_rates(self.s)
         dim = Dim(SCHEDULE_DIM, len(table))
         index = ops.minimum(step, ops.constant(len(table) - 1, dtype="i32"))
-        return ops.gather(ops.constant(table, Shape([dim])), index, dim)
+        return ops.gather(ops.constant(table, Shape([dim]), "f32"), index, dim)
 
     def apply(self, params: dict[str, Tensor], grads: dict[str, Tensor], step: Tensor):
         lr = self.learning_rate(step)
@@ -134,7 +142,11 @@ class Optimizer:
         t = ops.cast(step, "f32") + _scalar(1.0)  # 1-based step for bias correction
         new_params, slots = {}, {}
         for name, p in params.items():
-            new_params[name], slot_values = self.update(name, p, grads[name], lr, t)
+            assert p.dtype == grads[name].dtype == "f32", (name, p.dtype, grads[name].dtype)
+            try:
+                new_params[name], slot_values = self.update(name, p, grads[name], lr, t)
+            except MtfcError as e:
+                raise MtfcError(f"{self.spec.name} update of parameter {name!r}: {_message(e)}", where=e.where) from None
             slots.update({f"opt/{name}/{k}": v for k, v in slot_values.items()})
         return new_params, slots, {"grad_norm": norm, "learning_rate": lr}
 

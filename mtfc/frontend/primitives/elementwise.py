@@ -168,4 +168,8 @@ class Convert(Primitive):
         (g,), x = output_grads, op.inputs[0]
         if g is None or x.dtype not in FLOAT_DTYPES or op.outputs[0].dtype not in FLOAT_DTYPES:
             return [None]  # from or to an integer / boolean: no gradient
+        if g.op.primitive == "convert" and g.op.params.get("f32_sum") and g.op.inputs[0].dtype == x.dtype:
+            # g is a bf16 sum accumulated in f32 (`ops.reduce_sum`) reaching an
+            # f32 value (a master parameter): the f32 sum itself, unrounded
+            return [g.op.inputs[0]]
         return [ops.cast(g, x.dtype)]
