@@ -78,15 +78,6 @@ def test_transformer_trains_alike_in_every_mode(tmp_path, transformer_unsharded)
 # ---------------------------------------------------------------- the MLP example
 
 MLP_ENTRY = load_model_file(MLP)
-BATCH, D_OUT = MLP_ENTRY.inputs["x"].shape[0], mtf.Dim("d_out", 16)
-
-
-def mlp_loss(x, t):
-    """examples/mlp.py's model with a squared-error loss on its output."""
-    return {"loss": mtf.reduce_mean(mtf.square(MLP_ENTRY.fn(x)["y"] - t))}
-
-
-MLP_INPUTS = {"x": MLP_ENTRY.inputs["x"], "t": mtf.Input([BATCH, D_OUT])}
 
 
 def run_steps(module, steps=STEPS, *, unsharded=False, seed=3):
@@ -109,9 +100,9 @@ def run_steps(module, steps=STEPS, *, unsharded=False, seed=3):
 def test_mlp_trains_alike_in_every_mode(layout, param_layout):
     kwargs = dict(mesh="rows:2,cols:4", layout=layout, param_layout=param_layout, train=True,
                   optimizer="adamw:lr=0.01")
-    runs = {mode: run_steps(compile_function(mlp_loss, MLP_INPUTS, mode=mode, **kwargs))
+    runs = {mode: run_steps(compile_function(MLP_ENTRY.fn, MLP_ENTRY.inputs, mode=mode, **kwargs))
             for mode in ("shardy", "explicit", "gspmd")}
-    unsharded = run_steps(compile_function(mlp_loss, MLP_INPUTS, mode="shardy", **kwargs), unsharded=True)
+    unsharded = run_steps(compile_function(MLP_ENTRY.fn, MLP_ENTRY.inputs, mode="shardy", **kwargs), unsharded=True)
     losses = {mode: [float(o["loss"]) for o in out] for mode, out in runs.items()}
     want = [float(o["loss"]) for o in unsharded]
     assert want[-1] < want[0], want
