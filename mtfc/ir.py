@@ -5,7 +5,8 @@ through this module (see docs/IR.md).  Attribute names:
 
 module      ``mtfc.mesh = "rows:2,cols:4"``, ``mtfc.layout = "batch:rows"``,
             ``mtfc.param_layout = "d_model:rows"`` (optional),
-            ``mtfc.partitioning = "none" | "gspmd" | "explicit" | "shardy"``
+            ``mtfc.partitioning = "none" | "gspmd" | "explicit" | "shardy"``,
+            ``mtfc.allow_unused_rules`` (unit; rules may name dims it lacks)
 @main arg   ``mtfc.dims = [...]``, ``mtfc.name``, ``mtfc.role``, ``mtfc.init``
 @main res   ``mtfc.dims``, ``mtfc.name``, ``mtfc.role``
 op          ``mtfc.dims = [...]`` (one result) on every op directly in a
@@ -38,6 +39,7 @@ STEP = "mtfc.step"
 OPTIMIZER = "mtfc.optimizer"
 STATE_ROLES = ("parameter", "optimizer_state")
 PARTITIONING = "mtfc.partitioning"
+ALLOW_UNUSED_RULES = "mtfc.allow_unused_rules"  # unit attr: layout rules may name dims the module lacks
 ENTRY = "main"
 
 ROLES = ("input", "parameter", "optimizer_state", "output", "metric", "loss")
