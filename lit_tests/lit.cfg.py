@@ -29,6 +29,6 @@ def _tool(name):
 config.substitutions.append(("FileCheck", _tool("filecheck")))
 config.substitutions.append(("mtfc", _tool("mtfc")))
 config.environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
-for var in ("HOME", "PATH", "TMPDIR"):
+for var in ("HOME", "PATH", "TMPDIR", "PYTHONPATH"):
     if var in os.environ:
         config.environment[var] = os.environ[var]
