@@ -54,6 +54,9 @@ _DTYPES = {
 }
 
 
+DTYPES = tuple(_DTYPES)  # the element types the runner feeds and reads
+
+
 def new_context() -> ir.Context:
     """A context with every dialect jaxlib ships registered (stablehlo, sdy, ...)."""
     return jax_mlir.make_ir_context()

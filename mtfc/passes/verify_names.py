@@ -155,6 +155,8 @@ def _check_interfaces(args: list[_Interface], results: list[_Interface]) -> None
         seen: dict[str, _Interface] = {}
         for v in group:
             _check_dims(v.dims, v.type, v.what)
+            if v.dtype not in mir.DTYPES:
+                raise MtfcError(f"{v.what}: element type {v.dtype} is not one mtfc runs ({', '.join(mir.DTYPES)})")
             if v.role not in roles:
                 raise MtfcError(f"{v.what}: unknown mtfc.role {v.role!r} (a {v.kind}'s role is one of "
                                 f"{', '.join(roles)})")
