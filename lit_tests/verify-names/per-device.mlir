@@ -11,12 +11,15 @@
 // RUN: not mtfc opt %t.4.mlir --passes verify-names 2>&1 | FileCheck %s --check-prefix=KIND
 // RUN: sed 's/%arg0: tensor<4x4xf32> {/%arg0: tensor<4x4xf32> {mhlo.sharding = "{replicated}", /' %s > %t.5.mlir
 // RUN: not mtfc opt %t.5.mlir --passes verify-names 2>&1 | FileCheck %s --check-prefix=SHARDED
+// RUN: sed 's/mesh = "rows:2,cols:4", \(m.fc.partitioning\) = "explicit"/mesh = 8, \1 = "explicit"/' %s > %t.6.mlir
+// RUN: not mtfc opt %t.6.mlir --passes verify-names 2>&1 | FileCheck %s --check-prefix=NOTSTRING
 
 // OK: mtfc.partitioning = "explicit"
 // LOCAL: error: {{.*}}argument #1 (params/w): per-device shape [4, 4] is not the local shape [4, 16] of its global shape [4, 16] (dims ['d_in', 'd_hidden']) under the layout
 // NAME: error: {{.*}}argument #0 (z): name z differs from the reference program's x
 // COUNT: error: {{.*}}mhlo.num_replicas = 2, but a explicit module on a mesh of 8 device(s) has 8
 // KIND: error: {{.*}}unknown mtfc.partitioning 'magic' (one of none, gspmd, explicit, shardy)
+// NOTSTRING: error: {{.*}}module: mtfc.mesh must be a string, not 8
 // SHARDED: error: {{.*}}argument #0 (x): carries mhlo.sharding {replicated}, but the module is explicit
 module @tiny attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 8 : i32, mtfc.layout = "batch:rows,d_hidden:cols", mtfc.mesh = "rows:2,cols:4", mtfc.partitioning = "explicit"} {
   func.func @main(%arg0: tensor<4x4xf32> {mtfc.dims = ["batch", "d_in"], mtfc.init = "normal:1.0", mtfc.name = "x", mtfc.role = "input"}, %arg1: tensor<4x4xf32> {mtfc.dims = ["d_in", "d_hidden"], mtfc.init = "normal:0.5", mtfc.name = "params/w", mtfc.role = "parameter"}) -> (tensor<4x4xf32> {mtfc.dims = ["batch", "d_hidden"], mtfc.name = "y", mtfc.role = "output"}) {

@@ -375,8 +375,13 @@ def check_rules_used(module: ir.Module, fn: ir.Operation, args, results) -> None
                 raise _unused_rule_error(f"{dim}:{'+'.join(axes)}", dim, have, what, holder)
 
 
+_MODULE_STRINGS = (mir.MESH, mir.LAYOUT, mir.PARAM_LAYOUT, mir.PARTITIONING, mir.STEP, mir.OPTIMIZER)
+
+
 def _verify(module: ir.Module, *, where: str = "", allow_unused: bool = False) -> None:
     try:
+        for key in _MODULE_STRINGS:
+            _string_attr(module.operation.attributes, key, "module")
         kind = mir.partitioning(module)
         if kind not in KINDS:
             raise MtfcError(f"module: unknown mtfc.partitioning {kind!r} (one of {', '.join(KINDS)})")

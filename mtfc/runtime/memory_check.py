@@ -13,11 +13,12 @@ largest arrays (name, per-device shape, bytes):
   figure for one device (arguments + outputs + temporaries - aliased bytes,
   ``get_compiled_memory_stats``).
 
-The budget: on a GPU/TPU the device's ``bytes_limit`` less what is in use
-(``memory_stats``; unchecked where a backend reports none); on CPU the
-host's available memory (``MemAvailable`` of ``/proc/meminfo``) shared by
-the virtual devices of the mesh and by the host's own copies of the global
-arrays (the runner builds each input whole on the host, then cuts it).
+The budget: on a GPU/TPU each device's ``bytes_limit`` less what is in use
+(``memory_stats``; unchecked where a backend reports none), and the host's
+available memory for the whole host copies; on CPU the virtual devices and
+the host's whole copies of the arrays (the runner builds each input whole,
+then cuts it) share the host's available memory (``MemAvailable`` of
+``/proc/meminfo``): devices x per-device bytes + host bytes must fit.
 """
 
 from __future__ import annotations
