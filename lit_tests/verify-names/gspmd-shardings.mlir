@@ -19,7 +19,7 @@
 // LAYOUT: error: {{.*}}argument #0 (x): mhlo.sharding {{.*}} contradicts its dims
 // OP: error: {{.*}}stablehlo.tanh{{.*}}: mhlo.sharding {replicated} contradicts its dims under the layout, which give {devices=[2,4]<=[8]}
 // MISSING: error: {{.*}}argument #0 (x): a gspmd module's arguments and results carry mhlo.sharding
-// COUNT: error: {{.*}}mhlo.num_partitions = 4, but a gspmd module on a mesh of 8 device(s) has 8
+// COUNT: error: {{.*}}mhlo.num_partitions = 4, but a module partitioned gspmd on a mesh of 8 device(s) has 8
 module @tiny attributes {mhlo.num_partitions = 8 : i32, mhlo.num_replicas = 1 : i32, mtfc.layout = "batch:rows,d_hidden:cols", mtfc.mesh = "rows:2,cols:4", mtfc.partitioning = "gspmd"} {
   func.func @main(%arg0: tensor<8x4xf32> {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["batch", "d_in"], mtfc.init = "normal:1.0", mtfc.name = "x", mtfc.role = "input"}, %arg1: tensor<4x16xf32> {mhlo.sharding = "{devices=[1,4,2]<=[2,4]T(1,0) last_tile_dim_replicate}", mtfc.dims = ["d_in", "d_hidden"], mtfc.init = "normal:0.5", mtfc.name = "params/w", mtfc.role = "parameter"}) -> (tensor<8x16xf32> {mhlo.sharding = "{devices=[2,4]<=[8]}", mtfc.dims = ["batch", "d_hidden"], mtfc.name = "y", mtfc.role = "output"}) {
     %0 = stablehlo.dot_general %arg0, %arg1, contracting_dims = [1] x [0] {mhlo.sharding = "{devices=[2,4]<=[8]}", mtfc.dims = ["batch", "d_hidden"]} : (tensor<8x4xf32>, tensor<4x16xf32>) -> tensor<8x16xf32>

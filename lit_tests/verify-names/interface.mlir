@@ -19,7 +19,7 @@
 // RUN: not mtfc opt %t.8.mlir --passes verify-names 2>&1 | FileCheck %s --check-prefix=DIMNAME
 
 // OK: mtfc.partitioning = "none"
-// ROLE: error: {{.*}}argument #1 (params/w): unknown mtfc.role 'weights' (a argument's role is one of input, parameter, optimizer_state)
+// ROLE: error: {{.*}}argument #1 (params/w): unknown mtfc.role 'weights' (roles of arguments: input, parameter, optimizer_state)
 // UNIQUE: error: {{.*}}argument #1 (x): mtfc.name 'x' is also argument #0 (x)'s; names are unique
 // INIT: error: {{.*}}argument #1 (params/w): initializer 'normal:abc' takes 1 finite number(s)
 // INITKIND: error: {{.*}}argument #1 (params/w): unknown initializer 'ones'

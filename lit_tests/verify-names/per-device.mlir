@@ -17,7 +17,7 @@
 // OK: mtfc.partitioning = "explicit"
 // LOCAL: error: {{.*}}argument #1 (params/w): per-device shape [4, 4] is not the local shape [4, 16] of its global shape [4, 16] (dims ['d_in', 'd_hidden']) under the layout
 // NAME: error: {{.*}}argument #0 (z): name z differs from the reference program's x
-// COUNT: error: {{.*}}mhlo.num_replicas = 2, but a explicit module on a mesh of 8 device(s) has 8
+// COUNT: error: {{.*}}mhlo.num_replicas = 2, but a module partitioned explicit on a mesh of 8 device(s) has 8
 // KIND: error: {{.*}}unknown mtfc.partitioning 'magic' (one of none, gspmd, explicit, shardy)
 // NOTSTRING: error: {{.*}}module: mtfc.mesh must be a string, not 8
 // SHARDED: error: {{.*}}argument #0 (x): carries mhlo.sharding {replicated}, but the module is explicit

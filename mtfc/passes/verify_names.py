@@ -158,8 +158,7 @@ def _check_interfaces(args: list[_Interface], results: list[_Interface]) -> None
             if v.dtype not in mir.DTYPES:
                 raise MtfcError(f"{v.what}: element type {v.dtype} is not one mtfc runs ({', '.join(mir.DTYPES)})")
             if v.role not in roles:
-                raise MtfcError(f"{v.what}: unknown mtfc.role {v.role!r} (a {v.kind}'s role is one of "
-                                f"{', '.join(roles)})")
+                raise MtfcError(f"{v.what}: unknown mtfc.role {v.role!r} (roles of {v.kind}s: {', '.join(roles)})")
             if v.name in seen:
                 raise MtfcError(f"{v.what}: mtfc.name {v.name!r} is also {seen[v.name].what}'s; names are unique")
             seen[v.name] = v
@@ -248,8 +247,8 @@ def _check_counts(module: ir.Module, kind: str, size: int) -> None:
     for key, expected in zip(("mhlo.num_partitions", "mhlo.num_replicas"), want):
         got = _int_attr(attrs, key)
         if got is not None and got != expected and not (kind == "none" and got == 1):
-            raise MtfcError(f"module: {key} = {got}, but a {kind} module on a mesh of {size} device(s) "
-                            f"has {expected}")
+            raise MtfcError(f"module: {key} = {got}, but a module partitioned {kind} on a mesh of {size} "
+                            f"device(s) has {expected}")
 
 
 def _same_sharding(text: str, expected: str) -> bool:
