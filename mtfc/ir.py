@@ -356,6 +356,11 @@ def reference_module(module: ir.Module) -> ir.Module:
     raise MtfcError("this partitioned module carries no reference program (module @mtfc.reference)")
 
 
+def has_reference(module: ir.Module) -> bool:
+    """Whether `module` holds the nested ``module @mtfc.reference``."""
+    return any(_is_reference(op) for op in module.body.operations)
+
+
 def _is_reference(op) -> bool:
     op = op.operation
     return (op.name == "builtin.module" and "sym_name" in op.attributes

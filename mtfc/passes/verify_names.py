@@ -306,7 +306,7 @@ def _check_layouts_apply(layouts: mir.Layouts, args: list[_Interface], results: 
 def _check_per_device(module: ir.Module, layouts: mir.Layouts,
                       args: list[_Interface], results: list[_Interface]) -> None:
     """A per-device program's interface is its reference's, with local shapes."""
-    if not any(mir._is_reference(op) for op in module.body.operations):
+    if not mir.has_reference(module):
         return  # no reference: it can go through passes, but `mtfc run` refuses it
     reference = mir.reference_module(module)
     if mir.partitioning(reference) != "none":
