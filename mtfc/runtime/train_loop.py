@@ -459,9 +459,8 @@ def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed:
                  check: bool, repeat: int, echo: Callable[[str], None]) -> bool:
     """`mtfc run`: the training loop for a train-step module, the forward run otherwise."""
     from mtfc.emit.artifact import read_module
-    from mtfc.runtime.runner import run_command
-
     from mtfc.passes.verify_names import verify_module
+    from mtfc.runtime.runner import run_command
 
     context = mir.new_context()
     module = read_module(module_file, context)
