@@ -94,7 +94,9 @@ def program_argument_shapes(module: ir.Module, kind: str, arguments: list) -> li
         return own
     attrs = [ir.DictAttr(a) for a in ir.ArrayAttr(fn.attributes["arg_attrs"])]
     out = []
-    for shape, a in zip(own, attrs):
+    for k, (shape, a) in enumerate(zip(own, attrs)):
+        if "mhlo.sharding" not in a:
+            raise MtfcError(f"argument #{k} of a gspmd module carries no mhlo.sharding")
         sharding = xla_client.HloSharding.from_string(ir.StringAttr(a["mhlo.sharding"]).value)
         if sharding.is_replicated() or not sharding.is_tiled():
             out.append(shape)
