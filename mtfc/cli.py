@@ -104,6 +104,11 @@ _param_layout_option = click.option(
     "--param-layout", default=None,
     help='Layout rules for parameters and optimizer state, e.g. "d_model:rows" for FSDP (default: --layout).',
 )
+_allow_unused_option = click.option(
+    "--allow-unused-rules", is_flag=True,
+    help="Let --layout/--param-layout rules name dims the module lacks (a layout shared between models); "
+    "recorded in the module.",
+)
 _dump_option = click.option(
     "--dump-ir-after-all", "dump_dir", default=None, type=click.Path(file_okay=False),
     help="Write the module after each pass to DIR as numbered files.",
@@ -121,6 +126,7 @@ _dump_option = click.option(
     "XLA's partitioner), shardy (per-device program by Shardy, a cross-check) or none (global module).",
 )
 @_param_layout_option
+@_allow_unused_option
 @click.option("--portable", is_flag=True, help="Write a versioned portable StableHLO artifact.")
 @click.option("--entry", "entry_name", default=None, help="The @mtf.entry function to compile, if the file has several.")
 @click.option("--train", is_flag=True, help="Build the train step (params, optimizer state, batch) -> "
@@ -131,8 +137,8 @@ _dump_option = click.option(
               help="With --train: compute dtype (bf16 keeps f32 master weights and optimizer state).")
 @_dump_option
 @_handle_errors
-def compile(model, output, mesh, layout, param_layout, mode, portable, entry_name, train, optimizer, precision,
-            dump_dir):  # noqa: A001
+def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode, portable, entry_name, train,
+            optimizer, precision, dump_dir):  # noqa: A001
     """Compile a model file to StableHLO."""
     from mtfc.compiler import DEFAULT_MODE, compile_file
     from mtfc.emit.artifact import is_module_file, write_module
@@ -145,6 +151,7 @@ def compile(model, output, mesh, layout, param_layout, mode, portable, entry_nam
     module = compile_file(
         model, mesh=mesh, layout=layout, param_layout=param_layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir,
         entry_name=entry_name, train=train, optimizer=optimizer, precision=precision,
+        allow_unused_rules=allow_unused_rules or None,
     )
     write_module(module, output, portable=portable)
     click.echo(f"wrote {output}", err=True)
@@ -157,12 +164,14 @@ def compile(model, output, mesh, layout, param_layout, mode, portable, entry_nam
 @_mesh_option
 @_layout_option
 @_param_layout_option
+@_allow_unused_option
 @click.option("-o", "--output", default=None, help="Write here instead of stdout (.mlir / .mlirbc).")
 @click.option("--no-debug-info", is_flag=True, help="Print without locations.")
 @click.option("--list-passes", is_flag=True, help="List the passes and exit.")
 @_dump_option
 @_handle_errors
-def opt(module_file, passes, pipeline, mesh, layout, param_layout, output, no_debug_info, list_passes, dump_dir):
+def opt(module_file, passes, pipeline, mesh, layout, param_layout, allow_unused_rules, output, no_debug_info,
+        list_passes, dump_dir):
     """Run passes over a module file and print the result (like mlir-opt);
     with --list-passes (and no MODULE_FILE), list the passes."""
     from mtfc import ir as mir
@@ -175,8 +184,10 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, output, no_de
         others = {"MODULE_FILE": module_file, "--passes": passes or None, "--pipeline": pipeline, "--mesh": mesh,
                   "--layout": layout, "--param-layout": param_layout, "-o": output, "--dump-ir-after-all": dump_dir}
         given = [name for name, value in others.items() if value is not None]
-        if given or no_debug_info:
-            raise click.UsageError(f"--list-passes lists the passes and takes no {(given or ['--no-debug-info'])[0]}")
+        given += [flag for flag, on in (("--no-debug-info", no_debug_info), ("--allow-unused-rules", allow_unused_rules))
+                  if on]
+        if given:
+            raise click.UsageError(f"--list-passes lists the passes and takes no {given[0]}")
         for p in PASSES.values():
             click.echo(f"{p.name:20s} {p.summary}")
         return
@@ -186,7 +197,8 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, output, no_de
         raise MtfcError("give --passes or --pipeline, not both")
     context = mir.new_context()
     module = read_module(module_file, context)
-    override_mesh_layout(module, mesh, layout, param_layout)
+    override_mesh_layout(module, mesh, layout, param_layout, allow_unused_rules=allow_unused_rules,
+                         source=module_file)
     if pipeline is not None:
         if pipeline not in PIPELINES:
             raise MtfcError(f"unknown pipeline {pipeline!r} (choose from {', '.join(PIPELINES)})")

@@ -33,9 +33,15 @@ def compile_entry(
     train: bool = False,
     optimizer: str | None = None,
     precision: str | None = None,
+    allow_unused_rules: bool | None = None,
 ) -> ir.Module:
     """Trace `entry` (or, with `train`, its train step), lower it to global
-    StableHLO, and run `mode`'s pipeline."""
+    StableHLO, and run `mode`'s pipeline.
+
+    A layout rule naming a dim the module does not have is an error (in the
+    pipeline's `verify-names`) unless `allow_unused_rules` (default: the
+    entry's own setting) -- then the module records it
+    (``mtfc.allow_unused_rules``), so later checks of the module agree."""
     if mode not in PIPELINES:
         raise MtfcError(f"unknown mode {mode!r} (choose from {', '.join(PIPELINES)})")
     mesh_obj, rules = resolve_mesh_layout(entry, mesh, layout)
@@ -57,6 +63,8 @@ def compile_entry(
     with module.context:
         if param_rules is not None:
             module.operation.attributes[mir.PARAM_LAYOUT] = ir.StringAttr.get(str(param_rules))
+        if allow_unused_rules or (allow_unused_rules is None and entry.allow_unused_rules):
+            module.operation.attributes[mir.ALLOW_UNUSED_RULES] = ir.UnitAttr.get()
         if train:
             module.operation.attributes[mir.STEP] = ir.StringAttr.get("train")
             module.operation.attributes[mir.OPTIMIZER] = ir.StringAttr.get(str(step.optimizer))
@@ -86,19 +94,37 @@ def compile_function(
     **kwargs,
 ) -> ir.Module:
     """Compile a Python model function directly (tests, notebooks); `kwargs`
-    go to `compile_entry` (param_layout, train, optimizer, precision)."""
+    go to `compile_entry` (param_layout, train, optimizer, precision,
+    allow_unused_rules)."""
     return compile_entry(Entry(fn, inputs, mesh, layout, name), mode=mode, **kwargs)
 
 
 def override_mesh_layout(module: ir.Module, mesh: str | None, layout: str | None,
-                         param_layout: str | None = None) -> None:
-    """Replace the module's mesh and/or layout rules (before partitioning passes)."""
-    if mesh is None and layout is None and param_layout is None:
-        return
-    mesh_obj = Mesh.parse(mesh) if mesh is not None else mir.module_mesh(module)
-    rules = LayoutRules.parse(layout) if layout is not None else mir.module_layout(module)
-    rules.validate(mesh_obj)
-    param_rules = LayoutRules.parse(param_layout) if param_layout is not None else None
-    if param_rules is not None:
-        param_rules.validate(mesh_obj)
-    mir.set_mesh_and_layout(module, mesh_obj, rules, param_rules)
+                         param_layout: str | None = None, *, allow_unused_rules: bool = False,
+                         source: str | None = None) -> None:
+    """Replace the module's mesh and/or layout rules (before partitioning
+    passes), then verify the module against the IR contract (`mtfc opt`
+    runs nothing on a module that breaks it).
+
+    New rules (`layout`, `param_layout`) are checked for dims the module lacks
+    unless `allow_unused_rules`; the module then records that choice
+    (``mtfc.allow_unused_rules``, set or removed).  With only a new `mesh`,
+    or nothing new, the module's own record stands; `allow_unused_rules`
+    sets it too."""
+    from mtfc.passes.verify_names import verify_module
+
+    if mesh is not None or layout is not None or param_layout is not None:
+        mesh_obj = Mesh.parse(mesh) if mesh is not None else mir.module_mesh(module)
+        rules = LayoutRules.parse(layout) if layout is not None else mir.module_layout(module)
+        rules.validate(mesh_obj)
+        param_rules = LayoutRules.parse(param_layout) if param_layout is not None else None
+        if param_rules is not None:
+            param_rules.validate(mesh_obj)
+        mir.set_mesh_and_layout(module, mesh_obj, rules, param_rules)
+    attrs = module.operation.attributes
+    with module.context:
+        if allow_unused_rules:
+            attrs[mir.ALLOW_UNUSED_RULES] = ir.UnitAttr.get()
+        elif (layout is not None or param_layout is not None) and mir.ALLOW_UNUSED_RULES in attrs:
+            del attrs[mir.ALLOW_UNUSED_RULES]
+    verify_module(module, source=source)

@@ -5,7 +5,8 @@ through this module (see docs/IR.md).  Attribute names:
 
 module      ``mtfc.mesh = "rows:2,cols:4"``, ``mtfc.layout = "batch:rows"``,
             ``mtfc.param_layout = "d_model:rows"`` (optional),
-            ``mtfc.partitioning = "none" | "gspmd" | "explicit" | "shardy"``
+            ``mtfc.partitioning = "none" | "gspmd" | "explicit" | "shardy"``,
+            ``mtfc.allow_unused_rules`` (unit; rules may name dims it lacks)
 @main arg   ``mtfc.dims = [...]``, ``mtfc.name``, ``mtfc.role``, ``mtfc.init``
 @main res   ``mtfc.dims``, ``mtfc.name``, ``mtfc.role``
 op          ``mtfc.dims = [...]`` (one result) on every op directly in a
@@ -39,6 +40,7 @@ OPTIMIZER = "mtfc.optimizer"
 PRECISION = "mtfc.precision"  # a train step's compute dtype: "f32" or "bf16"
 STATE_ROLES = ("parameter", "optimizer_state")
 PARTITIONING = "mtfc.partitioning"
+ALLOW_UNUSED_RULES = "mtfc.allow_unused_rules"  # unit attr: layout rules may name dims the module lacks
 ENTRY = "main"
 
 ROLES = ("input", "parameter", "optimizer_state", "output", "metric", "loss")
@@ -51,6 +53,9 @@ _DTYPES = {
     "ui32": (np.uint32, lambda: ir.IntegerType.get_unsigned(32)),
     "i1": (np.bool_, lambda: ir.IntegerType.get_signless(1)),
 }
+
+
+DTYPES = tuple(_DTYPES)  # the element types the runner feeds and reads
 
 
 def new_context() -> ir.Context:
@@ -350,6 +355,11 @@ def reference_module(module: ir.Module) -> ir.Module:
                 inner = ir.Module.parse(op.operation.get_asm(enable_debug_info=True), module.context)
                 return inner
     raise MtfcError("this partitioned module carries no reference program (module @mtfc.reference)")
+
+
+def has_reference(module: ir.Module) -> bool:
+    """Whether `module` holds the nested ``module @mtfc.reference``."""
+    return any(_is_reference(op) for op in module.body.operations)
 
 
 def _is_reference(op) -> bool:

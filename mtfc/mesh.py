@@ -26,8 +26,27 @@ from mtfc.errors import MtfcError
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
-def _split_items(text: str) -> list[str]:
-    return [item.strip() for item in re.split(r"[;,]", text) if item.strip()]
+def _split_items(text: str, what: str) -> list[str]:
+    """The items of a ``,``- or ``;``-separated string, stripped.
+
+    The empty (or all-blank) string has no items.  Otherwise an empty item --
+    two separators in a row, or a leading or trailing separator -- is an
+    error naming `what`, the string and the item's character position, never
+    silently skipped."""
+    if not text.strip():
+        return []
+    items, start = [], 0
+    for piece in re.split(r"([;,])", text):
+        if piece in (";", ","):
+            continue
+        if not piece.strip():
+            raise MtfcError(
+                f"{what} {text!r} has an empty item at character {start + 1}: separate items with "
+                "one ',' (or ';'), with none leading, trailing or doubled"
+            )
+        items.append(piece.strip())
+        start += len(piece) + 1
+    return items
 
 
 @dataclass(frozen=True)
@@ -40,7 +59,7 @@ class Mesh:
     def parse(text: str) -> "Mesh":
         """Parse ``"rows:2,cols:4"``; the empty string is the one-device mesh."""
         axes: list[tuple[str, int]] = []
-        for item in _split_items(text):
+        for item in _split_items(text, "mesh"):
             name, sep, size = item.partition(":")
             name, size = name.strip(), size.strip()
             if not sep or not _NAME.match(name):
@@ -114,7 +133,7 @@ class LayoutRules:
     def parse(text: str) -> "LayoutRules":
         """Parse ``"batch:rows,d_ff:cols"`` or ``"batch:rows+cols"``."""
         rules: list[tuple[str, tuple[str, ...]]] = []
-        for item in _split_items(text):
+        for item in _split_items(text, "layout"):
             dim, sep, axes_text = item.partition(":")
             dim = dim.strip()
             axes = tuple(a.strip() for a in axes_text.split("+"))
@@ -214,7 +233,7 @@ def tensor_layout(
 
 
 def parse_dim_list(text: str) -> list[str]:
-    return [d for d in _split_items(text)]
+    return _split_items(text, "dim list")
 
 
 def ensure_names(names: Iterable[str]) -> None:

@@ -48,7 +48,7 @@
 // FLATT: stablehlo.reduce{{.*}}mhlo.sharding = "{devices=[8]<=[2,4]T(1,0)}"
 
 module @tiny attributes {mtfc.layout = "", mtfc.mesh = "rows:2,cols:4", mtfc.partitioning = "none"} {
-  func.func @main(%arg0: tensor<8x4xf32> {mtfc.dims = ["batch", "d"], mtfc.init = "normal:1.0", mtfc.name = "x", mtfc.role = "input"}, %arg1: tensor<4xf32> {mtfc.dims = ["d"], mtfc.init = "ones", mtfc.name = "params/w", mtfc.role = "parameter"}) -> (tensor<8x4xf32> {mtfc.dims = ["batch", "d"], mtfc.name = "y", mtfc.role = "output"}, tensor<8xf32> {mtfc.dims = ["batch"], mtfc.name = "s", mtfc.role = "output"}) {
+  func.func @main(%arg0: tensor<8x4xf32> {mtfc.dims = ["batch", "d"], mtfc.init = "normal:1.0", mtfc.name = "x", mtfc.role = "input"}, %arg1: tensor<4xf32> {mtfc.dims = ["d"], mtfc.init = "constant:1", mtfc.name = "params/w", mtfc.role = "parameter"}) -> (tensor<8x4xf32> {mtfc.dims = ["batch", "d"], mtfc.name = "y", mtfc.role = "output"}, tensor<8xf32> {mtfc.dims = ["batch"], mtfc.name = "s", mtfc.role = "output"}) {
     %0 = stablehlo.exponential %arg0 {mtfc.dims = ["batch", "d"]} : tensor<8x4xf32>
     %1 = stablehlo.broadcast_in_dim %arg1, dims = [1] {mtfc.dims = ["batch", "d"]} : (tensor<4xf32>) -> tensor<8x4xf32>
     %2 = stablehlo.multiply %0, %1 {mtfc.dims = ["batch", "d"]} : tensor<8x4xf32>

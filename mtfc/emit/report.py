@@ -61,7 +61,11 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
     """The inspection report of `module` (see the module docstring).
 
     `xla`: compile a ``gspmd`` module to read XLA's collectives and memory;
-    `compare`: also run the global program through every partitioner."""
+    `compare`: also run the global program through every partitioner.
+    A module that breaks the IR contract is an error (`verify_module`)."""
+    from mtfc.passes.verify_names import verify_module
+
+    verify_module(module)
     with module.context:
         layouts = mir.module_layouts(module)
         mesh, rules = layouts.mesh, layouts.activations

@@ -145,6 +145,7 @@ class Entry:
     loss: str = "loss"  # the output a train step minimises
     optimizer: str = "adamw:lr=0.001"  # the train step's optimizer spec (mtfc.frontend.optimizers)
     precision: str = "f32"  # compute dtype of a train step: f32, or bf16 with f32 master weights
+    allow_unused_rules: bool = False  # layout rules may name dims this model lacks (a shared layout)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -160,17 +161,19 @@ def entry(
     loss: str = "loss",
     optimizer: str = "adamw:lr=0.001",
     precision: str = "f32",
+    allow_unused_rules: bool = False,
 ):
     """Decorator marking a model file's entry function.
 
     `mesh`, `layout` and `param_layout` are defaults the command line may
     override; `loss`, `optimizer` and `precision` say how `mtfc compile
-    --train` builds a train step from it."""
+    --train` builds a train step from it; `allow_unused_rules` lets the
+    layouts name dims the model lacks (a layout shared between models)."""
 
     def wrap(fn):
         specs = {k: (v if isinstance(v, Input) else Input(v)) for k, v in inputs.items()}
         return Entry(fn, specs, mesh, layout, name or fn.__name__, param_layout=param_layout, loss=loss,
-                     optimizer=optimizer, precision=precision)
+                     optimizer=optimizer, precision=precision, allow_unused_rules=allow_unused_rules)
 
     return wrap
 

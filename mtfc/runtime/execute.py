@@ -18,6 +18,7 @@ module is partitioned (``mtfc.partitioning``):
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -28,7 +29,9 @@ from jaxlib import xla_client
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import LayoutRules, Mesh
+from mtfc.passes.comm_analysis import element_bytes
 from mtfc.runtime import devices as rt_devices
+from mtfc.runtime import memory_check
 from mtfc.runtime.host_data import gather_from_shards, shard_to_devices, synthesize
 
 
@@ -77,6 +80,32 @@ def compile_options(kind: str, num_devices: int, xla_options: dict | None = None
     return options
 
 
+def program_argument_shapes(module: ir.Module, kind: str, arguments: list) -> list[tuple[int, ...]]:
+    """The per-device shape of each argument as XLA compiles the program --
+    read from what XLA reads (the per-device types, or a gspmd module's
+    ``mhlo.sharding`` tiles), not from the layout rules, so feeding checks
+    the two against each other."""
+    if kind == "none":
+        return [tuple(s.shape) for s in arguments]
+    fn = mir.entry_function(module)
+    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
+    own = [tuple(ir.RankedTensorType(t).shape) for t in ftype.inputs]
+    if kind in mir.PER_DEVICE:
+        return own
+    attrs = [ir.DictAttr(a) for a in ir.ArrayAttr(fn.attributes["arg_attrs"])]
+    out = []
+    for k, (shape, a) in enumerate(zip(own, attrs)):
+        if "mhlo.sharding" not in a:
+            raise MtfcError(f"argument #{k} of a gspmd module carries no mhlo.sharding")
+        sharding = xla_client.HloSharding.from_string(ir.StringAttr(a["mhlo.sharding"]).value)
+        if sharding.is_replicated() or not sharding.is_tiled():
+            out.append(shape)
+            continue
+        tiles = list(sharding.tile_assignment_dimensions())[:len(shape)]
+        out.append(tuple(-(-size // t) for size, t in zip(shape, tiles)))
+    return out
+
+
 class Program:
     """A module compiled for a mesh of devices, ready to run on host data."""
 
@@ -102,6 +131,10 @@ class Program:
         self.devices = rt_devices.devices(backend, mesh.size)
         self.arg_layouts = [self.layouts.of_signature(s) for s in self.arguments]
         self.res_layouts = [self.layouts.of_signature(s) for s in self.results]
+        self.program_shapes = program_argument_shapes(module, kind, self.arguments)
+        what = "the unsharded program" if unsharded else f"the {kind} program"
+        needs = self.memory_needs(fn)
+        memory_check.check_arrays(needs, self.devices, what=what)
         text = mir.strip_partitioning_text(module) if kind == "none" else mir.program_text(module)
         client = self.devices[0].client
         start = time.perf_counter()
@@ -112,6 +145,53 @@ class Program:
         except Exception as e:
             raise MtfcError(f"XLA could not compile the module: {str(e).strip().splitlines()[0]}") from None
         self.compile_seconds = time.perf_counter() - start
+        try:
+            stats = self.executable.get_compiled_memory_stats()
+        except Exception:  # a backend without memory statistics
+            stats = None
+        if stats is not None:
+            memory_check.check_compiled(stats, needs, self.devices, what=what)
+
+    def memory_needs(self, fn: ir.Operation) -> list[memory_check.ArrayNeed]:
+        """Each argument's and each result's bytes on one device and whole;
+        a result aliased to an argument (``tf.aliasing_output``) reuses its buffer."""
+        aliased = set()
+        if "arg_attrs" in fn.attributes:
+            for a in ir.ArrayAttr(fn.attributes["arg_attrs"]):
+                a = ir.DictAttr(a)
+                if mir.ALIAS in a:
+                    aliased.add(ir.IntegerAttr(a[mir.ALIAS]).value)
+        needs = []
+        for kind, sigs, layouts in (("argument", self.arguments, self.arg_layouts),
+                                    ("result", self.results, self.res_layouts)):
+            for k, (sig, layout) in enumerate(zip(sigs, layouts)):
+                if kind == "result" and k in aliased:
+                    continue
+                size = element_bytes(sig.dtype)
+                needs.append(memory_check.ArrayNeed(
+                    f"{kind} {sig.name!r}", tuple(layout.local_sizes), sig.dtype,
+                    math.prod(layout.local_sizes) * size, math.prod(sig.shape) * size))
+        return needs
+
+    def check_device_arguments(self, args: list) -> None:
+        """Every argument array has the dtype and global shape of its argument
+        and per-device shards of the shape the compiled program takes.  (XLA
+        does not check this with several devices: a wrong buffer crashes the
+        process.)"""
+        if len(args) != len(self.arguments):
+            raise MtfcError(f"the program takes {len(self.arguments)} arguments, not {len(args)}")
+        for sig, array in zip(self.arguments, args):
+            want = np.dtype(mir.numpy_dtype(sig.dtype))
+            if np.dtype(array.dtype) != want:
+                raise MtfcError(f"argument {sig.name!r} is {np.dtype(array.dtype).name}, the module takes {sig.dtype}")
+            if tuple(array.shape) != tuple(sig.shape):
+                raise MtfcError(f"argument {sig.name!r} has shape {tuple(array.shape)}, the module takes {sig.shape}")
+        for sig, array, takes in zip(self.arguments, args, self.program_shapes):
+            local = tuple(array.sharding.shard_shape(tuple(array.shape)))
+            if local != takes or len(array.sharding.device_set) != len(self.devices):
+                raise MtfcError(f"argument {sig.name!r} is split into shards of shape {local} over "
+                                f"{len(array.sharding.device_set)} device(s); the compiled program takes "
+                                f"{takes} on each of {len(self.devices)}")
 
     def synthesize_inputs(self, seed: int) -> dict[str, np.ndarray]:
         return {s.name: synthesize(s, seed) for s in self.arguments}
@@ -135,6 +215,7 @@ class Program:
             return [shard_to_devices(h, layout, self.devices) for h, layout in zip(hosts, self.arg_layouts)]
 
         args = device_args()
+        self.check_device_arguments(args)
         times = []
         for i in range(max(repeat, 1)):
             if i and self.donates:

@@ -148,6 +148,7 @@ class TrainStep:
         self.metrics = [(k, r) for k, r in enumerate(p.results) if r.role == "metric"]
         aliased = _aliased_arguments(module)
         self.donated = sum(1 for i, _, _ in self.state if i in aliased)
+        self.launched = False
 
     @property
     def state_signatures(self) -> list[mir.Signature]:
@@ -219,6 +220,9 @@ class TrainStep:
             args[i] = checkpoint.global_array(state.buffers[sig.name], self.layout(i), self.devices)
         for i, sig in self.inputs:
             args[i] = inputs[sig.name]
+        if not self.launched:  # later steps feed back what this executable returned
+            self.program.check_device_arguments(args)
+            self.launched = True
         results = self.program.executable.execute_sharded(args)
         del args  # donated buffers are dead now
         return results.disassemble_into_single_device_arrays()
@@ -520,10 +524,12 @@ def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed:
                  check: bool, repeat: int | None, echo: Callable[[str], None]) -> bool:
     """`mtfc run`: the training loop for a train-step module, the forward run otherwise."""
     from mtfc.emit.artifact import read_module
+    from mtfc.passes.verify_names import verify_module
     from mtfc.runtime.runner import run_command
 
     context = mir.new_context()
     module = read_module(module_file, context)
+    verify_module(module, source=module_file)  # nothing runs a module that breaks the IR contract
     kind = step_kind(module)
     if kind == "train":
         if repeat is not None:
