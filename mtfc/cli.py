@@ -142,12 +142,14 @@ def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode,
     """Compile a model file to StableHLO."""
     from mtfc.compiler import DEFAULT_MODE, compile_file
     from mtfc.emit.artifact import is_module_file, write_module
+    from mtfc.emit.text import check_writable
 
     if (optimizer or precision) and not train:
         raise MtfcError("--optimizer and --precision apply to train steps: add --train")
     if is_module_file(model):
         raise MtfcError(f"{model} is a module, not a model file (Python): run it with 'mtfc run {model}' "
                         f"(passes: 'mtfc opt', contents: 'mtfc inspect')")
+    check_writable(output)
     module = compile_file(
         model, mesh=mesh, layout=layout, param_layout=param_layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir,
         entry_name=entry_name, train=train, optimizer=optimizer, precision=precision,

@@ -23,3 +23,11 @@ class Interrupted(MtfcError):
     it stopped.  Exit status 130 (128 + SIGINT), as a shell reports it."""
 
     exit_code = 130
+
+
+def warn(message: str) -> None:
+    """A warning for the user: one line ``warning: MESSAGE`` on stderr (a
+    configuration mtfc will not silently ignore, or a choice it made)."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)

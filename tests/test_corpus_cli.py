@@ -284,3 +284,11 @@ def test_opt_with_passes_and_pipeline_is_an_error(tmp_path, tiny_modules):
     _, forward, _ = tiny_modules
     fails(["opt", forward, "--passes", "verify-names", "--pipeline", "gspmd", "-o", tmp_path / "out.mlir"],
           ["--passes or --pipeline, not both"], folder=tmp_path)
+
+
+def test_unwritable_output_fails_before_compiling_with_one_line(tmp_path):
+    # The transformer's train step drops its logits (a warning after a
+    # successful compile): a bad -o must fail first, alone.
+    (tmp_path / "adir").mkdir()
+    transformer = os.path.abspath(os.path.join(EXAMPLES, "transformer.py"))
+    fails(["compile", transformer, "--train", "-o", tmp_path / "adir"], ["adir", "Is a directory"], folder=tmp_path)

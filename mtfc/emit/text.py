@@ -27,6 +27,19 @@ def _create_temporary(folder: str, name: str) -> tuple[int, str]:
             continue
 
 
+def check_writable(path: str) -> None:
+    """Fail (an `MtfcError` naming `path`) when `path` cannot be written: it is
+    a directory, or its folder exists and is not writable.  Commands call it
+    before long work, so that a bad output path fails first and alone."""
+    from mtfc.errors import MtfcError
+
+    if os.path.isdir(path):
+        raise MtfcError(f"{path!r}: Is a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+        raise MtfcError(f"{path!r}: Permission denied")
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder,
     renamed into place: `path` holds either its old content or all of `data`,

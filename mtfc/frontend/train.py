@@ -13,10 +13,9 @@ ZeRO when the parameter layout splits parameters).
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 
-from mtfc.errors import MtfcError
+from mtfc.errors import MtfcError, warn
 from mtfc.frontend import ops
 from mtfc.frontend.dims import Shape
 from mtfc.frontend.graph import FLOAT_DTYPES, Graph, Tensor, scope, tracing
@@ -92,11 +91,6 @@ def _metric_value(value: Tensor) -> Tensor:
     if value.dtype in FLOAT_DTYPES:
         return ops.cast(value, "f32")
     return ops.cast(value, "i32") if value.dtype == "i1" else value
-
-
-def warn(message: str) -> None:
-    """A compile-time warning: one line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def trace_train_step(entry: Entry, optimizer: str | None = None, precision: str | None = None) -> TrainStep:

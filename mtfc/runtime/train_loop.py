@@ -32,7 +32,7 @@ import numpy as np
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
-from mtfc.errors import Interrupted, MtfcError
+from mtfc.errors import Interrupted, MtfcError, warn
 from mtfc.index_ranges import argument_ranges
 from mtfc.runtime import checkpoint
 from mtfc.runtime import devices as rt_devices
@@ -392,7 +392,7 @@ def train_command(
             notes.append(f"it was trained with --seed {index['seed']}, continuing with --seed {seed}")
         echo(f"restored step {state.step} from {options.restore}" + (f" ({'; '.join(notes)})" if notes else ""))
         if "data" in index and not same_source(index["data"], batches.info()):
-            _warn(f"{options.restore} was trained on {describe_info(index['data'])}; "
+            warn(f"{options.restore} was trained on {describe_info(index['data'])}; "
                   f"this run reads {describe_info(batches.info())}")
     else:
         state = train.initial_state(seed)
@@ -494,11 +494,6 @@ def _kept(options: "TrainOptions", last_saved: int | None) -> str:
     if options.save is not None:
         return f"this run saved no checkpoint; {options.save} is as it was"
     return "no checkpoint was saved (no --save)"
-
-
-def _warn(message: str) -> None:
-    """One ``warning: ...`` line on stderr."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _metric_text(value) -> str:
