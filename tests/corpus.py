@@ -26,6 +26,28 @@ from click.testing import CliRunner
 
 from mtfc.cli import main
 
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+MLP = os.path.join(EXAMPLES, "mlp.py")
+
+TINY_TRAIN_MODEL = """
+import mtfc as mtf
+
+batch, d_in, d_hidden = mtf.Dim("batch", 8), mtf.Dim("d_in", 4), mtf.Dim("d_hidden", 16)
+
+
+@mtf.entry(inputs={"x": mtf.Input([batch, d_in])}, mesh="rows:2,cols:4", layout="batch:rows,d_hidden:cols")
+def tiny(x):
+    h = mtf.layers.dense(x, d_hidden, name="fc")
+    return {"loss": mtf.reduce_mean(h * h)}
+"""
+
+
+def tiny_train_model(folder) -> str:
+    """Write a tiny model with a loss (a train step in a few ms) to `folder`/tiny.py; its path."""
+    path = folder / "tiny.py"
+    path.write_text(TINY_TRAIN_MODEL)
+    return str(path)
+
 
 def tree(folder) -> dict[str, str]:
     """Relative path -> sha256 of every file under `folder` (directories as 'dir')."""

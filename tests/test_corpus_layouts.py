@@ -8,33 +8,11 @@ import os
 
 import pytest
 
-from corpus import fails
+from corpus import MLP, fails, tiny_train_model
 from mtfc.compiler import compile_function
 from mtfc.errors import MtfcError
 from mtfc.mesh import LayoutRules, Mesh
 import mtfc as mtf
-
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
-MLP = os.path.join(EXAMPLES, "mlp.py")
-
-TRAIN_MODEL = """
-import mtfc as mtf
-
-batch, d_in, d_hidden = mtf.Dim("batch", 8), mtf.Dim("d_in", 4), mtf.Dim("d_hidden", 16)
-
-
-@mtf.entry(inputs={"x": mtf.Input([batch, d_in])}, mesh="rows:2,cols:4", layout="batch:rows,d_hidden:cols")
-def tiny(x):
-    h = mtf.layers.dense(x, d_hidden, name="fc")
-    return {"loss": mtf.reduce_mean(h * h)}
-"""
-
-
-def train_model(folder) -> str:
-    path = folder / "tiny.py"
-    path.write_text(TRAIN_MODEL)
-    return str(path)
-
 
 @pytest.mark.parametrize("flag, text, fragment", [
     ("--mesh", "rows:2,,cols:4", "mesh 'rows:2,,cols:4' has an empty item at character 8"),
@@ -68,7 +46,7 @@ def test_unused_rule_is_an_error(tmp_path, args, fragments):
 
 
 def test_unused_rule_in_train_step_param_layout(tmp_path):
-    model = train_model(tmp_path)
+    model = tiny_train_model(tmp_path)
     fails(["compile", model, "-o", tmp_path / "t.mlir", "--train", "--param-layout", "d_hiden:rows"],
           ["parameter layout rule 'd_hiden:rows'", "did you mean d_hidden"], folder=tmp_path)
 

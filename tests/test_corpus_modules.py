@@ -14,35 +14,13 @@ import os
 import numpy as np
 import pytest
 
-from corpus import process_fails
+from corpus import MLP, process_fails, tiny_train_model
 from mtfc.compiler import compile_file, compile_function
 from mtfc.emit.artifact import write_module
 from mtfc.errors import MtfcError
 from mtfc.runtime.execute import Program
 import jax
 import mtfc as mtf
-
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
-MLP = os.path.join(EXAMPLES, "mlp.py")
-
-TRAIN_MODEL = """
-import mtfc as mtf
-
-batch, d_in, d_hidden = mtf.Dim("batch", 8), mtf.Dim("d_in", 4), mtf.Dim("d_hidden", 16)
-
-
-@mtf.entry(inputs={"x": mtf.Input([batch, d_in])}, mesh="rows:2,cols:4", layout="batch:rows,d_hidden:cols")
-def tiny(x):
-    h = mtf.layers.dense(x, d_hidden, name="fc")
-    return {"loss": mtf.reduce_mean(h * h)}
-"""
-
-
-def train_model(folder) -> str:
-    path = folder / "tiny.py"
-    path.write_text(TRAIN_MODEL)
-    return str(path)
-
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
@@ -54,7 +32,7 @@ def compiled(tmp_path_factory):
         write_module(compile_file(MLP, mode=mode), str(path))
         texts[mode] = path.read_text()
     path = folder / "train.mlir"
-    write_module(compile_file(train_model(folder), mode="explicit", train=True), str(path))
+    write_module(compile_file(tiny_train_model(folder), mode="explicit", train=True), str(path))
     texts["train"] = path.read_text()
     return texts
 
