@@ -4,7 +4,6 @@ rule (and the nearest dim), exit status 1, no output written."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 

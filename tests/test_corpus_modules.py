@@ -9,7 +9,6 @@ written.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
