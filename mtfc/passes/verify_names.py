@@ -42,6 +42,7 @@ import re
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
+from mtfc import initializers
 from mtfc.errors import MtfcError
 from mtfc.mesh import LayoutRules
 from mtfc.passes.manager import register_pass
@@ -67,9 +68,6 @@ _SIZE_KEEPING = {
 }
 
 # Initializer kinds and how many numbers each takes (docs/IR.md; host_data.synthesize).
-_INIT_ARITY = {"normal": 1, "truncated_normal": 1, "uniform": 2, "constant": 1, "randint": 2}
-
-
 def _check_dims(dims: list[str], value_type: ir.Type, what: str) -> None:
     for d in dims:
         if not _NAME.match(d):
@@ -82,21 +80,6 @@ def _check_dims(dims: list[str], value_type: ir.Type, what: str) -> None:
     for d in dims:
         if dims.count(d) > 1:
             raise MtfcError(f"{what}: dim {d!r} is used twice in mtfc.dims {dims}")
-
-
-def _check_init(text: str, what: str) -> None:
-    kind, _, args_text = text.partition(":")
-    arity = _INIT_ARITY.get(kind)
-    if arity is None:
-        raise MtfcError(f"{what}: unknown initializer {text!r} (known: {', '.join(_INIT_ARITY)})")
-    args = [a for a in args_text.split(",") if a.strip()]
-    try:
-        values = [float(a) for a in args]
-    except ValueError:
-        values = None
-    if values is None or len(values) != arity or not all(v == v and abs(v) != float("inf") for v in values):
-        raise MtfcError(f"{what}: initializer {text!r} takes {arity} finite number(s), e.g. "
-                        f"'{kind}:{','.join(['1'] * arity)}'")
 
 
 def _string_attr(attrs, key: str, what: str) -> str | None:
@@ -164,7 +147,7 @@ def _check_interfaces(args: list[_Interface], results: list[_Interface]) -> None
             seen[v.name] = v
             init = _string_attr(v.attrs, mir.INIT, v.what)
             if init is not None:
-                _check_init(init, v.what)
+                initializers.parse(init, v.what)
     _check_aliases(args, results)
 
 

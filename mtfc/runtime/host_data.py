@@ -10,6 +10,7 @@ import numpy as np
 from jax.sharding import Mesh as JaxMesh
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from mtfc import initializers
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import TensorLayout
@@ -60,19 +61,5 @@ def synthesize(sig: mir.Signature, seed: int, step: int | None = None) -> np.nda
     key = f"{seed}/{sig.name}" if step is None else f"{seed}/{step}/{sig.name}"
     digest = hashlib.sha256(key.encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    kind, _, args_text = (sig.init or "normal:1.0").partition(":")
-    args = [float(a) for a in args_text.split(",") if a]
-    shape = sig.shape
-    if kind == "normal":
-        data = rng.standard_normal(shape) * args[0]
-    elif kind == "truncated_normal":
-        data = np.clip(rng.standard_normal(shape), -2.0, 2.0) * args[0]
-    elif kind == "uniform":
-        data = rng.uniform(args[0], args[1], shape)
-    elif kind == "constant":
-        data = np.full(shape, args[0])
-    elif kind == "randint":
-        data = rng.integers(int(args[0]), int(args[1]), shape)
-    else:
-        raise MtfcError(f"argument {sig.name!r} has unknown initializer {sig.init!r}")
+    data = initializers.sample(sig.init, rng, sig.shape, f"argument {sig.name!r}")
     return data.astype(mir.numpy_dtype(sig.dtype))
