@@ -5,13 +5,13 @@ exit status 1, and no output file (nor a temporary one) left behind."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import corpus
+from corpus import process_fails
 from mtfc.cli import main
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
@@ -33,31 +33,10 @@ def _no_traceback_env(monkeypatch):
     monkeypatch.delenv("MTFC_TRACEBACK", raising=False)
 
 
-def listing(folder) -> set[str]:
-    return set(os.listdir(folder))
-
-
-def assert_one_error_line(stderr: str, stdout: str, fragments) -> str:
-    lines = stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got:\n{stderr}"
-    (line,) = lines
-    assert line.startswith("error: "), line
-    assert "internal error" not in line, line
-    assert "Traceback" not in stderr + stdout
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    return line
-
-
 def fails(args, fragments, *, folder, absent=()):
-    """Invoke the CLI in process; check the error contract; `folder` must end
-    as it began (no output, no temporary file) and `absent` paths must not exist."""
-    before = listing(folder)
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert isinstance(result.exception, SystemExit), (result.exception, result.stderr)
-    assert result.exit_code == 1, (result.exit_code, result.stderr)
-    line = assert_one_error_line(result.stderr, result.stdout, fragments)
-    assert listing(folder) == before, f"{sorted(listing(folder) - before)} left behind"
+    """`corpus.fails` (one error line, exit 1, `folder` as it began); the
+    `absent` paths must not exist either."""
+    line = corpus.fails(args, fragments, folder=folder)
     for path in absent:
         assert not os.path.exists(path), path
     return line
@@ -329,20 +308,6 @@ def test_run_outputs_path_that_is_a_directory(tmp_path, module_file):
 
 # The in-process runner sees neither native (C++) writes to stderr nor the
 # real exit status; these run the installed command.
-
-
-def mtfc_process(*args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "MTFC_TRACEBACK"}
-    command = [sys.executable, "-c", "from mtfc.cli import main; main()", *map(str, args)]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def process_fails(args, fragments, *, folder):
-    before = listing(folder)
-    proc = mtfc_process(*args, cwd=folder)
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    assert_one_error_line(proc.stderr, proc.stdout, fragments)
-    assert listing(folder) == before
 
 
 def test_process_bad_model_and_garbage_module(tmp_path, garbage):
