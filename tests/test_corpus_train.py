@@ -109,7 +109,7 @@ def marked_line(text: str, marker: str = "# <- here") -> int:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_train_step_errors_name_the_model_line(case, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))  # the model imports helper_lib from its folder
+    # the model imports helper_lib from its own folder, as `python model.py` could
     body, flags, fragments = CASES[case]
     text = HEADER + textwrap.dedent(body)
     (tmp_path / "model.py").write_text(text)

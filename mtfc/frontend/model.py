@@ -214,6 +214,10 @@ def load_model_file(path: str, entry_name: str | None = None) -> Entry:
         raise MtfcError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    # As `python model.py` would: the model file's folder comes first on the
+    # path while it runs, so it can import its sibling modules.
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except MtfcError:
@@ -224,6 +228,8 @@ def load_model_file(path: str, entry_name: str | None = None) -> Entry:
         raise model_error(path, e) from None
     except SystemExit as e:
         raise exit_error(path, e) from None
+    finally:
+        sys.path.remove(folder)
     entries = {k: v for k, v in vars(module).items() if isinstance(v, Entry)}
     if entry_name is not None:
         if entry_name not in entries:
