@@ -230,7 +230,8 @@ def inspect(module_file, as_json, compare, no_xla, backend):
     from mtfc.emit.artifact import read_module
     from mtfc.emit.report import inspect_module, render_text
 
-    report = inspect_module(read_module(module_file, mir.new_context()), xla=not no_xla, compare=compare, backend=backend)
+    report = inspect_module(read_module(module_file, mir.new_context()), xla=not no_xla, compare=compare, backend=backend,
+                            source=module_file)
     click.echo(json.dumps(report, indent=2) if as_json else render_text(report))
 
 

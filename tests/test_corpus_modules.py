@@ -92,7 +92,8 @@ def test_shardy_manual_sharding_removed(tmp_path, compiled):
 
 def test_unknown_role_in_inspect(tmp_path, compiled):
     text = edited(compiled["explicit"], 'mtfc.role = "parameter"', 'mtfc.role = "weight"')
-    process_fails(["inspect", write(tmp_path, text), "--no-xla"], ["unknown mtfc.role 'weight'"], folder=tmp_path)
+    process_fails(["inspect", write(tmp_path, text), "--no-xla"], ["edited.mlir: ", "unknown mtfc.role 'weight'"],
+                  folder=tmp_path)
 
 
 def test_wrong_rank_dims_in_opt(tmp_path, compiled):

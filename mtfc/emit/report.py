@@ -57,15 +57,17 @@ def _dim_sizes(module: ir.Module) -> dict[str, int]:
     return {d: next(iter(s)) for d, s in sizes.items() if len(s) == 1}
 
 
-def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False, backend: str = "cpu") -> dict:
+def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False, backend: str = "cpu",
+                   source: str | None = None) -> dict:
     """The inspection report of `module` (see the module docstring).
 
     `xla`: compile a ``gspmd`` module to read XLA's collectives and memory;
     `compare`: also run the global program through every partitioner.
-    A module that breaks the IR contract is an error (`verify_module`)."""
+    A module that breaks the IR contract is an error (`verify_module`),
+    prefixed with `source`, the module's file, when given."""
     from mtfc.passes.verify_names import verify_module
 
-    verify_module(module)
+    verify_module(module, source=source)
     with module.context:
         layouts = mir.module_layouts(module)
         mesh, rules = layouts.mesh, layouts.activations
