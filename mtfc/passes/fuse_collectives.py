@@ -8,7 +8,9 @@ their replica groups.  Guarantees: the same results, computed with
 * ``all_reduce`` then a transpose or reshape, its only use -> the transpose
   or reshape, then the ``all_reduce``;
 * ``all_reduce`` whose every use takes the device's own block along one dim
-  (one slice or several equal ones) -> one ``reduce_scatter`` along that dim;
+  (one slice or several equal ones), directly or through an element-type
+  ``convert`` -> one ``reduce_scatter`` along that dim (then the convert of
+  the block);
 * independent ``all_reduce`` ops over the same groups with the same reducer
   and element type -> one variadic ``all_reduce``, placed right after the
   latest op computing one of their operands, which comes before the first
@@ -224,12 +226,20 @@ class Fuser:
         """An all_reduce whose every use keeps this device's block of one dim
         (one slice, or several equal ones -- Shardy cuts a value once per
         consumer, each with its own `partition_id` arithmetic) becomes one
-        reduce_scatter along that dim, placed before the first of them."""
+        reduce_scatter along that dim, placed before the first of them.  An
+        all_reduce whose only use is an element-type ``convert`` (a bf16
+        gradient reaching its f32 master) whose every use is such a slice
+        becomes the reduce_scatter, then the convert of the block: a slice
+        commutes with a convert exactly, and the sum stays in the all_reduce's
+        element type."""
         for op in self.ops():
             if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
                 continue
-            slices = _users(op.results[0])
-            cut = {self.own_block_dim(ds, op.results[0], _groups(op)) for ds in slices}
+            users = _users(op.results[0])
+            convert = users[0] if len(users) == 1 and users[0].name == "stablehlo.convert" else None
+            source = convert.results[0] if convert is not None else op.results[0]
+            slices = _users(source)
+            cut = {self.own_block_dim(ds, source, _groups(op)) for ds in slices}
             if not slices or len(cut) != 1 or None in cut or len({str(ds.results[0].type) for ds in slices}) != 1:
                 continue
             if len(slices) > 1 and any(self.in_entry_block(ds) != ds for ds in slices):
@@ -237,15 +247,24 @@ class Fuser:
             first = slices[0]
             for ds in slices[1:]:
                 first = _earlier(first, ds)
+            block_type = ir.RankedTensorType(first.results[0].type)
+            summed_element = ir.RankedTensorType(op.results[0].type).element_type
             attrs = {n: op.attributes[n] for n in op.attributes}
             attrs["scatter_dimension"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), cut.pop())
+            dims = [mir.value_dims(first.results[0])]
             with ir.InsertionPoint(first), first.location:
-                rs = ir.Operation.create("stablehlo.reduce_scatter", results=[first.results[0].type],
+                rs = ir.Operation.create("stablehlo.reduce_scatter",
+                                         results=[ir.RankedTensorType.get(block_type.shape, summed_element)],
                                          operands=[op.operands[0]], attributes=attrs, regions=1)
                 clone_region(op.regions[0], rs.regions[0])
-            mir.set_op_result_dims(rs, [mir.value_dims(first.results[0])])
+                mir.set_op_result_dims(rs, dims)
+                block = rs
+                if convert is not None:
+                    block = ir.Operation.create("stablehlo.convert", results=[block_type], operands=[rs.results[0]],
+                                                attributes={n: convert.attributes[n] for n in convert.attributes})
+                    mir.set_op_result_dims(block, dims)
             for ds in slices:
-                self.replace(ds.results[0], rs.results[0])
+                self.replace(ds.results[0], block.results[0])
 
     def in_entry_block(self, op: ir.Operation) -> ir.Operation | None:
         """`op` if it is an op of @main's block, else the op of that block whose
