@@ -181,7 +181,7 @@ def _owner_tag() -> str:
 
 
 def _owner_alive(name: str, prefix: str) -> bool:
-    """Whether the temporary `name` (``PREFIX HOST-PID-XXXX``) belongs to a live
+    """Whether the temporary `name` (``PREFIX HOST-PID-RANDOM``) belongs to a live
     process of this host other than this one (temporaries of other hosts count as live)."""
     rest = name[len(prefix):].split("-")
     if len(rest) < 3 or not rest[1].isdigit():
