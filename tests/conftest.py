@@ -31,6 +31,23 @@ def run_model(fn, inputs, host_inputs=None, *, mesh=MESH_2x4, layout="", mode="g
     return sharded, unsharded, data
 
 
+def run_train_steps(module, steps: int, seed: int = 3, *, unsharded: bool = False):
+    """Run a train-step module `steps` times (sharded, or with `unsharded` the
+    unsharded program) from synthesized data, feeding parameters and optimizer
+    state back by name; (the initial host inputs, each step's outputs)."""
+    program = Program(module, unsharded=unsharded)
+    data = program.synthesize_inputs(seed)
+    initial = dict(data)
+    outputs = []
+    for _ in range(steps):
+        out = program.run(data).outputs
+        outputs.append(out)
+        for sig in program.arguments:
+            if sig.role in ("parameter", "optimizer_state"):
+                data[sig.name] = out[sig.name]
+    return initial, outputs
+
+
 def assert_close(actual, expected, dtype="f32"):
     """Normwise relative error within the dtype's tolerance (see mtfc.runtime.check)."""
     from mtfc.runtime.check import TOLERANCE, relative_error

@@ -42,6 +42,35 @@ def tiny(x):
 """
 
 
+_TOKENS_MODEL = """
+import mtfc as mtf
+batch = mtf.Dim("batch", 4)
+length = mtf.Dim("length", 4)
+vocab = mtf.Dim("vocab", 8)
+d = mtf.Dim("d", 4)
+
+
+@mtf.entry(
+    inputs={
+        "tokens": mtf.Input([batch, length], "i32", mtf.init.randint(0, vocab.size)),
+        "targets": mtf.Input([batch, length], "i32", mtf.init.randint(0, vocab.size)),
+    },
+    mesh="rows:2,cols:2", layout="batch:rows,vocab:cols", optimizer="OPTIMIZER",
+)
+def tiny(tokens, targets):
+    x = mtf.layers.embedding(tokens, vocab, d)
+    logits = mtf.layers.dense(x, vocab, [d], name="out")
+    lp = mtf.log_softmax(logits, vocab)
+    return {"loss": -mtf.reduce_mean(mtf.reduce_sum(lp * mtf.one_hot(targets, vocab), vocab))}
+"""
+
+
+def tokens_model(optimizer: str) -> str:
+    """The source of a tiny token model (an embedding and a softmax over a
+    vocab of 8, tokens and targets as i32 inputs) training with `optimizer`."""
+    return _TOKENS_MODEL.replace("OPTIMIZER", optimizer)
+
+
 def tiny_train_model(folder) -> str:
     """Write a tiny model with a loss (a train step in a few ms) to `folder`/tiny.py; its path."""
     path = folder / "tiny.py"

@@ -13,32 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from corpus import fails
+from corpus import fails, tokens_model
 from mtfc.compiler import compile_file
 from mtfc.emit.artifact import write_module
 from mtfc.runtime import checkpoint
 
-TOKENS_MODEL = '''
-import mtfc as mtf
-batch = mtf.Dim("batch", 4)
-length = mtf.Dim("length", 4)
-vocab = mtf.Dim("vocab", 8)
-d = mtf.Dim("d", 4)
-
-
-@mtf.entry(
-    inputs={
-        "tokens": mtf.Input([batch, length], "i32", mtf.init.randint(0, vocab.size)),
-        "targets": mtf.Input([batch, length], "i32", mtf.init.randint(0, vocab.size)),
-    },
-    mesh="rows:2,cols:2", layout="batch:rows,vocab:cols", optimizer="sgd:lr=0.1",
-)
-def tiny(tokens, targets):
-    x = mtf.layers.embedding(tokens, vocab, d)
-    logits = mtf.layers.dense(x, vocab, [d], name="out")
-    lp = mtf.log_softmax(logits, vocab)
-    return {"loss": -mtf.reduce_mean(mtf.reduce_sum(lp * mtf.one_hot(targets, vocab), vocab))}
-'''
+TOKENS_MODEL = tokens_model("sgd:lr=0.1")
 
 SCALED_MODEL = '''
 import mtfc as mtf

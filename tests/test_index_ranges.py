@@ -16,6 +16,7 @@ import mtfc as mtf
 from mtfc import ir as mir
 from mtfc.compiler import compile_function
 from mtfc.index_ranges import IndexRange, argument_ranges
+from corpus import tokens_model
 from opcheck import MODES, check, layouts
 
 B, S, D = mtf.Dim("batch", 8), mtf.Dim("seq", 8), mtf.Dim("d", 16)
@@ -118,25 +119,4 @@ def test_train_step_ranges_only_on_inputs(tmp_path):
     assert all(roles[n] == "input" for n in ranges)
 
 
-TINY_MODEL = '''
-import mtfc as mtf
-batch = mtf.Dim("batch", 4)
-length = mtf.Dim("length", 4)
-vocab = mtf.Dim("vocab", 8)
-d = mtf.Dim("d", 4)
-
-
-@mtf.entry(
-    inputs={
-        "tokens": mtf.Input([batch, length], "i32", mtf.init.randint(0, vocab.size)),
-        "targets": mtf.Input([batch, length], "i32", mtf.init.randint(0, vocab.size)),
-    },
-    mesh="rows:2,cols:2", layout="batch:rows,vocab:cols",
-    optimizer="adamw:lr=0.01,warmup=2,decay=cosine,steps=10",
-)
-def tiny(tokens, targets):
-    x = mtf.layers.embedding(tokens, vocab, d)
-    logits = mtf.layers.dense(x, vocab, [d], name="out")
-    lp = mtf.log_softmax(logits, vocab)
-    return {"loss": -mtf.reduce_mean(mtf.reduce_sum(lp * mtf.one_hot(targets, vocab), vocab))}
-'''
+TINY_MODEL = tokens_model("adamw:lr=0.01,warmup=2,decay=cosine,steps=10")

@@ -17,11 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 import mtfc as mtf
-from conftest import assert_close, run_model
+from conftest import assert_close, run_model, run_train_steps
 from mtfc.cli import main
 from mtfc.compiler import compile_function
 from mtfc.frontend.model import load_model_file
-from mtfc.runtime.execute import Program
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TRANSFORMER = os.path.join(ROOT, "examples", "transformer.py")
@@ -80,19 +79,9 @@ def test_transformer_trains_alike_in_every_mode(tmp_path, transformer_unsharded)
 MLP_ENTRY = load_model_file(MLP)
 
 
-def run_steps(module, steps=STEPS, *, unsharded=False, seed=3):
-    """Run a train-step module `steps` times from synthesized data, feeding
-    parameters and optimizer state back by name; each step's outputs."""
-    program = Program(module, unsharded=unsharded)
-    data = program.synthesize_inputs(seed)
-    outputs = []
-    for _ in range(steps):
-        out = program.run(data).outputs
-        outputs.append(out)
-        for sig in program.arguments:
-            if sig.role in ("parameter", "optimizer_state"):
-                data[sig.name] = out[sig.name]
-    return outputs
+def run_steps(module, *, unsharded=False):
+    """Each of STEPS steps' outputs (`conftest.run_train_steps`)."""
+    return run_train_steps(module, STEPS, unsharded=unsharded)[1]
 
 
 @pytest.mark.parametrize("layout,param_layout", [("batch:rows,d_hidden:cols", None),

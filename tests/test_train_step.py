@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 import mtfc as mtf
-from conftest import assert_close
+from conftest import assert_close, run_train_steps
 from mtfc.compiler import compile_function
-from mtfc.runtime.execute import Program
 
 BATCH, D_IN, D_OUT = 16, 8, 4
 
@@ -82,21 +81,6 @@ def reference_steps(spec: dict, name: str, params: dict, x, t, steps: int):
     return params, lrs, norms
 
 
-def run_steps(module, steps: int, seed: int = 3):
-    """Run a train-step module `steps` times, feeding state back by name."""
-    program = Program(module)
-    data = program.synthesize_inputs(seed)
-    initial = dict(data)
-    outputs = []
-    for _ in range(steps):
-        out = program.run(data).outputs
-        outputs.append(out)
-        for sig in program.arguments:
-            if sig.role in ("parameter", "optimizer_state"):
-                data[sig.name] = out[sig.name]
-    return initial, outputs
-
-
 OPTIMIZERS = [
     ("sgd", "sgd:lr=0.05,momentum=0.9", {"lr": 0.05, "momentum": 0.9}),
     ("adamw", "adamw:lr=0.01,b1=0.9,b2=0.99,eps=1e-8,wd=0.01,clip=0.5,warmup=2",
@@ -113,7 +97,7 @@ def test_optimizer_matches_reference(name, spec_text, spec, layout, param_layout
     module = compile_function(linear_model, INPUTS, mesh="rows:2,cols:4", layout=layout, mode=mode,
                               param_layout=param_layout, train=True, optimizer=spec_text)
     steps = 3
-    initial, outputs = run_steps(module, steps)
+    initial, outputs = run_train_steps(module, steps)
     params = {k: initial[k] for k in ("params/w", "params/b")}
     want, lrs, norms = reference_steps(spec, name, params, initial["x"], initial["t"], steps)
     for k in params:
@@ -195,8 +179,8 @@ def test_mixed_precision_matches_f32_within_bf16_tolerance():
     bf16 = compile_function(linear_model, INPUTS, mesh="rows:2,cols:4", layout="batch:rows", train=True,
                             optimizer="sgd:lr=0.05,momentum=0.9", precision="bf16")
     assert "bf16" in str(bf16) and "bf16" not in str(f32)
-    _, want = run_steps(f32, 2)
-    _, got = run_steps(bf16, 2)
+    _, want = run_train_steps(f32, 2)
+    _, got = run_train_steps(bf16, 2)
     # master weights stay f32
     assert got[-1]["params/w"].dtype == np.float32
     assert_close(got[-1]["params/w"], want[-1]["params/w"], "bf16")
@@ -227,7 +211,7 @@ def test_recompute_block_gives_the_same_training(mode):
     assert remat_text.count("stablehlo.optimization_barrier") >= 1
     assert "recompute/fc1" in remat.operation.get_asm(enable_debug_info=True)
     assert remat_text.count("stablehlo.tanh") > plain_text.count("stablehlo.tanh")
-    _, want = run_steps(plain, 2)
-    _, got = run_steps(remat, 2)
+    _, want = run_train_steps(plain, 2)
+    _, got = run_train_steps(remat, 2)
     for name in ("loss", "params/fc1/kernel", "params/fc2/kernel"):
         assert_close(got[-1][name], want[-1][name])
