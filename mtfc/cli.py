@@ -141,8 +141,9 @@ def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode,
             optimizer, precision, dump_dir):  # noqa: A001
     """Compile a model file to StableHLO."""
     from mtfc.compiler import DEFAULT_MODE, compile_file
-    from mtfc.emit.artifact import is_module_file, write_module
-    from mtfc.emit.text import check_writable
+    from mtfc.emit.artifact import write_module
+    from mtfc.files.modules import is_module_file
+    from mtfc.files.atomic import check_writable
 
     if (optimizer or precision) and not train:
         raise MtfcError("--optimizer and --precision apply to train steps: add --train")
@@ -178,8 +179,8 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, allow_unused_
     with --list-passes (and no MODULE_FILE), list the passes."""
     from mtfc import ir as mir
     from mtfc.compiler import override_mesh_layout
-    from mtfc.emit.artifact import read_module, write_module
-    from mtfc.emit.text import module_text
+    from mtfc.emit.artifact import write_module
+    from mtfc.files.modules import module_text, read_module
     from mtfc.passes.manager import PASSES, PIPELINES, parse_pass_list, run_passes
 
     if list_passes:
@@ -227,8 +228,8 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, allow_unused_
 def inspect(module_file, as_json, compare, no_xla, backend):
     """Show a module's values, collectives and per-device memory."""
     from mtfc import ir as mir
-    from mtfc.emit.artifact import read_module
-    from mtfc.emit.report import inspect_module, render_text
+    from mtfc.files.modules import read_module
+    from mtfc.tools.report import inspect_module, render_text
 
     report = inspect_module(read_module(module_file, mir.new_context()), xla=not no_xla, compare=compare, backend=backend,
                             source=module_file)
@@ -257,7 +258,8 @@ def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat,
         steps, data, save, save_every, restore, log_file):
     """Run a compiled module on a device mesh and summarize its outputs; run the
     training loop of a train-step module."""
-    from mtfc.runtime.train_loop import TrainOptions, run_or_train
+    from mtfc.runtime.run import run_or_train
+    from mtfc.runtime.train import TrainOptions
 
     ok = run_or_train(
         module_file, TrainOptions(steps, data, save, save_every, restore, log_file), backend=backend, seed=seed,

@@ -256,6 +256,39 @@ def set_partitioning(module: ir.Module, kind: str) -> None:
         module.operation.attributes[PARTITIONING] = ir.StringAttr.get(kind)
 
 
+def _module_string(module: ir.Module, name: str) -> str | None:
+    attrs = module.operation.attributes
+    return ir.StringAttr(attrs[name]).value if name in attrs else None
+
+
+def step_kind(module: ir.Module) -> str | None:
+    """The module's ``mtfc.step`` (``"train"``), or None for a forward module."""
+    return _module_string(module, STEP)
+
+
+def optimizer_spec(module: ir.Module) -> str | None:
+    """A train step's ``mtfc.optimizer`` (e.g. ``"adamw:lr=3e-3"``), if recorded."""
+    return _module_string(module, OPTIMIZER)
+
+
+def compute_precision(module: ir.Module) -> str:
+    """A train step's compute dtype (``mtfc.precision``; f32 when absent)."""
+    return _module_string(module, PRECISION) or "f32"
+
+
+def model_name(module: ir.Module) -> str:
+    """The module's ``sym_name`` (the model's name), or ""."""
+    return _module_string(module, "sym_name") or ""
+
+
+def aliased_arguments(module: ir.Module) -> set[int]:
+    """Indices of @main's arguments that carry ``tf.aliasing_output``."""
+    fn = entry_function(module)
+    if "arg_attrs" not in fn.attributes:
+        return set()
+    return {i for i, a in enumerate(ir.ArrayAttr(fn.attributes["arg_attrs"])) if ALIAS in ir.DictAttr(a)}
+
+
 def body_ops(fn: ir.Operation) -> Iterator[ir.Operation]:
     """Ops directly in the body of `fn` (not nested in regions)."""
     for op in fn.regions[0].blocks[0].operations:

@@ -194,7 +194,7 @@ def test_written_files_get_the_users_umask(tmp_path, umask):
 
 
 def test_an_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
-    from mtfc.emit.text import write_bytes_atomic
+    from mtfc.files.atomic import write_bytes_atomic
 
     path = tmp_path / "f.bin"
     write_bytes_atomic(str(path), b"old")

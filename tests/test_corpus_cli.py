@@ -78,7 +78,8 @@ def test_module_given_to_compile(tmp_path, tiny_modules, name):
         module.write_bytes(forward.read_bytes())
     else:  # bytecode under any name
         from mtfc import ir as mir
-        from mtfc.emit.artifact import read_module, write_module
+        from mtfc.emit.artifact import write_module
+        from mtfc.files.modules import read_module
 
         write_module(read_module(str(forward), mir.new_context()), str(tmp_path / "m.mlirbc"))
         os.rename(tmp_path / "m.mlirbc", module)

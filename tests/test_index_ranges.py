@@ -104,7 +104,7 @@ def test_train_step_ranges_only_on_inputs(tmp_path):
     from mtfc.cli import main
     from click.testing import CliRunner
 
-    from mtfc.emit.artifact import read_module
+    from mtfc.files.modules import read_module
 
     model = tmp_path / "tiny.py"
     model.write_text(TINY_MODEL)

@@ -220,7 +220,7 @@ def test_bf16_through_the_command_line(tmp_path):
     from click.testing import CliRunner
 
     from mtfc.cli import main
-    from mtfc.emit.artifact import read_module
+    from mtfc.files.modules import read_module
 
     module, log = tmp_path / "mlp.mlir", tmp_path / "log.jsonl"
     runner = CliRunner()

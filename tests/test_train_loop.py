@@ -27,12 +27,14 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.cli import main
-from mtfc.emit.artifact import read_module, write_module
+from mtfc.emit.artifact import write_module
+from mtfc.files.modules import read_module
 from mtfc.passes.manager import PIPELINES, run_passes
 from mtfc.runtime import checkpoint
 from mtfc.runtime.data import NpzBatches, TokenBatches, throughput_unit
 from mtfc.runtime.host_data import synthesize
-from mtfc.runtime.train_loop import Progress, StepRecord
+from mtfc.runtime.progress import Progress
+from mtfc.runtime.train_step import StepRecord
 
 F32 = jnp.float32
 
@@ -297,7 +299,7 @@ def test_loop_equals_the_step_run_in_plain_jax(modules, tmp_path, mode):
 
 
 def test_state_stays_on_device_and_is_donated(modules):
-    from mtfc.runtime.train_loop import TrainStep
+    from mtfc.runtime.train_step import TrainStep
 
     train = TrainStep(read_module(modules["gspmd"], mir.new_context()))
     state = train.initial_state(0)

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from mtfc import ir as mir
 from mtfc.cli import main
-from mtfc.emit.artifact import read_module
-from mtfc.runtime.train_loop import TrainStep
+from mtfc.files.modules import read_module
+from mtfc.runtime.train_step import TrainStep
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 MLP = os.path.join(EXAMPLES, "mlp.py")  # outputs y, probs (non-scalar), loss, accuracy (scalar)

@@ -70,7 +70,8 @@ def run_passes(
     dump_dir: str | None = None,
 ) -> ir.Module:
     """Run passes `names` over `module` in place; return it."""
-    from mtfc.emit.text import write_text_atomic, module_text
+    from mtfc.files.atomic import write_text_atomic
+    from mtfc.files.modules import module_text
 
     options = options or PassOptions()
     if dump_dir:

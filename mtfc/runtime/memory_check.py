@@ -23,7 +23,6 @@ then cuts it) share the host's available memory (``MemAvailable`` of
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 

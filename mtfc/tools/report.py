@@ -18,7 +18,7 @@ prints it as is) has:
   was compiled;
 * ``comparison`` (with ``compare=True``): the same global program through
   each partitioner -- mtfc explicit, shardy (when available), XLA GSPMD --
-  one row each with count and bus bytes per kind (`mtfc.emit.compare`).
+  one row each with count and bus bytes per kind (`mtfc.tools.compare`).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
             collectives = {"partitioner": "mtfc explicit" if kind == "explicit" else kind,
                            "source": "StableHLO", "error": None}
         elif kind == "gspmd" and xla:
-            from mtfc.emit.compare import xla_compile
+            from mtfc.tools.compare import xla_compile
 
             try:
                 compiled = xla_compile(module, backend=backend)
@@ -173,7 +173,7 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
             "comparison": None,
         }
     if compare:
-        from mtfc.emit.compare import compare_partitioners
+        from mtfc.tools.compare import compare_partitioners
 
         report["comparison"] = compare_partitioners(module, backend=backend)
     return report

@@ -1,4 +1,4 @@
-"""`mtfc run`: load a module, feed it, run it on its mesh, summarize, check."""
+"""`mtfc run` of a forward module: feed it, run it on its mesh, summarize, check."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from typing import Callable
 import numpy as np
 
 from mtfc import ir as mir
-from mtfc.emit.artifact import read_module
-from mtfc.emit.text import write_bytes_atomic
+from mtfc.files.modules import read_module
+from mtfc.files.atomic import write_bytes_atomic
 from mtfc.errors import MtfcError
 from mtfc.index_ranges import argument_ranges
 from mtfc.runtime import devices as rt_devices
 from mtfc.runtime.check import compare
 from mtfc.runtime.data import check_dtype, check_values
 from mtfc.runtime.execute import Program
+from mtfc.runtime.tables import table
 
 
 def load_inputs(path: str, program: Program, seed: int, ranges: dict | None = None) -> dict[str, np.ndarray]:
@@ -77,7 +78,7 @@ def run_command(
     for sig in program.results:
         value = result.outputs[sig.name]
         rows.append((sig.name, "[" + ",".join(sig.dims) + "]", "x".join(map(str, sig.shape)) or "scalar", sig.dtype, checksum(value)))
-    echo(_table(rows))
+    echo(table(rows))
     echo(f"compile {result.compile_seconds * 1e3:.1f} ms, step {result.step_seconds * 1e3:.3f} ms (median of {repeat})")
 
     ok = True
@@ -89,7 +90,7 @@ def run_command(
             rows.append((sig.name, f"{c.error:.3e}", f"{c.tolerance:.0e}", "ok" if c.ok else "MISMATCH"))
             ok &= c.ok
         echo("check against the unsharded run on 1 device:")
-        echo(_table(rows))
+        echo(table(rows))
         echo("check: " + ("passed" if ok else "FAILED"))
     if outputs_file:
         buffer = io.BytesIO()
@@ -97,10 +98,3 @@ def run_command(
         write_bytes_atomic(outputs_file, buffer.getvalue())
         echo(f"wrote {outputs_file}")
     return ok
-
-
-def _table(rows: list[tuple]) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

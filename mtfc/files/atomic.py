@@ -1,16 +1,13 @@
-"""Module text and atomic file writes (temporary name, then rename)."""
+"""Atomic file writes (a temporary name in the same folder, then a rename) and
+the check that an output path can be written.  Below `emit/` and `runtime/`:
+it imports nothing of mtfc but its errors."""
 
 from __future__ import annotations
 
 import os
 import secrets
 
-from jax.extend.mlir import ir
-
-
-def module_text(module: ir.Module, *, debug_info: bool = True) -> str:
-    """The module as MLIR text; with `debug_info`, locations (op names, model lines) too."""
-    return module.operation.get_asm(enable_debug_info=debug_info)
+from mtfc.errors import MtfcError
 
 
 def _create_temporary(folder: str, name: str) -> tuple[int, str]:
@@ -31,8 +28,6 @@ def check_writable(path: str) -> None:
     """Fail (an `MtfcError` naming `path`) when `path` cannot be written: it is
     a directory, or its folder exists and is not writable.  Commands call it
     before long work, so that a bad output path fails first and alone."""
-    from mtfc.errors import MtfcError
-
     if os.path.isdir(path):
         raise MtfcError(f"{path!r}: Is a directory")
     folder = os.path.dirname(os.path.abspath(path))

@@ -1,0 +1,1 @@
+"""Files: atomic writes and module reading, below `emit/` and `runtime/`."""

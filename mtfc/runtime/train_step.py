@@ -1,0 +1,186 @@
+"""One compiled train step and the state it carries from step to step.
+
+A module with ``mtfc.step = "train"`` is one step of training (docs/IR.md,
+"Train-step modules").  `TrainStep` pairs each ``parameter`` /
+``optimizer_state`` argument with the result of the same ``mtfc.name`` (the
+next step's argument), knows the loss and metric results, and launches the
+executable on a `TrainState` -- per-device buffers that never leave the
+devices; the module's ``tf.aliasing_output`` lets XLA reuse, and PJRT donate,
+them.  Initial state comes from each argument's ``mtfc.init`` (seeded by
+``(seed, mtfc.name)``, as a forward run synthesizes it) or from a checkpoint
+(`checkpoint.py`) on any layout.  The loop that drives it is `loop.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+from jax.extend.mlir import ir
+
+from mtfc import ir as mir
+from mtfc.errors import MtfcError
+from mtfc.runtime import checkpoint
+from mtfc.runtime.execute import Program
+from mtfc.runtime.host_data import gather_from_shards, shard_to_devices, synthesize
+
+
+def device_shards(host: np.ndarray, layout, devices: list) -> list:
+    """Per-device buffers (mesh order) of a host array cut by `layout`."""
+    return [jax.device_put(np.array(host[layout.shard_slices(d)], order="C"), dev) for d, dev in enumerate(devices)]
+
+
+def _scalar(shards: list, sig: mir.Signature, layout) -> float | list:
+    if not sig.shape:
+        return np.asarray(shards[0]).item()
+    return gather_from_shards(shards, layout, mir.numpy_dtype(sig.dtype)).tolist()
+
+
+@dataclass
+class StepRecord:
+    step: int  # steps completed after this one (1-based over the whole run)
+    loss: float
+    metrics: dict
+    seconds: float
+
+
+@dataclass
+class TrainState:
+    step: int  # steps completed
+    buffers: dict[str, list] = field(default_factory=dict)  # name -> per-device buffers (mesh order)
+
+
+class TrainStep:
+    """A compiled train-step module and the pairing of its state arguments and results."""
+
+    def __init__(self, module: ir.Module, *, backend: str = "cpu"):
+        if mir.step_kind(module) != "train":
+            raise MtfcError("this is not a train-step module (no mtfc.step = \"train\")")
+        kind = mir.partitioning(module)
+        self.module = module
+        self.program = Program(module, backend=backend, unsharded=kind == "none")
+        p = self.program
+        self.devices = p.devices
+        self.optimizer = mir.optimizer_spec(module)
+        self.model = mir.model_name(module)
+        results = {r.name: (k, r) for k, r in enumerate(p.results)}
+        self.state: list[tuple[int, int, mir.Signature]] = []  # (arg index, result index, signature)
+        self.inputs: list[tuple[int, mir.Signature]] = []
+        for i, sig in enumerate(p.arguments):
+            if sig.role in mir.STATE_ROLES:
+                if sig.name not in results:
+                    raise MtfcError(
+                        f"train step: {sig.role} argument {sig.name!r} has no result of the same name to feed back"
+                    )
+                k, res = results[sig.name]
+                for what, a, b in (("role", sig.role, res.role), ("shape", sig.shape, res.shape),
+                                   ("dtype", sig.dtype, res.dtype), ("dims", sig.dims, res.dims)):
+                    if a != b:
+                        raise MtfcError(f"train step: argument {sig.name!r} has {what} {a}, its result has {b}")
+                self.state.append((i, k, sig))
+            elif sig.role == "input":
+                self.inputs.append((i, sig))
+            else:
+                raise MtfcError(f"train step: argument {sig.name!r} has role {sig.role!r}")
+        fed = {sig.name for _, _, sig in self.state}
+        for k, res in enumerate(p.results):
+            if res.role in mir.STATE_ROLES and res.name not in fed:
+                raise MtfcError(f"train step: {res.role} result {res.name!r} has no argument of the same name")
+        losses = [k for k, r in enumerate(p.results) if r.role == "loss"]
+        if len(losses) != 1:
+            raise MtfcError(f"train step: expected one result with role 'loss', found {len(losses)}")
+        self.loss_index = losses[0]
+        self.metrics = [(k, r) for k, r in enumerate(p.results) if r.role == "metric"]
+        aliased = mir.aliased_arguments(module)
+        self.donated = sum(1 for i, _, _ in self.state if i in aliased)
+        self.launched = False
+
+    @property
+    def state_signatures(self) -> list[mir.Signature]:
+        return [sig for _, _, sig in self.state]
+
+    @property
+    def input_signatures(self) -> list[mir.Signature]:
+        return [sig for _, sig in self.inputs]
+
+    def layout(self, arg_index: int):
+        return self.program.arg_layouts[arg_index]
+
+    # -- state ------------------------------------------------------------------------------
+
+    def initial_state(self, seed: int) -> TrainState:
+        state = TrainState(0)
+        for i, _, sig in self.state:
+            state.buffers[sig.name] = device_shards(synthesize(sig, seed), self.layout(i), self.devices)
+        return state
+
+    def restore(self, path: str) -> tuple[TrainState, dict]:
+        index = checkpoint.load_index(path)
+        checkpoint.check_matches(index, self.state_signatures, path)
+        state = TrainState(int(index["step"]))
+        for i, _, sig in self.state:
+            state.buffers[sig.name] = checkpoint.restore_to_devices(index, sig, self.layout(i), self.devices)
+        return state, index
+
+    def state_order(self, index: dict) -> list[tuple[int, int, mir.Signature]]:
+        """The state entries in the order of a checkpoint's arrays."""
+        by_name = {sig.name: entry for entry in self.state for sig in [entry[2]]}
+        return [by_name[a["name"]] for a in index["arrays"]]
+
+    def host_state(self, state: TrainState) -> dict[str, np.ndarray]:
+        """Gather the state to the host (for --check and --outputs; not used by the loop)."""
+        return {
+            sig.name: gather_from_shards(state.buffers[sig.name], self.layout(i), mir.numpy_dtype(sig.dtype))
+            for i, _, sig in self.state
+        }
+
+    def save(self, path: str, state: TrainState, meta: dict, **kwargs) -> None:
+        entries = [checkpoint.Entry(sig, self.layout(i), state.buffers[sig.name]) for i, _, sig in self.state]
+        mesh = self.program.mesh
+        layouts = getattr(self.program, "layouts", None)
+        info = {
+            "step": state.step, "model": self.model, "optimizer": self.optimizer,
+            "mesh": str(mesh), "layout": str(self.program.rules),
+            "param_layout": str(layouts.params) if layouts is not None else str(self.program.rules),
+            "partitioning": self.program.kind, **meta,
+        }
+        checkpoint.save(path, entries, info, **kwargs)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def device_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        out = {}
+        for i, sig in self.inputs:
+            host = np.asarray(batch[sig.name])
+            if tuple(host.shape) != sig.shape:
+                raise MtfcError(f"batch for input {sig.name!r} has shape {host.shape}, the module expects {sig.shape}")
+            want = np.dtype(mir.numpy_dtype(sig.dtype))
+            out[sig.name] = shard_to_devices(host if host.dtype == want else host.astype(want), self.layout(i), self.devices)
+        return out
+
+    def launch(self, state: TrainState, inputs: dict[str, jax.Array]) -> list[list]:
+        """Run one step; return every result's per-device buffers (not waited for)."""
+        args: list = [None] * len(self.program.arguments)
+        for i, _, sig in self.state:
+            args[i] = checkpoint.global_array(state.buffers[sig.name], self.layout(i), self.devices)
+        for i, sig in self.inputs:
+            args[i] = inputs[sig.name]
+        if not self.launched:  # later steps feed back what this executable returned
+            self.program.check_device_arguments(args)
+            self.launched = True
+        results = self.program.executable.execute_sharded(args)
+        del args  # donated buffers are dead now
+        return results.disassemble_into_single_device_arrays()
+
+    def advance(self, state: TrainState, outs: list[list]) -> None:
+        for _, k, sig in self.state:
+            state.buffers[sig.name] = outs[k]
+        state.step += 1
+
+    def read_scalars(self, outs: list[list]) -> tuple[float, dict]:
+        p = self.program
+        loss = float(np.asarray(outs[self.loss_index][0]).reshape(-1)[0]) if p.results[self.loss_index].shape == () \
+            else float(np.mean(gather_from_shards(outs[self.loss_index], p.res_layouts[self.loss_index], np.float64)))
+        metrics = {r.name: _scalar(outs[k], r, p.res_layouts[k]) for k, r in self.metrics}
+        return loss, metrics
