@@ -121,24 +121,8 @@ def train_command(
     echo(f"data: {batches.describe()}")
     echo(f"compile {p.compile_seconds * 1e3:.1f} ms")
 
-    if options.restore is not None:
-        state, index = train.restore(options.restore)
-        notes = []
-        here = [[list(axes) for axes in train.layout(i).axes] for i, _, _ in train.state_order(index)]
-        if index.get("mesh") != str(p.mesh) or [a["layout"] for a in index["arrays"]] != here:
-            notes.append(f"saved on mesh {index.get('mesh') or '(one device)'}, "
-                         f"layout {index.get('layout') or '(replicated)'}"
-                         + (f", parameter layout {index['param_layout']}"
-                            if index.get("param_layout") not in (None, index.get("layout")) else "")
-                         + "; resharded")
-        if index.get("seed") is not None and index.get("seed") != seed:
-            notes.append(f"it was trained with --seed {index['seed']}, continuing with --seed {seed}")
-        echo(f"restored step {state.step} from {options.restore}" + (f" ({'; '.join(notes)})" if notes else ""))
-        if "data" in index and not same_source(index["data"], batches.info()):
-            warn(f"{options.restore} was trained on {describe_info(index['data'])}; "
-                  f"this run reads {describe_info(batches.info())}")
-    else:
-        state = train.initial_state(seed)
+    state = (_restore(train, options.restore, seed, batches, echo) if options.restore is not None
+             else train.initial_state(seed))
 
     if check and not _check_first_step(train, state, batches, backend, echo):
         return False
@@ -182,6 +166,27 @@ def train_command(
         write_bytes_atomic(outputs_file, buffer.getvalue())
         echo(f"wrote {outputs_file}")
     return True
+
+
+def _restore(train: TrainStep, path: str, seed: int, batches: Batches, echo: Callable[[str], None]) -> TrainState:
+    """The state saved in `path`, with a line saying what was restored and what
+    differs from the checkpoint's run (mesh or layout: resharded; seed; data)."""
+    state, index = train.restore(path)
+    notes = []
+    here = [[list(axes) for axes in train.layout(i).axes] for i, _, _ in train.state_order(index)]
+    if index.get("mesh") != str(train.program.mesh) or [a["layout"] for a in index["arrays"]] != here:
+        notes.append(f"saved on mesh {index.get('mesh') or '(one device)'}, "
+                     f"layout {index.get('layout') or '(replicated)'}"
+                     + (f", parameter layout {index['param_layout']}"
+                        if index.get("param_layout") not in (None, index.get("layout")) else "")
+                     + "; resharded")
+    if index.get("seed") is not None and index.get("seed") != seed:
+        notes.append(f"it was trained with --seed {index['seed']}, continuing with --seed {seed}")
+    echo(f"restored step {state.step} from {path}" + (f" ({'; '.join(notes)})" if notes else ""))
+    if "data" in index and not same_source(index["data"], batches.info()):
+        warn(f"{path} was trained on {describe_info(index['data'])}; "
+              f"this run reads {describe_info(batches.info())}")
+    return state
 
 
 def _interrupted_message(step: int, options: TrainOptions, last_saved: int | None, start_step: int) -> str:
