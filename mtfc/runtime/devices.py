@@ -90,7 +90,16 @@ def ensure_cpu_devices(count: int) -> None:
 
 
 def devices(backend: str, count: int) -> list:
-    """The first `count` devices of `backend`."""
+    """The `count` devices of the mesh, in mesh order.
+
+    One process: the first `count` devices of `backend`.  Several processes
+    (`mtfc.runtime.distributed`): every device of the job, which must be
+    exactly `count`, in *process-major* order -- process 0's devices, then
+    process 1's, ..., each process's by device id (sorted by
+    ``(process_index, id)``).  Mesh device ``d`` is entry ``d``: the mesh's
+    first axes span the processes, its last ones stay inside a process.
+    Device ids are not positions (on CPU process 1's ids start at 2048):
+    device assignments are built from ``[d.id for d in devices]``."""
     if backend not in BACKENDS:
         raise MtfcError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if backend == "cpu":
@@ -100,12 +109,29 @@ def devices(backend: str, count: int) -> list:
     except Exception as e:
         raise MtfcError(f"backend {backend!r} is not available here: {str(e).splitlines()[0]}") from None
     found = client.devices()
+    if len(client.local_devices()) < len(found):  # a multi-process job
+        ordered = sorted(found, key=lambda d: (d.process_index, d.id))
+        if count == 1:  # an unsharded program (--check): process 0's first device
+            return ordered[:1]
+        if len(ordered) != count:
+            raise MtfcError(f"the mesh needs {count} devices but the job's processes have {len(ordered)} "
+                            f"({len(client.local_devices())} here)")
+        return ordered
     if len(found) < count:
         raise MtfcError(
             f"the mesh needs {count} devices but backend {backend!r} has {len(found)}"
             + (" (the CPU backend was created before mtfc could ask for more)" if backend == "cpu" else "")
         )
     return list(found[:count])
+
+
+def addressable(devices: list) -> list[tuple[int, object]]:
+    """(mesh position, device) of the devices in `devices` that this process
+    drives (all of them in a single-process run)."""
+    if not devices:
+        return []
+    here = devices[0].client.process_index()
+    return [(d, dev) for d, dev in enumerate(devices) if dev.process_index == here]
 
 
 def client_of(device):

@@ -32,7 +32,8 @@ from mtfc.mesh import LayoutRules, Mesh
 from mtfc.passes.comm_analysis import element_bytes
 from mtfc.runtime import devices as rt_devices
 from mtfc.runtime import memory_check
-from mtfc.runtime.host_data import gather_from_shards, shard_to_devices, synthesize
+from mtfc.runtime.host_data import all_shards, gather_from_shards, shard_to_devices, synthesize
+from mtfc.runtime.sources import as_source
 
 
 @dataclass
@@ -48,34 +49,38 @@ def strip_shardings(module: ir.Module) -> ir.Module:
     return ir.Module.parse(text, module.context)
 
 
-def compile_options(kind: str, num_devices: int, xla_options: dict | None = None) -> xla_client.CompileOptions:
-    """PJRT compile options for a module of partitioning `kind` on `num_devices`;
-    `xla_options` (e.g. ``{"xla_cpu_multi_thread_eigen": False}``) override
-    XLA's debug options for this executable only."""
+def compile_options(kind: str, devices, xla_options: dict | None = None) -> xla_client.CompileOptions:
+    """PJRT compile options for a module of partitioning `kind` on `devices`
+    (the mesh's devices in mesh order, or their number for devices with ids
+    0..n-1); `xla_options` (e.g. ``{"xla_cpu_multi_thread_eigen": False}``)
+    override XLA's debug options for this executable only.
+
+    The device assignment lists the devices' ids in mesh order (ids are not
+    positions: on CPU a second process's devices start at 2048), so replica
+    and partition ids are mesh positions in every process."""
+    ids = np.arange(devices) if isinstance(devices, int) else np.array([d.id for d in devices])
+    num_devices = len(ids)
     options = xla_client.CompileOptions()
     if xla_options:
         options.env_option_overrides = list(xla_options.items())
     build = options.executable_build_options
-    if kind == "gspmd":
+    if kind in ("gspmd", "shardy"):
+        # shardy: a manual (per-device) program; XLA's partitioner leaves it
+        # as it is.  `{manual}` is an mhlo.sharding, so the GSPMD path reads it.
         build.num_replicas, build.num_partitions = 1, num_devices
         build.use_spmd_partitioning = True
         build.use_shardy_partitioner = False
-        assignment = np.arange(num_devices).reshape(1, num_devices)
-    elif kind == "shardy":
-        # Manual (per-device) program: XLA's partitioner leaves it as it is.
-        # `{manual}` is an mhlo.sharding, so the GSPMD path reads it.
-        build.num_replicas, build.num_partitions = 1, num_devices
-        build.use_spmd_partitioning = True
-        build.use_shardy_partitioner = False
-        assignment = np.arange(num_devices).reshape(1, num_devices)
+        assignment = ids.reshape(1, num_devices)
     elif kind == "explicit":
+        # N replicas of one partition, over a global device assignment (as
+        # pmap does), in one process or many (docs/IR.md, "Explicit mode").
         build.num_replicas, build.num_partitions = num_devices, 1
         build.use_spmd_partitioning = False
-        assignment = np.arange(num_devices).reshape(num_devices, 1)
+        assignment = ids.reshape(num_devices, 1)
     else:
         assert num_devices == 1, "an unpartitioned module runs on one device"
         build.num_replicas, build.num_partitions = 1, 1
-        assignment = np.zeros((1, 1), dtype=np.int64)
+        assignment = ids.reshape(1, 1)
     build.device_assignment = xla_client.DeviceAssignment.create(assignment)
     return options
 
@@ -128,19 +133,24 @@ class Program:
         self.mesh = mesh
         self.layouts = mir.module_layouts(module) if kind != "none" else mir.Layouts(Mesh(()), LayoutRules(), LayoutRules())
         self.rules = self.layouts.activations
-        self.devices = rt_devices.devices(backend, mesh.size)
+        self.devices = rt_devices.devices(backend, mesh.size)  # the mesh, process-major (devices.py)
+        self.local = rt_devices.addressable(self.devices)  # (mesh position, device) this process drives
+        if not self.local:
+            raise MtfcError(f"{'the unsharded program' if unsharded else 'the program'} has no device in this "
+                            f"process (the unsharded program runs on process 0)")
         self.arg_layouts = [self.layouts.of_signature(s) for s in self.arguments]
         self.res_layouts = [self.layouts.of_signature(s) for s in self.results]
         self.program_shapes = program_argument_shapes(module, kind, self.arguments)
         what = "the unsharded program" if unsharded else f"the {kind} program"
         needs = self.memory_needs(fn)
-        memory_check.check_arrays(needs, self.devices, what=what)
+        local = [dev for _, dev in self.local]  # each process checks the memory of its own devices
+        memory_check.check_arrays(needs, local, what=what)
         text = mir.strip_partitioning_text(module) if kind == "none" else mir.program_text(module)
         client = self.devices[0].client
         start = time.perf_counter()
         try:
             self.executable = client.compile_and_load(
-                text, xla_client.DeviceList(tuple(self.devices)), compile_options(kind, mesh.size, xla_options)
+                text, xla_client.DeviceList(tuple(self.devices)), compile_options(kind, self.devices, xla_options)
             )
         except Exception as e:
             raise MtfcError(f"XLA could not compile the module: {str(e).strip().splitlines()[0]}") from None
@@ -150,7 +160,7 @@ class Program:
         except Exception:  # a backend without memory statistics
             stats = None
         if stats is not None:
-            memory_check.check_compiled(stats, needs, self.devices, what=what)
+            memory_check.check_compiled(stats, needs, local, what=what)
 
     def memory_needs(self, fn: ir.Operation) -> list[memory_check.ArrayNeed]:
         """Each argument's and each result's bytes on one device and whole;
@@ -196,39 +206,51 @@ class Program:
     def synthesize_inputs(self, seed: int) -> dict[str, np.ndarray]:
         return {s.name: synthesize(s, seed) for s in self.arguments}
 
-    def run(self, inputs: dict[str, np.ndarray], *, repeat: int = 1) -> RunResult:
-        """Shard `inputs` (name -> global host array), run `repeat` times, gather outputs."""
+    def feed(self, inputs: dict) -> list:
+        """The argument arrays from `inputs` (name -> global ndarray or
+        `HostSource`): this process's shards only, converted to each
+        argument's dtype."""
         missing = [s.name for s in self.arguments if s.name not in inputs]
         if missing:
             raise MtfcError(f"no data for argument(s) {', '.join(missing)}")
-        hosts = []
+        sources = []
         for sig in self.arguments:
-            host = np.asarray(inputs[sig.name])
-            expected = mir.numpy_dtype(sig.dtype)
-            if host.dtype != np.dtype(expected):
-                host = host.astype(expected)
-            if tuple(host.shape) != sig.shape:
-                raise MtfcError(f"input {sig.name!r} has shape {host.shape}, the module expects {sig.shape}")
-            hosts.append(host)
+            source = as_source(inputs[sig.name])
+            if tuple(source.shape) != sig.shape:
+                raise MtfcError(f"input {sig.name!r} has shape {tuple(source.shape)}, the module expects {sig.shape}")
+            sources.append(source)
+        return [shard_to_devices(source, layout, self.devices, mir.numpy_dtype(sig.dtype))
+                for sig, source, layout in zip(self.arguments, sources, self.arg_layouts)]
 
-        def device_args():
-            return [shard_to_devices(h, layout, self.devices) for h, layout in zip(hosts, self.arg_layouts)]
+    def gather(self, per_output: list[list]) -> dict[str, np.ndarray]:
+        """The global outputs from each output's local shards (mesh order),
+        on every process (a collective in a multi-process run)."""
+        everything = all_shards(per_output, self.devices)
+        return {sig.name: gather_from_shards(shards, layout, mir.numpy_dtype(sig.dtype))
+                for sig, layout, shards in zip(self.results, self.res_layouts, everything)}
 
-        args = device_args()
+    def local_outputs(self, results) -> list[list]:
+        """Each output's shards on this process's devices, in mesh order, from
+        what ``execute_sharded`` returned."""
+        position = {dev.id: d for d, dev in enumerate(self.devices)}
+        return [sorted(shards, key=lambda a: position[next(iter(a.devices())).id])
+                for shards in results.disassemble_into_single_device_arrays()]
+
+    def run(self, inputs: dict, *, repeat: int = 1) -> RunResult:
+        """Feed `inputs` (name -> global ndarray or `HostSource`; each process
+        builds only its own devices' shards), run `repeat` times, gather the
+        outputs (all processes of a job call this together)."""
+        args = self.feed(inputs)
         self.check_device_arguments(args)
         times = []
         for i in range(max(repeat, 1)):
             if i and self.donates:
-                args = device_args()  # the previous run donated (reused) these buffers
+                args = self.feed(inputs)  # the previous run donated (reused) these buffers
             start = time.perf_counter()
             results = self.executable.execute_sharded(args)
-            per_output = results.disassemble_into_single_device_arrays()
+            per_output = self.local_outputs(results)
             for shards in per_output:
                 for shard in shards:
                     shard.block_until_ready()
             times.append(time.perf_counter() - start)
-        outputs = {
-            sig.name: gather_from_shards(shards, layout, mir.numpy_dtype(sig.dtype))
-            for sig, layout, shards in zip(self.results, self.res_layouts, per_output)
-        }
-        return RunResult(outputs, self.compile_seconds, float(np.median(times)))
+        return RunResult(self.gather(per_output), self.compile_seconds, float(np.median(times)))

@@ -1,5 +1,11 @@
 """Host arrays <-> per-device shards, by mtfc tensor layouts (our own slicing),
-and synthetic data from initializer strings."""
+and synthetic data from initializer strings.
+
+Feeding: each process builds only the shards of the devices it drives
+(`shard_to_devices`).  Reading back: each process holds only its devices'
+output shards; `all_shards` exchanges them so that every process (process
+0 prints, checks and writes) can reassemble the global outputs with
+`gather_from_shards`, which checks that replicas agree bit for bit."""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from mtfc import initializers
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import TensorLayout
+from mtfc.runtime.devices import addressable
+from mtfc.runtime.sources import as_source
 
 
 def jax_sharding(layout: TensorLayout, devices: list):
@@ -26,13 +34,62 @@ def jax_sharding(layout: TensorLayout, devices: list):
     return NamedSharding(jmesh, spec)
 
 
-def shard_to_devices(array: np.ndarray, layout: TensorLayout, devices: list) -> jax.Array:
-    """Cut `array` into the shards `layout` assigns and place each on its device."""
-    if tuple(array.shape) != tuple(layout.sizes):
-        raise MtfcError(f"array of shape {array.shape} does not match dims {list(layout.dims)} of sizes {layout.sizes}")
-    # np.array, not np.ascontiguousarray: the latter turns a rank-0 array into shape (1,).
-    shards = [jax.device_put(np.array(array[layout.shard_slices(d)], order="C"), dev) for d, dev in enumerate(devices)]
-    return jax.make_array_from_single_device_arrays(array.shape, jax_sharding(layout, devices), shards)
+def shard_to_devices(data, layout: TensorLayout, devices: list, dtype=None) -> jax.Array:
+    """The global array `data` (an ndarray or a `HostSource`) cut into the
+    shards `layout` assigns to `devices` (the mesh, in mesh order).  Only the
+    devices this process drives get a shard, and the source is asked only
+    for their blocks (each distinct block once); in a multi-process run the
+    result is a global array whose other shards live in the other processes.
+    `dtype`: convert each block to it."""
+    source = as_source(data)
+    if tuple(source.shape) != tuple(layout.sizes):
+        raise MtfcError(f"array of shape {tuple(source.shape)} does not match dims {list(layout.dims)} "
+                        f"of sizes {layout.sizes}")
+    blocks: dict[tuple, np.ndarray] = {}
+    shards = []
+    for d, dev in addressable(devices):
+        index = layout.shard_slices(d)
+        key = tuple((s.start, s.stop) for s in index)
+        if key not in blocks:
+            block = source.block(index)
+            if dtype is not None and block.dtype != np.dtype(dtype):
+                block = block.astype(dtype)
+            blocks[key] = block
+        shards.append(jax.device_put(blocks[key], dev))
+    return jax.make_array_from_single_device_arrays(tuple(layout.sizes), jax_sharding(layout, devices), shards)
+
+
+def local_shards(array: jax.Array, devices: list) -> list:
+    """The shards of `array` on this process's devices, in mesh order."""
+    position = {dev.id: d for d, dev in enumerate(devices)}
+    return sorted((s.data for s in array.addressable_shards), key=lambda a: position[next(iter(a.devices())).id])
+
+
+def all_shards(per_output: list[list], devices: list) -> list[list[np.ndarray]]:
+    """Every device's shard of each output, in mesh order, on every process.
+
+    `per_output` holds, for each output, this process's shards in mesh order
+    (`local_shards`, or what ``disassemble_into_single_device_arrays``
+    returns, sorted).  One process: they are all there already.  Several:
+    each process's stack of shards is exchanged with
+    ``jax.experimental.multihost_utils.process_allgather`` (jax's own
+    engine: one collective for all outputs), which works because the mesh
+    is process-major -- process p's k-th device is mesh device ``p * K + k``.
+    A collective when `devices` span processes: every process calls it with
+    outputs of the same shapes."""
+    from jax.experimental import multihost_utils
+
+    hosts = [[np.asarray(s) for s in shards] for shards in per_output]
+    if len(addressable(devices)) == len(devices):  # one process, or a program on process 0's devices only
+        return hosts
+    stacked = [np.stack(shards) for shards in hosts]
+    gathered = multihost_utils.process_allgather(stacked, tiled=False)  # each (N, K, *local)
+    out = []
+    for g in gathered:
+        g = np.asarray(g)
+        out.append([g[p, k] for p in range(g.shape[0]) for k in range(g.shape[1])])
+    assert all(len(shards) == len(devices) for shards in out), "every device's shard gathered"
+    return out
 
 
 def gather_from_shards(shards: list, layout: TensorLayout, dtype) -> np.ndarray:
