@@ -253,17 +253,35 @@ def inspect(module_file, as_json, compare, no_xla, backend):
 @click.option("--save-every", default=None, type=int, help="Train-step modules: also save every K steps.")
 @click.option("--restore", default=None, help="Train-step modules: start from the checkpoint in DIR.")
 @click.option("--log", "log_file", default=None, help="Train-step modules: per-step JSON lines to FILE.")
+@click.option("--coordinator", default=None, metavar="HOST:PORT",
+              help="Run as one process of a job: process 0's address, where it listens (with --num-processes and "
+              "--process-id; default: $MTFC_COORDINATOR, else a detected SLURM/Open MPI job, else one process).")
+@click.option("--num-processes", default=None, type=int, metavar="N", help="The job's number of processes.")
+@click.option("--process-id", default=None, type=int, metavar="I", help="This process's id, 0 to N-1 (0 prints).")
+@click.option("--local-devices", default=None, type=int, metavar="K",
+              help="CPU: virtual devices per process (N x K must be the mesh; default: mesh size / N).")
+@click.option("--initialization-timeout", default=None, type=int, metavar="S",
+              help="Seconds for every process to join the job (default 60).")
+@click.option("--heartbeat-timeout", default=None, type=int, metavar="S",
+              help="Seconds without a heartbeat before a process counts as lost (default 30).")
+@click.option("--collective-timeout", default=None, type=int, metavar="S",
+              help="Seconds one cross-process collective or barrier may wait for the others (default 30).")
 @_handle_errors
 def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat,
-        steps, data, save, save_every, restore, log_file):
+        steps, data, save, save_every, restore, log_file, coordinator, num_processes, process_id, local_devices,
+        initialization_timeout, heartbeat_timeout, collective_timeout):
     """Run a compiled module on a device mesh and summarize its outputs; run the
-    training loop of a train-step module."""
+    training loop of a train-step module.  Alone, or as one of N processes of
+    a job (jax.distributed; docs/runtime.md)."""
+    from mtfc.runtime.distributed import JobFlags
     from mtfc.runtime.run import run_or_train
     from mtfc.runtime.train import TrainOptions
 
+    job = JobFlags(coordinator, num_processes, process_id, local_devices, initialization_timeout,
+                   heartbeat_timeout, collective_timeout)
     ok = run_or_train(
         module_file, TrainOptions(steps, data, save, save_every, restore, log_file), backend=backend, seed=seed,
-        inputs_file=inputs_file, outputs_file=outputs_file, check=check, repeat=repeat, echo=click.echo,
+        inputs_file=inputs_file, outputs_file=outputs_file, check=check, repeat=repeat, echo=click.echo, job=job,
     )
     if not ok:
         sys.exit(1)

@@ -25,9 +25,20 @@ class Interrupted(MtfcError):
     exit_code = 130
 
 
+_show_warnings = True
+
+
+def show_warnings(on: bool) -> None:
+    """Turn `warn` on or off (off in the processes of a job other than process 0)."""
+    global _show_warnings
+    _show_warnings = on
+
+
 def warn(message: str) -> None:
     """A warning for the user: one line ``warning: MESSAGE`` on stderr (a
     configuration mtfc will not silently ignore, or a choice it made)."""
     import sys
 
+    if not _show_warnings:
+        return
     print(f"warning: {message}", file=sys.stderr, flush=True)

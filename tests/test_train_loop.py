@@ -307,10 +307,12 @@ def test_state_stays_on_device_and_is_donated(modules):
     outs = train.launch(state, train.device_inputs({"x": np.ones((B, DI), np.float32),
                                                     "y": np.zeros((B, DO), np.float32)}))
     train.advance(state, outs)
-    assert all(b.is_deleted() for shards in before.values() for b in shards)  # donated to XLA
-    for name, shards in state.buffers.items():  # new state: per-device buffers on the mesh's devices
+    assert all(b.is_deleted() for b in before.values())  # donated to XLA
+    for name, array in state.buffers.items():  # new state: global arrays over the mesh's devices, in mesh order
+        shards = [s.data for s in sorted(array.addressable_shards, key=lambda s: train.devices.index(s.device))]
         assert [next(iter(s.devices())) for s in shards] == train.devices
-        assert all(isinstance(s, jax.Array) and not s.is_deleted() for s in shards)
+        assert isinstance(array, jax.Array) and not array.is_deleted()
+        assert array.sharding.mesh.devices.flatten().tolist() == train.devices
 
 
 # -- checkpoints -------------------------------------------------------------------------------------

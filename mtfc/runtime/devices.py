@@ -79,8 +79,14 @@ def runtime_config() -> dict:
 
 
 def ensure_cpu_devices(count: int) -> None:
-    """Ask for at least `count` virtual CPU devices (before the backend exists)."""
+    """Ask for at least `count` virtual CPU devices (before the backend exists).
+    In a multi-process job the count per process was set when joining
+    (`mtfc.runtime.distributed.join`) and is left alone."""
     configure_cpu_allocator()
+    from jax._src import distributed as jax_distributed
+
+    if jax_distributed.global_state.client is not None:
+        return
     try:
         current = jax.config.jax_num_cpu_devices
         if current is None or current < count:

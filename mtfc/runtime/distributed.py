@@ -489,3 +489,14 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MtfcError(f"process {job.process_id}: the other processes did not reach {name!r} within "
                         f"{seconds:g} s ({first})") from None
+
+
+def primary_says(value: bool) -> bool:
+    """Process 0's `value`, in every process (the others' `value` is ignored):
+    how the job agrees on what process 0 alone decided, e.g. a ``--check``."""
+    if not _current.is_multi_process:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(value)), is_source=is_primary()))

@@ -14,6 +14,15 @@ module is partitioned (``mtfc.partitioning``):
   arguments and results, collectives with channels and global device ids),
   run as partitions (``num_partitions`` = mesh size, SPMD partitioning on, so
   XLA accepts the manual program as it is).
+
+Across processes (`mtfc.runtime.distributed`) nothing changes in the
+program: every process compiles the same text for the whole mesh (the
+device assignment lists the global devices' ids in mesh order,
+process-major), feeds only its own devices' shards (`Program.feed`), runs
+``execute_sharded`` together with the others, and gets back its own
+devices' output shards, which `Program.gather` exchanges (jax's
+``process_allgather``) so that every process can reassemble the outputs;
+process 0 is the one that prints and writes them.
 """
 
 from __future__ import annotations
@@ -135,6 +144,7 @@ class Program:
         self.rules = self.layouts.activations
         self.devices = rt_devices.devices(backend, mesh.size)  # the mesh, process-major (devices.py)
         self.local = rt_devices.addressable(self.devices)  # (mesh position, device) this process drives
+        self.spans_processes = len(self.local) < len(self.devices)
         if not self.local:
             raise MtfcError(f"{'the unsharded program' if unsharded else 'the program'} has no device in this "
                             f"process (the unsharded program runs on process 0)")

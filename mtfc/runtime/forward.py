@@ -1,4 +1,9 @@
-"""`mtfc run` of a forward module: feed it, run it on its mesh, summarize, check."""
+"""`mtfc run` of a forward module: feed it, run it on its mesh, summarize, check.
+
+In a multi-process job every process feeds its own devices' shards and runs
+the program; the outputs are gathered, and process 0 alone prints the
+summary, runs the ``--check`` reference (the unsharded program on its first
+device) and writes ``--outputs``."""
 
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ from mtfc.files.atomic import write_bytes_atomic
 from mtfc.errors import MtfcError
 from mtfc.index_ranges import argument_ranges
 from mtfc.runtime import devices as rt_devices
+from mtfc.runtime import distributed
 from mtfc.runtime.check import compare
 from mtfc.runtime.data import check_dtype, check_values
 from mtfc.runtime.execute import Program
+from mtfc.runtime.sources import as_source, materialize
 from mtfc.runtime.tables import table
 
 
@@ -71,7 +78,10 @@ def run_command(
               else program.synthesize_inputs(seed))
     result = program.run(inputs, repeat=repeat)
 
-    where = f"{mesh.size} {backend} device(s), mesh {mesh or '(none)'}" if kind != "none" else f"1 {backend} device"
+    job = distributed.current_job()
+    processes = f" in {job.num_processes} processes" if job.is_multi_process else ""
+    where = (f"{mesh.size} {backend} device(s){processes}, mesh {mesh or '(none)'}" if kind != "none"
+             else f"1 {backend} device")
     echo(f"module {module_file}: partitioning {kind}, {where}")
     echo(f"layout: {mir.module_layout(module) or '(replicated)'}")
     rows = [("output", "dims", "shape", "dtype", "checksum")]
@@ -81,9 +91,12 @@ def run_command(
     echo(table(rows))
     echo(f"compile {result.compile_seconds * 1e3:.1f} ms, step {result.step_seconds * 1e3:.3f} ms (median of {repeat})")
 
+    if not distributed.is_primary():
+        return True  # process 0 checks and writes
     ok = True
     if check:
-        reference = Program(module, backend=backend, unsharded=True).run(inputs, repeat=1)
+        whole = {name: materialize(as_source(value)) for name, value in inputs.items()}
+        reference = Program(module, backend=backend, unsharded=True).run(whole, repeat=1)
         rows = [("output", "max rel err", "tolerance", "status")]
         for sig in program.results:
             c = compare(sig.name, sig.dtype, result.outputs[sig.name], reference.outputs[sig.name])

@@ -1,12 +1,17 @@
-"""`mtfc run`: read and verify a module, then train it (a train-step module,
-`train.py`) or run it forward (`forward.py`)."""
+"""`mtfc run`: read and verify a module, join the job (one process, or one
+of several: `distributed.py`), then train it (a train-step module,
+`train.py`) or run it forward (`forward.py`).  In a multi-process job only
+process 0 prints (and writes ``--outputs`` and ``--log``); the others print
+nothing but errors."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 from mtfc import ir as mir
+from mtfc import errors
 from mtfc.errors import MtfcError
+from mtfc.runtime import distributed
 from mtfc.files.modules import read_module
 from mtfc.passes.verify_names import verify_module
 from mtfc.runtime.forward import run_command
@@ -16,25 +21,48 @@ DEFAULT_REPEAT = 3  # timed executions of a forward run
 
 
 def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed: int, inputs_file, outputs_file,
-                 check: bool, repeat: int | None, echo: Callable[[str], None]) -> bool:
-    """`mtfc run`: the training loop for a train-step module, the forward run otherwise."""
+                 check: bool, repeat: int | None, echo: Callable[[str], None],
+                 job: distributed.JobFlags | None = None) -> bool:
+    """`mtfc run`: the training loop for a train-step module, the forward run
+    otherwise; `job`: the ``--coordinator`` ... flags (`distributed.resolve_job`)."""
+    found = distributed.resolve_job(job)  # bad job flags or MTFC_* variables fail first
     context = mir.new_context()
     module = read_module(module_file, context)
     verify_module(module, source=module_file)  # nothing runs a module that breaks the IR contract
     kind = mir.step_kind(module)
-    if kind == "train":
-        if repeat is not None:
-            raise MtfcError(f"--repeat is for forward modules; {module_file} is a train-step module (use --steps)")
-        return train_command(module, module_file, options, backend=backend, seed=seed, outputs_file=outputs_file,
-                             inputs_file=inputs_file, check=check, echo=echo)
-    if kind is not None:
+    if kind == "train" and repeat is not None:
+        raise MtfcError(f"--repeat is for forward modules; {module_file} is a train-step module (use --steps)")
+    if kind not in (None, "train"):
         raise MtfcError(f"{module_file}: unknown mtfc.step {kind!r} (the runner knows \"train\")")
     given = options.given()
-    if given:
+    if kind is None and given:
         raise MtfcError(
             f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} a train-step module "
             f"(mtfc.step = \"train\"); "
             f"{module_file} is a forward module"
         )
+    join_job(found, module, module_file, backend)
+    if not distributed.is_primary():
+        echo = _quiet
+        errors.show_warnings(False)
+    if kind == "train":
+        return train_command(module, module_file, options, backend=backend, seed=seed, outputs_file=outputs_file,
+                             inputs_file=inputs_file, check=check, echo=echo)
     return run_command(module_file, backend=backend, seed=seed, inputs_file=inputs_file, outputs_file=outputs_file,
                        check=check, repeat=DEFAULT_REPEAT if repeat is None else repeat, echo=echo, module=module)
+
+
+def _quiet(line: str) -> None:
+    """A process other than 0 prints nothing but errors."""
+
+
+def join_job(job: distributed.Job, module, module_file: str, backend: str) -> None:
+    """Join `job` with as many devices per process as `module`'s mesh needs."""
+    if mir.partitioning(module) == "none":
+        if job.is_multi_process:
+            raise MtfcError(f"{module_file} is a global module (partitioning none) for one device; it cannot run "
+                            f"across {job.num_processes} processes (compile it with a mesh and --mode)")
+        size = 1
+    else:
+        size = max(mir.module_mesh(module).size, 1)
+    distributed.join(job, backend=backend, local_devices=distributed.check_mesh(job, size, backend))

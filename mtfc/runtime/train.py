@@ -28,7 +28,8 @@ from mtfc.runtime import devices as rt_devices
 from mtfc.runtime.check import compare
 from mtfc.runtime.data import Batches, describe_info, open_batches, same_source, throughput_unit
 from mtfc.runtime.execute import Program
-from mtfc.runtime.host_data import gather_from_shards
+from mtfc.runtime import distributed
+from mtfc.runtime.sources import as_source, materialize
 from mtfc.runtime.loop import FiniteLossHook, Hook, LogHook, ProgressHook, SaveHook, run_loop
 from mtfc.runtime.progress import Progress, metric_text
 from mtfc.runtime.tables import table
@@ -54,10 +55,14 @@ class TrainOptions:
 
 def _check_first_step(train: TrainStep, state: TrainState, batches: Batches, backend: str,
                       echo: Callable[[str], None]) -> bool:
-    """The first step sharded vs the unsharded program on one device, from the same state and batch."""
+    """The first step sharded vs the unsharded program on one device, from the
+    same state and batch.  In a multi-process job every process runs the
+    sharded step; process 0 runs the reference and tells the others the verdict."""
     inputs = train.host_state(state)
-    inputs.update(batches.batch(state.step))
+    inputs.update({name: materialize(as_source(value)) for name, value in batches.batch(state.step).items()})
     sharded = train.program.run(inputs, repeat=1).outputs
+    if not distributed.is_primary():
+        return distributed.primary_says(False)
     reference = Program(train.module, backend=backend, unsharded=True).run(inputs, repeat=1).outputs
     rows = [("output", "max rel err", "tolerance", "status")]
     ok = True
@@ -72,7 +77,7 @@ def _check_first_step(train: TrainStep, state: TrainState, batches: Batches, bac
     echo(f"check step {state.step + 1} against the unsharded run on 1 device:")
     echo(table(rows))
     echo("check: " + ("passed" if ok else "FAILED (not training)"))
-    return ok
+    return distributed.primary_says(ok)
 
 
 def train_command(
@@ -110,7 +115,10 @@ def train_command(
     train = TrainStep(module, backend=backend)
     p = train.program
 
-    where = (f"{p.mesh.size} {backend} device(s), mesh {p.mesh}" if p.kind != "none" else f"1 {backend} device")
+    job = distributed.current_job()
+    processes = f" in {job.num_processes} processes" if job.is_multi_process else ""
+    where = (f"{p.mesh.size} {backend} device(s){processes}, mesh {p.mesh}" if p.kind != "none"
+             else f"1 {backend} device")
     echo(f"module {module_file}: train step ({train.optimizer or 'optimizer not named'}), "
          f"partitioning {p.kind}, {where}")
     params = [s for s in train.state_signatures if s.role == "parameter"]
@@ -130,9 +138,11 @@ def train_command(
     meta = {"seed": seed, "data": batches.info()}
     saver = Saver(train, options, meta)
     progress = Progress(steps, echo, stream=progress_stream)
-    hooks: list[Hook] = [ProgressHook(progress)]
-    if options.log:
-        hooks.append(LogHook(options.log))
+    hooks: list[Hook] = []
+    if distributed.is_primary():  # every process runs every step; process 0 shows and logs them
+        hooks.append(ProgressHook(progress))
+        if options.log:
+            hooks.append(LogHook(options.log))
     hooks.append(FiniteLossHook(saver.kept, before=progress.close))
     if options.save_every:
         def save_now(state: TrainState) -> None:
@@ -156,11 +166,11 @@ def train_command(
         saver.save(state)
         echo(f"saved step {state.step} to {options.save}")
     if outputs_file:
-        values = train.host_state(state)
+        values = train.host_state(state)  # collective: every process gathers, process 0 writes
         if outs is not None:
-            for k, sig in enumerate(p.results):
-                if sig.role not in mir.STATE_ROLES:
-                    values[sig.name] = gather_from_shards(outs[k], p.res_layouts[k], mir.numpy_dtype(sig.dtype))
+            values.update(train.gather_outputs(outs))
+        if not distributed.is_primary():
+            return True
         buffer = io.BytesIO()
         np.savez(buffer, **values)
         write_bytes_atomic(outputs_file, buffer.getvalue())

@@ -4,9 +4,14 @@ A module with ``mtfc.step = "train"`` is one step of training (docs/IR.md,
 "Train-step modules").  `TrainStep` pairs each ``parameter`` /
 ``optimizer_state`` argument with the result of the same ``mtfc.name`` (the
 next step's argument), knows the loss and metric results, and launches the
-executable on a `TrainState` -- per-device buffers that never leave the
-devices; the module's ``tf.aliasing_output`` lets XLA reuse, and PJRT donate,
-them.  Initial state comes from each argument's ``mtfc.init`` (seeded by
+executable on a `TrainState` -- one global ``jax.Array`` per state array
+(sharded by the argument's layout over the mesh's devices,
+``host_data.jax_sharding``), whose buffers never leave the devices; the
+module's ``tf.aliasing_output`` lets XLA reuse, and PJRT donate, them.  In a
+multi-process job each process's arrays hold only its own devices' shards
+(``addressable_shards``), every process launches every step (lockstep), and
+the loss and metrics are gathered from every device, so that every process
+reads the same values (and stops at the same step).  Initial state comes from each argument's ``mtfc.init`` (seeded by
 ``(seed, mtfc.name)``, as a forward run synthesizes it) or from a checkpoint
 (`checkpoint.py`) on any layout.  The loop that drives it is `loop.py`.
 """
@@ -23,18 +28,8 @@ from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.runtime import checkpoint
 from mtfc.runtime.execute import Program
-from mtfc.runtime.host_data import gather_from_shards, shard_to_devices, synthesize
-
-
-def device_shards(host: np.ndarray, layout, devices: list) -> list:
-    """Per-device buffers (mesh order) of a host array cut by `layout`."""
-    return [jax.device_put(np.array(host[layout.shard_slices(d)], order="C"), dev) for d, dev in enumerate(devices)]
-
-
-def _scalar(shards: list, sig: mir.Signature, layout) -> float | list:
-    if not sig.shape:
-        return np.asarray(shards[0]).item()
-    return gather_from_shards(shards, layout, mir.numpy_dtype(sig.dtype)).tolist()
+from mtfc.runtime.host_data import all_shards, gather_from_shards, jax_sharding, local_shards, shard_to_devices, synthesize
+from mtfc.runtime.sources import as_source
 
 
 @dataclass
@@ -48,7 +43,8 @@ class StepRecord:
 @dataclass
 class TrainState:
     step: int  # steps completed
-    buffers: dict[str, list] = field(default_factory=dict)  # name -> per-device buffers (mesh order)
+    # name -> global jax.Array laid out by the argument's layout (this process's shards only)
+    buffers: dict[str, jax.Array] = field(default_factory=dict)
 
 
 class TrainStep:
@@ -112,7 +108,7 @@ class TrainStep:
     def initial_state(self, seed: int) -> TrainState:
         state = TrainState(0)
         for i, _, sig in self.state:
-            state.buffers[sig.name] = device_shards(synthesize(sig, seed), self.layout(i), self.devices)
+            state.buffers[sig.name] = shard_to_devices(as_source(synthesize(sig, seed)), self.layout(i), self.devices)
         return state
 
     def restore(self, path: str) -> tuple[TrainState, dict]:
@@ -120,7 +116,12 @@ class TrainStep:
         checkpoint.check_matches(index, self.state_signatures, path)
         state = TrainState(int(index["step"]))
         for i, _, sig in self.state:
-            state.buffers[sig.name] = checkpoint.restore_to_devices(index, sig, self.layout(i), self.devices)
+            if self.program.spans_processes:  # each process cuts its own shards from the saved array
+                state.buffers[sig.name] = shard_to_devices(checkpoint.read_global(index, sig.name), self.layout(i),
+                                                           self.devices)
+            else:
+                shards = checkpoint.restore_to_devices(index, sig, self.layout(i), self.devices)
+                state.buffers[sig.name] = checkpoint.global_array(shards, self.layout(i), self.devices)
         return state, index
 
     def state_order(self, index: dict) -> list[tuple[int, int, mir.Signature]]:
@@ -129,14 +130,16 @@ class TrainStep:
         return [by_name[a["name"]] for a in index["arrays"]]
 
     def host_state(self, state: TrainState) -> dict[str, np.ndarray]:
-        """Gather the state to the host (for --check and --outputs; not used by the loop)."""
-        return {
-            sig.name: gather_from_shards(state.buffers[sig.name], self.layout(i), mir.numpy_dtype(sig.dtype))
-            for i, _, sig in self.state
-        }
+        """Gather the state to the host, whole, in every process (for --check
+        and --outputs; not used by the loop; a collective in a multi-process job)."""
+        local = [local_shards(state.buffers[sig.name], self.devices) for _, _, sig in self.state]
+        everything = all_shards(local, self.devices)
+        return {sig.name: gather_from_shards(shards, self.layout(i), mir.numpy_dtype(sig.dtype))
+                for (i, _, sig), shards in zip(self.state, everything)}
 
     def save(self, path: str, state: TrainState, meta: dict, **kwargs) -> None:
-        entries = [checkpoint.Entry(sig, self.layout(i), state.buffers[sig.name]) for i, _, sig in self.state]
+        entries = [checkpoint.Entry(sig, self.layout(i), local_shards(state.buffers[sig.name], self.devices))
+                   for i, _, sig in self.state]
         mesh = self.program.mesh
         layouts = getattr(self.program, "layouts", None)
         info = {
@@ -149,21 +152,24 @@ class TrainStep:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def device_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    def device_inputs(self, batch: dict) -> dict[str, jax.Array]:
+        """A batch (input name -> global ndarray or `HostSource`) on the
+        devices: this process's shards only."""
         out = {}
         for i, sig in self.inputs:
-            host = np.asarray(batch[sig.name])
-            if tuple(host.shape) != sig.shape:
-                raise MtfcError(f"batch for input {sig.name!r} has shape {host.shape}, the module expects {sig.shape}")
-            want = np.dtype(mir.numpy_dtype(sig.dtype))
-            out[sig.name] = shard_to_devices(host if host.dtype == want else host.astype(want), self.layout(i), self.devices)
+            source = as_source(batch[sig.name])
+            if tuple(source.shape) != sig.shape:
+                raise MtfcError(f"batch for input {sig.name!r} has shape {tuple(source.shape)}, "
+                                f"the module expects {sig.shape}")
+            out[sig.name] = shard_to_devices(source, self.layout(i), self.devices, mir.numpy_dtype(sig.dtype))
         return out
 
     def launch(self, state: TrainState, inputs: dict[str, jax.Array]) -> list[list]:
-        """Run one step; return every result's per-device buffers (not waited for)."""
+        """Run one step; return every result's local buffers (this process's
+        devices, mesh order; not waited for)."""
         args: list = [None] * len(self.program.arguments)
         for i, _, sig in self.state:
-            args[i] = checkpoint.global_array(state.buffers[sig.name], self.layout(i), self.devices)
+            args[i] = state.buffers[sig.name]
         for i, sig in self.inputs:
             args[i] = inputs[sig.name]
         if not self.launched:  # later steps feed back what this executable returned
@@ -171,16 +177,33 @@ class TrainStep:
             self.launched = True
         results = self.program.executable.execute_sharded(args)
         del args  # donated buffers are dead now
-        return results.disassemble_into_single_device_arrays()
+        return self.program.local_outputs(results)
 
     def advance(self, state: TrainState, outs: list[list]) -> None:
-        for _, k, sig in self.state:
-            state.buffers[sig.name] = outs[k]
+        for i, k, sig in self.state:
+            layout = self.layout(i)
+            state.buffers[sig.name] = jax.make_array_from_single_device_arrays(
+                tuple(layout.sizes), jax_sharding(layout, self.devices), outs[k])
         state.step += 1
 
     def read_scalars(self, outs: list[list]) -> tuple[float, dict]:
+        """The loss and metrics of a step, from every device's shards (gathered
+        across processes: every process gets the same values; replicas must agree)."""
         p = self.program
-        loss = float(np.asarray(outs[self.loss_index][0]).reshape(-1)[0]) if p.results[self.loss_index].shape == () \
-            else float(np.mean(gather_from_shards(outs[self.loss_index], p.res_layouts[self.loss_index], np.float64)))
-        metrics = {r.name: _scalar(outs[k], r, p.res_layouts[k]) for k, r in self.metrics}
+        wanted = [self.loss_index] + [k for k, _ in self.metrics]
+        everything = all_shards([outs[k] for k in wanted], self.devices)
+        values = {k: gather_from_shards(shards, p.res_layouts[k], mir.numpy_dtype(p.results[k].dtype))
+                  for k, shards in zip(wanted, everything)}
+        loss = values[self.loss_index]
+        loss = float(loss) if loss.shape == () else float(np.mean(loss.astype(np.float64)))
+        metrics = {r.name: (values[k].item() if values[k].shape == () else values[k].tolist())
+                   for k, r in self.metrics}
         return loss, metrics
+
+    def gather_outputs(self, outs: list[list]) -> dict[str, np.ndarray]:
+        """Every result that is not state (loss, metrics), whole, in every process."""
+        p = self.program
+        wanted = [k for k, sig in enumerate(p.results) if sig.role not in mir.STATE_ROLES]
+        everything = all_shards([outs[k] for k in wanted], self.devices)
+        return {p.results[k].name: gather_from_shards(shards, p.res_layouts[k], mir.numpy_dtype(p.results[k].dtype))
+                for k, shards in zip(wanted, everything)}
