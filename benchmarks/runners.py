@@ -31,7 +31,7 @@ STATE_ROLES = ("parameter", "optimizer_state")
 def host_data(size: bm.Size, train: bool, seed: int = 0) -> dict[str, np.ndarray]:
     """Every argument's host array, synthesized by mtfc from its initializer
     (seeded by name, independent of the layout), without compiling anything."""
-    from mtfc.runtime.host_data import synthesize
+    from mtfc.runtime.synthetic import synthesize
 
     module = bm.compile_mtfc(size, bm.LAYOUTS["single"], "none", train=train)
     return {sig.name: synthesize(sig, seed) for sig in mir.arguments(module)}

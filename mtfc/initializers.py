@@ -1,4 +1,5 @@
-"""Initializer strings: how the runner synthesizes an argument's values.
+"""Initializer strings: how the runner synthesizes an argument's values
+(`mtfc/runtime/synthetic.py` draws them tile by tile).
 
 The one table of initializer kinds, read by the frontend (which writes them,
 `mtf.init`), `verify-names` (which checks them) and the runtime (which samples
@@ -50,9 +51,3 @@ def parse(text: str, what: str) -> tuple[str, list[float]]:
         raise MtfcError(f"{what}: initializer {text!r} takes {arity} finite number(s), e.g. "
                         f"'{kind}:{','.join(['1'] * arity)}'")
     return kind, args
-
-
-def sample(text: str | None, rng: np.random.Generator, shape: tuple, what: str) -> np.ndarray:
-    """Values of initializer `text` (None: the default) drawn from `rng`."""
-    kind, args = parse(text or DEFAULT, what)
-    return KINDS[kind][1](rng, shape, args)

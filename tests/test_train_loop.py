@@ -32,8 +32,9 @@ from mtfc.files.modules import read_module
 from mtfc.passes.manager import PIPELINES, run_passes
 from mtfc.runtime import checkpoint
 from mtfc.runtime.data import NpzBatches, TokenBatches, throughput_unit
-from mtfc.runtime.host_data import synthesize
 from mtfc.runtime.progress import Progress
+from mtfc.runtime.sources import materialize
+from mtfc.runtime.synthetic import synthesize
 from mtfc.runtime.train_step import StepRecord
 
 F32 = jnp.float32
@@ -482,8 +483,8 @@ def test_npz_missing_inputs_are_synthesized_per_step(modules, tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((2, B, DI), np.float32))
     batches = NpzBatches(str(tmp_path / "d.npz"), [sigs["x"], sigs["y"]], seed=1)
     assert batches.synthesized == ["y"]
-    np.testing.assert_array_equal(batches.batch(7)["y"], synthesize(sigs["y"], 1, 7))
-    assert not np.array_equal(batches.batch(7)["y"], batches.batch(8)["y"])
+    np.testing.assert_array_equal(materialize(batches.batch(7)["y"]), synthesize(sigs["y"], 1, 7))
+    assert not np.array_equal(materialize(batches.batch(7)["y"]), materialize(batches.batch(8)["y"]))
     assert "synthesized per step: y" in batches.describe()
 
 
@@ -495,7 +496,7 @@ def test_token_stream_windows(tmp_path):
     batches = TokenBatches(str(tmp_path / "t.npy"), [tok, tgt], seed=0)
     assert batches.windows == 12  # windows start at 0, 8, ..., 88 (each needs 9 tokens)
     for step in (0, 1, 5):
-        b = batches.batch(step)
+        b = {name: materialize(source) for name, source in batches.batch(step).items()}
         assert b["tokens"].dtype == np.int32
         for j in range(3):
             start = ((step * 3 + j) % 12) * 8

@@ -67,7 +67,7 @@ _SIZE_KEEPING = {
     ).split()
 }
 
-# Initializer kinds and how many numbers each takes (docs/IR.md; host_data.synthesize).
+# Initializer kinds and how many numbers each takes (docs/IR.md; runtime/synthetic.py).
 def _check_dims(dims: list[str], value_type: ir.Type, what: str) -> None:
     for d in dims:
         if not _NAME.match(d):

@@ -1,10 +1,11 @@
-"""Batches for the training loop: one host array per `input` argument per step.
+"""Batches for the training loop: one `HostSource` per `input` argument per step.
 
 Step ``k`` (counted from 0 over the whole run, restores included, so a resumed
 run reads the same batches as an uninterrupted one) gets:
 
 * **synthetic** (no ``--data``): every input synthesized from its
-  ``mtfc.init``, seeded by ``(seed, k, mtfc.name)`` (`host_data.synthesize`);
+  ``mtfc.init``, seeded by ``(seed, k, mtfc.name)`` and the global position
+  (`mtfc.runtime.synthetic`);
 * **``--data FILE.npz``**: arrays named like the inputs.  Either all arrays
   have a leading *step* axis, ``(S, *input shape)``, and step ``k`` takes
   slice ``k mod S``; or all have a leading *example* axis, ``(E, *input
@@ -20,16 +21,24 @@ run reads the same batches as an uninterrupted one) gets:
   ``targets = stream[s + 1 : s + length + 1]`` (shifted by one).  Other
   inputs are synthesized.
 
-Every array a file gives is checked before it is used (`check_dtype`,
-`check_values`): complex, string and object arrays are errors, integers must
-fit the input's dtype, and an input with ``mtfc.range`` (an index into a dim,
+A batch is a source, not an array: feeding asks it only for the blocks of
+this process's devices, and a block reads only its rows of the file (the
+file is memory-mapped, `mtfc.runtime.file_sources`).
+
+Every array a file gives is checked when the file is opened, whole, in every
+process (`check_dtype`, `check_values`; a pass over the memory map in bounded
+chunks): complex, string and object arrays are errors, integers must fit the
+input's dtype, and an input with ``mtfc.range`` (an index into a dim,
 `mtfc.index_ranges`) must lie in its range -- the error names the file, the
-array or input, the first bad value and its position.
+array or input, the first bad value and its position.  So a file that is bad
+anywhere fails before the first step in every process with the same line,
+whichever rows each process goes on to read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -37,7 +46,9 @@ import numpy as np
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.index_ranges import IndexRange
-from mtfc.runtime.host_data import synthesize
+from mtfc.runtime.file_sources import FileSource, TokenWindowSource, open_npy, open_npz
+from mtfc.runtime.sources import HostSource
+from mtfc.runtime.synthetic import SyntheticSource
 
 
 def _leaf(name: str) -> str:
@@ -57,13 +68,17 @@ def check_dtype(what: str, array: np.ndarray) -> None:
 
 
 def _first_bad(array: np.ndarray, lo: int, hi: int) -> int | None:
-    """The flat index of the first value of `array` outside [lo, hi), or None."""
-    flat = array.reshape(-1)
-    for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start:start + _CHUNK]
+    """The flat (C-order) index of the first value of `array` outside [lo, hi),
+    or None; reads `array` (a memory map, say) a run of leading rows at a time."""
+    if array.ndim == 0:
+        array = array.reshape(1)
+    per_row = math.prod(array.shape[1:])
+    rows = max(1, _CHUNK // max(per_row, 1))
+    for start in range(0, array.shape[0], rows):
+        chunk = np.asarray(array[start:start + rows]).reshape(-1)
         bad = (chunk < lo) | (chunk >= hi)
         if bad.any():
-            return start + int(np.argmax(bad))
+            return start * per_row + int(np.argmax(bad))
     return None
 
 
@@ -90,19 +105,19 @@ def check_values(what: str, array: np.ndarray, sig: mir.Signature, index_range: 
     for lo, hi, why in bounds:
         flat = _first_bad(array, lo, hi)
         if flat is not None:
-            value = array.reshape(-1)[flat]
+            value = array[np.unravel_index(flat, array.shape)] if array.ndim else array[()]
             raise MtfcError(f"{what}: {value_word} {value} at {_position(array, flat)} is outside [{lo}, {hi}) {why}")
 
 
-def _cast(array: np.ndarray, sig: mir.Signature, what: str) -> np.ndarray:
+def cast_dtype(dtype: np.dtype, sig: mir.Signature, what: str) -> np.dtype:
+    """The dtype an array of `dtype` given for input `sig` is cast to (the
+    input's); an error unless the cast keeps the kind of number."""
     target = np.dtype(mir.numpy_dtype(sig.dtype))
-    if array.dtype == target:
-        return array
-    if not np.can_cast(array.dtype, target, "same_kind") and not (
-        array.dtype.kind in "iub" and target.kind in "iuf"
+    if dtype != target and not np.can_cast(dtype, target, "same_kind") and not (
+        dtype.kind in "iub" and target.kind in "iuf"
     ):
-        raise MtfcError(f"{what} has dtype {array.dtype}, input {sig.name!r} is {sig.dtype}")
-    return array.astype(target)
+        raise MtfcError(f"{what} has dtype {dtype}, input {sig.name!r} is {sig.dtype}")
+    return target
 
 
 def throughput_unit(inputs: list[mir.Signature]) -> tuple[str, int] | None:
@@ -130,12 +145,14 @@ class Batches:
         self.seed = seed
         self.synthesized = [s.name for s in inputs]
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        out = {s.name: synthesize(s, self.seed, step) for s in self.inputs if s.name in self.synthesized}
+    def batch(self, step: int) -> dict[str, HostSource]:
+        """Step `step`'s batch: input name -> the source of its global array."""
+        out: dict[str, HostSource] = {s.name: SyntheticSource(s, self.seed, step)
+                                      for s in self.inputs if s.name in self.synthesized}
         out.update(self._from_file(step))
         return out
 
-    def _from_file(self, step: int) -> dict[str, np.ndarray]:
+    def _from_file(self, step: int) -> dict[str, HostSource]:
         return {}
 
     def describe(self) -> str:
@@ -157,11 +174,7 @@ class NpzBatches(Batches):
         super().__init__(inputs, seed)
         self.path = path
         ranges = ranges or {}
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                given = {k: np.asarray(data[k]) for k in data.files}
-        except (OSError, ValueError) as e:
-            raise MtfcError(f"cannot read data {path!r}: {e}") from None
+        given = open_npz(path, "data")
         by_name = {s.name: s for s in inputs}
         unknown = sorted(set(given) - set(by_name))
         if unknown:
@@ -170,7 +183,8 @@ class NpzBatches(Batches):
             )
         if not given:
             raise MtfcError(f"{path} holds no arrays")
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, np.ndarray] = {}  # name -> the file's array (memory-mapped)
+        self.dtypes: dict[str, np.dtype] = {}  # name -> its input's dtype (blocks are cast to it)
         modes = {}
         for name, array in given.items():
             sig = by_name[name]
@@ -189,7 +203,8 @@ class NpzBatches(Batches):
                     f"give (steps, {', '.join(map(str, sig.shape))}){examples}"
                 )
             check_values(f"{path}: array {name!r}", array, sig, ranges.get(name))
-            self.arrays[name] = _cast(array, sig, f"{path}: array {name!r}")
+            self.dtypes[name] = cast_dtype(array.dtype, sig, f"{path}: array {name!r}")
+            self.arrays[name] = array
         if len(set(modes.values())) > 1:
             raise MtfcError(
                 f"{path}: some arrays have a leading step axis and some an example axis "
@@ -210,14 +225,14 @@ class NpzBatches(Batches):
             raise MtfcError(f"{path}: the arrays hold no whole step")
         self.synthesized = [s.name for s in inputs if s.name not in self.arrays]
 
-    def _from_file(self, step: int) -> dict[str, np.ndarray]:
+    def _from_file(self, step: int) -> dict[str, HostSource]:
         i = step % self.length
         if self.mode == "steps":
-            return {n: a[i] for n, a in self.arrays.items()}
+            return {n: FileSource(a[i], self.dtypes[n]) for n, a in self.arrays.items()}
         out = {}
         for n, a in self.arrays.items():
             size = next(s.shape[0] for s in self.inputs if s.name == n)
-            out[n] = a[i * size:(i + 1) * size]
+            out[n] = FileSource(a[i * size:(i + 1) * size], self.dtypes[n])
         return out
 
     def describe(self) -> str:
@@ -237,10 +252,7 @@ class TokenBatches(Batches):
         super().__init__(inputs, seed)
         self.path = path
         ranges = ranges or {}
-        try:
-            stream = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise MtfcError(f"cannot read data {path!r}: {e}") from None
+        stream = open_npy(path, "data")
         check_dtype(f"{path}: the token stream", stream)
         if stream.ndim != 1 or stream.dtype.kind not in "iu":
             raise MtfcError(
@@ -272,14 +284,14 @@ class TokenBatches(Batches):
                 check_values(path, stream, sig, ranges.get(sig.name), value_word="token id")
         self.synthesized = [s.name for s in inputs if s is not self.tokens and s is not self.targets]
 
-    def _from_file(self, step: int) -> dict[str, np.ndarray]:
+    def _from_file(self, step: int) -> dict[str, HostSource]:
         n, length = self.batch_size, self.length
-        starts = ((step * n + np.arange(n)) % self.windows) * length
-        dtype = mir.numpy_dtype(self.tokens.dtype)
-        tokens = np.stack([self.stream[s:s + length] for s in starts]).astype(dtype)
-        out = {self.tokens.name: tokens}
+        starts = ((step * n + np.arange(n, dtype=np.int64)) % self.windows) * length
+        out: dict[str, HostSource] = {
+            self.tokens.name: TokenWindowSource(self.stream, starts, length, 0, mir.numpy_dtype(self.tokens.dtype))}
         if self.targets is not None:
-            out[self.targets.name] = np.stack([self.stream[s + 1:s + length + 1] for s in starts]).astype(dtype)
+            out[self.targets.name] = TokenWindowSource(self.stream, starts, length, 1,
+                                                       mir.numpy_dtype(self.targets.dtype))
         return out
 
     def describe(self) -> str:

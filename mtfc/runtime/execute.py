@@ -41,8 +41,9 @@ from mtfc.mesh import LayoutRules, Mesh
 from mtfc.passes.comm_analysis import element_bytes
 from mtfc.runtime import devices as rt_devices
 from mtfc.runtime import memory_check
-from mtfc.runtime.host_data import all_shards, gather_from_shards, shard_to_devices, synthesize
+from mtfc.runtime.host_data import all_shards, gather_from_shards, shard_to_devices
 from mtfc.runtime.sources import as_source
+from mtfc.runtime.synthetic import synthesize
 
 
 @dataclass

@@ -22,30 +22,31 @@ from mtfc.runtime import distributed
 from mtfc.runtime.check import compare
 from mtfc.runtime.data import check_dtype, check_values
 from mtfc.runtime.execute import Program
-from mtfc.runtime.sources import as_source, materialize
+from mtfc.runtime.file_sources import FileSource, open_npz
+from mtfc.runtime.sources import HostSource, as_source, materialize
+from mtfc.runtime.synthetic import synthetic_sources
 from mtfc.runtime.tables import table
 
 
-def load_inputs(path: str, program: Program, seed: int, ranges: dict | None = None) -> dict[str, np.ndarray]:
-    """Arguments from an .npz by name; any argument it lacks is synthesized from `seed`.
-    Each given array must hold numbers, and integers must fit their argument's
+def load_inputs(path: str, program: Program, seed: int, ranges: dict | None = None) -> dict[str, HostSource]:
+    """Argument name -> source: the arrays of .npz `path` by name (memory-mapped,
+    `mtfc.runtime.file_sources`: a block reads only its own rows), cast to
+    their argument's dtype; any argument the file lacks is synthesized from
+    `seed`.  Every given array is checked whole here, in every process, before
+    any is used: it must hold numbers, and integers must fit their argument's
     dtype and `ranges` (name -> ``mtfc.range``, `mtfc.index_ranges`)."""
-    try:
-        with np.load(path) as data:
-            given = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise MtfcError(f"cannot read inputs {path!r}: {e}") from None
+    given = open_npz(path, "inputs")
     known = {s.name for s in program.arguments}
     unknown = sorted(set(given) - known)
     if unknown:
         raise MtfcError(f"{path}: no argument named {unknown[0]!r} (arguments: {', '.join(sorted(known))})")
     ranges = ranges or {}
+    inputs: dict[str, HostSource] = synthetic_sources(program.arguments, seed)
     for sig in program.arguments:
         if sig.name in given:
             check_dtype(f"{path}: array {sig.name!r}", given[sig.name])
             check_values(f"{path}: array {sig.name!r}", given[sig.name], sig, ranges.get(sig.name))
-    inputs = program.synthesize_inputs(seed)
-    inputs.update(given)
+            inputs[sig.name] = FileSource(given[sig.name], mir.numpy_dtype(sig.dtype))
     return inputs
 
 
@@ -75,7 +76,7 @@ def run_command(
         rt_devices.ensure_cpu_devices(max(mesh.size, 1))
     program = Program(module, backend=backend, unsharded=kind == "none")
     inputs = (load_inputs(inputs_file, program, seed, argument_ranges(module)) if inputs_file
-              else program.synthesize_inputs(seed))
+              else synthetic_sources(program.arguments, seed))
     result = program.run(inputs, repeat=repeat)
 
     job = distributed.current_job()

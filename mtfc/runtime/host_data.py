@@ -1,5 +1,5 @@
-"""Host arrays <-> per-device shards, by mtfc tensor layouts (our own slicing),
-and synthetic data from initializer strings.
+"""Host data <-> per-device shards, by mtfc tensor layouts (our own slicing).
+(The data: `mtfc.runtime.sources`; synthesized, `mtfc.runtime.synthetic`.)
 
 Feeding: each process builds only the shards of the devices it drives
 (`shard_to_devices`).  Reading back: each process holds only its devices'
@@ -9,15 +9,11 @@ output shards; `all_shards` exchanges them so that every process (process
 
 from __future__ import annotations
 
-import hashlib
-
 import jax
 import numpy as np
 from jax.sharding import Mesh as JaxMesh
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from mtfc import initializers
-from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import TensorLayout
 from mtfc.runtime.devices import addressable
@@ -110,13 +106,3 @@ def gather_from_shards(shards: list, layout: TensorLayout, dtype) -> np.ndarray:
             raise MtfcError(f"replicas of an output disagree on device {d}: the partitioned program is inconsistent")
     return out
 
-
-def synthesize(sig: mir.Signature, seed: int, step: int | None = None) -> np.ndarray:
-    """Host data for an argument from its initializer string, reproducible from
-    (`seed`, argument name) and independent of the layout.  With `step` (the
-    training loop's per-step batches) the key is (`seed`, `step`, name)."""
-    key = f"{seed}/{sig.name}" if step is None else f"{seed}/{step}/{sig.name}"
-    digest = hashlib.sha256(key.encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    data = initializers.sample(sig.init, rng, sig.shape, f"argument {sig.name!r}")
-    return data.astype(mir.numpy_dtype(sig.dtype))

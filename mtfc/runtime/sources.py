@@ -58,3 +58,17 @@ def materialize(source: HostSource) -> np.ndarray:
     if isinstance(source, ArraySource):
         return source.array
     return source.block(tuple(slice(0, n) for n in source.shape))
+
+
+def block_extent(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of block `index` of an array of `shape`; a `ValueError` unless
+    `index` is one ``slice(start, stop)`` per dim with ``0 <= start <= stop <= size``."""
+    if len(index) != len(shape):
+        raise ValueError(f"block index {index} has {len(index)} ranges for an array of shape {shape}")
+    extent = []
+    for s, n in zip(index, shape):
+        if not isinstance(s, slice) or s.step not in (None, 1) or not (
+                isinstance(s.start, (int, np.integer)) and isinstance(s.stop, (int, np.integer)) and 0 <= s.start <= s.stop <= n):
+            raise ValueError(f"block index {index} is not a range inside shape {shape}")
+        extent.append(int(s.stop - s.start))
+    return tuple(extent)

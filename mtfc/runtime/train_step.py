@@ -28,8 +28,9 @@ from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.runtime import checkpoint
 from mtfc.runtime.execute import Program
-from mtfc.runtime.host_data import all_shards, gather_from_shards, jax_sharding, local_shards, shard_to_devices, synthesize
+from mtfc.runtime.host_data import all_shards, gather_from_shards, jax_sharding, local_shards, shard_to_devices
 from mtfc.runtime.sources import as_source
+from mtfc.runtime.synthetic import SyntheticSource
 
 
 @dataclass
@@ -108,7 +109,7 @@ class TrainStep:
     def initial_state(self, seed: int) -> TrainState:
         state = TrainState(0)
         for i, _, sig in self.state:
-            state.buffers[sig.name] = shard_to_devices(as_source(synthesize(sig, seed)), self.layout(i), self.devices)
+            state.buffers[sig.name] = shard_to_devices(SyntheticSource(sig, seed), self.layout(i), self.devices)
         return state
 
     def restore(self, path: str) -> tuple[TrainState, dict]:
