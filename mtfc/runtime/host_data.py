@@ -67,10 +67,10 @@ def all_shards(per_output: list[list], devices: list) -> list[list[np.ndarray]]:
     `per_output` holds, for each output, this process's shards in mesh order
     (`local_shards`, or what ``disassemble_into_single_device_arrays``
     returns, sorted).  One process: they are all there already.  Several:
-    each process's stack of shards is exchanged with
+    each process's shards, as one byte string, are exchanged with
     ``jax.experimental.multihost_utils.process_allgather`` (jax's own
-    engine: one collective for all outputs), which works because the mesh
-    is process-major -- process p's k-th device is mesh device ``p * K + k``.
+    engine; one collective for all outputs), and process p's k-th shard is
+    mesh device ``p * K + k``'s because the mesh is process-major.
     A collective when `devices` span processes: every process calls it with
     outputs of the same shapes."""
     from jax.experimental import multihost_utils
@@ -78,12 +78,16 @@ def all_shards(per_output: list[list], devices: list) -> list[list[np.ndarray]]:
     hosts = [[np.asarray(s) for s in shards] for shards in per_output]
     if len(addressable(devices)) == len(devices):  # one process, or a program on process 0's devices only
         return hosts
-    stacked = [np.stack(shards) for shards in hosts]
-    gathered = multihost_utils.process_allgather(stacked, tiled=False)  # each (N, K, *local)
-    out = []
-    for g in gathered:
-        g = np.asarray(g)
-        out.append([g[p, k] for p in range(g.shape[0]) for k in range(g.shape[1])])
+    # One collective for all outputs: each process's shards as one byte string.
+    stacked = [np.ascontiguousarray(np.stack(shards)) for shards in hosts]  # (K, *local) each
+    flat = np.concatenate([a.reshape(-1).view(np.uint8) for a in stacked]) if stacked else np.zeros(0, np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(flat, tiled=False))  # (N, bytes)
+    out, offset = [], 0
+    for a in stacked:
+        size = a.nbytes
+        for_each = [gathered[p, offset:offset + size].view(a.dtype).reshape(a.shape) for p in range(gathered.shape[0])]
+        out.append([block[k] for block in for_each for k in range(a.shape[0])])
+        offset += size
     assert all(len(shards) == len(devices) for shards in out), "every device's shard gathered"
     return out
 
