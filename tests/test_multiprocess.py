@@ -45,6 +45,14 @@ for args in json.loads(sys.argv[1]):
     except SystemExit as e:
         if e.code:
             raise
+from mtfc.errors import MtfcError
+from mtfc.runtime import distributed
+if distributed.is_primary():  # a barrier the others never reach times out, and the job goes on
+    try:
+        distributed.barrier("alone", 1)
+    except MtfcError as e:
+        print("barrier:", e)
+distributed.barrier("end", 60)
 """
 
 
@@ -54,9 +62,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(n: int, k: int, runs: list[list[str]], *, timeout: float = 150, extra_env: dict | None = None):
-    """Start `n` processes of `k` CPU devices each running `runs` (lists of
-    mtfc arguments); [(exit status, stdout, stderr)] by process id."""
+def start(n: int, k: int, runs: list[list[str]], *, extra_env: dict | None = None) -> list[subprocess.Popen]:
+    """Start `n` processes of `k` CPU devices each running `runs` (lists of mtfc arguments)."""
     port = free_port()
     procs = []
     for i in range(n):
@@ -65,11 +72,21 @@ def launch(n: int, k: int, runs: list[list[str]], *, timeout: float = 150, extra
                     "MTFC_PROCESS_ID": str(i), "MTFC_LOCAL_DEVICES": str(k), **(extra_env or {})})
         procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(runs)], env=env, cwd=ROOT,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish(procs: list[subprocess.Popen], *, timeout: float = 150) -> list[tuple[int, str, str]]:
+    """[(exit status, stdout, stderr)] by process id; a process still running
+    after `timeout` seconds is killed (and the test fails on its status)."""
     results = []
     deadline = time.monotonic() + timeout
     try:
         for p in procs:
-            out, err = p.communicate(timeout=max(deadline - time.monotonic(), 1))
+            try:
+                out, err = p.communicate(timeout=max(deadline - time.monotonic(), 1))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
             results.append((p.returncode, out, err))
     finally:
         for p in procs:
@@ -128,16 +145,20 @@ def test_two_processes_equal_one_in_every_mode_and_train_alike(modules, tmp_path
                 "--log", str(tmp_path / f"{where}_{name}.jsonl"), "--outputs", str(tmp_path / f"{where}_{name}.npz")]
 
     runs = [forward_args(model, mode, "two") for model, mode in FORWARD] + [train_args(n, "two") for n in TRAIN]
-    (rc0, out0, err0), (rc1, out1, err1) = launch(2, 4, runs)
+    job = start(2, 4, runs)
+    try:  # the single-process runs meanwhile, here (a core is often idle while the job's processes wait)
+        for model, mode in FORWARD:
+            invoke(*forward_args(model, mode, "one"))
+        for name in TRAIN:
+            invoke(*train_args(name, "one"))
+    finally:
+        (rc0, out0, err0), (rc1, out1, err1) = finish(job)
     assert rc0 == 0 and rc1 == 0, (rc0, err0[-2000:], rc1, err1[-2000:])
     assert out1 == "" and err1 == "", (out1, err1)  # process 1 prints nothing but errors
     assert "[Gloo]" not in out0 and "error" not in err0, (out0, err0)
     assert out0.count("check: passed") == len(FORWARD) and "FAILED" not in out0
     assert out0.count("8 cpu device(s) in 2 processes, mesh rows:2,cols:4") == len(runs)
-    for model, mode in FORWARD:
-        invoke(*forward_args(model, mode, "one"))
-    for name in TRAIN:
-        invoke(*train_args(name, "one"))
+    assert "barrier: process 0: the other processes did not reach barrier 'alone' within 1 s\n" in out0
     for model, mode in FORWARD:
         one, two = load(tmp_path / f"one_{model}_{mode}.npz"), load(tmp_path / f"two_{model}_{mode}.npz")
         assert set(one) == set(two)
@@ -209,3 +230,31 @@ def test_a_process_that_cannot_reach_the_coordinator_fails_within_the_timeout(mo
                          ["process 0: the job of 2 processes did not assemble at 127.0.0.1:", "within 1 s"],
                          folder=tmp_path)
     assert time.monotonic() - start < 30, line
+
+
+def test_the_job_comes_from_flags_else_environment_else_a_detected_cluster(monkeypatch):
+    from mtfc.runtime.distributed import JobFlags, resolve_job
+
+    for key in [k for k in os.environ if k.startswith(("MTFC_", "SLURM_", "OMPI_"))]:
+        monkeypatch.delenv(key)
+    assert not resolve_job().is_multi_process
+    slurm = {"SLURM_JOB_ID": "1234", "SLURM_STEP_NODELIST": "node[07-08]", "SLURM_NTASKS": "1",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert not resolve_job().is_multi_process  # a SLURM job of one task is one process
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    job = resolve_job()
+    # jax's own rule: the first node, port 61440 + job id mod 4096
+    assert (job.process_id, job.num_processes, job.coordinator, job.source) == (1, 2, "node07:62674", "slurm")
+    monkeypatch.setenv("MTFC_COORDINATOR", "10.0.0.1:5000")
+    monkeypatch.setenv("MTFC_NUM_PROCESSES", "4")
+    monkeypatch.setenv("MTFC_PROCESS_ID", "3")
+    monkeypatch.setenv("MTFC_HEARTBEAT_TIMEOUT", "12")
+    job = resolve_job()
+    assert (job.process_id, job.num_processes, job.coordinator, job.source) == (3, 4, "10.0.0.1:5000", "environment")
+    assert (job.timeouts.initialization, job.timeouts.heartbeat, job.timeouts.collective) == (60, 12, 30)
+    job = resolve_job(JobFlags("127.0.0.1:6000", 2, 0, heartbeat_timeout=5))
+    assert (job.process_id, job.num_processes, job.coordinator, job.source) == (0, 2, "127.0.0.1:6000", "flags")
+    assert job.timeouts.heartbeat == 5

@@ -23,8 +23,9 @@ gloo collectives on CPU, ``jax_num_cpu_devices = K``, a collective timeout
 (``--xla_cpu_collective_timeout_seconds`` in ``XLA_FLAGS``, with
 ``jax_enable_recoverability``, so a lost peer makes the next collective
 raise instead of hanging), then ``jax.distributed.initialize`` with the
-coordinator bound on the given host.  A process that cannot reach the
-coordinator, or a job whose processes do not all arrive, ends within the
+coordinator bound on the given host (an IP address; `bind_address`).  A
+process that cannot reach the coordinator, or a job whose processes do
+not all arrive, ends within the
 initialization timeout with one line (jax itself would abort with status
 134 some seconds later): processes other than 0 first wait, with their own
 bounded retry, for the coordinator's TCP port to accept connections, and a
@@ -39,7 +40,9 @@ longest a process may wait for the others inside a step (a slow peer, a
 
 from __future__ import annotations
 
+import atexit
 import io
+import ipaddress
 import os
 import re
 import socket
@@ -324,9 +327,23 @@ def _wait_for_coordinator(job: Job, deadline: float) -> None:
         time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
 
 
+def bind_address(coordinator: str) -> str:
+    """Where process 0's coordination service listens: the coordinator's own
+    address when its host is an IP address (``127.0.0.1:PORT`` stays on
+    loopback), else every interface (``[::]:PORT``, jax's default), since a
+    host name may resolve, on the host itself, to a loopback alias such as
+    127.0.1.1 that the other hosts cannot reach."""
+    host, port = parse_address(coordinator, "the coordinator")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"[::]:{port}"
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
 def _check_can_listen(job: Job) -> None:
     """Process 0: the coordinator's address must be free to listen on."""
-    host, port = parse_address(job.coordinator, "the coordinator")
+    host, port = parse_address(bind_address(job.coordinator), "the coordinator")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as e:
@@ -452,8 +469,7 @@ def join(job: Job, *, backend: str = "cpu", local_devices: int | None = None) ->
         _check_can_listen(job)
     else:
         _wait_for_coordinator(job, deadline)
-    host, port = parse_address(job.coordinator, "the coordinator")
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bind = bind_address(job.coordinator)
     detection = "deactivate" if job.source in ("flags", "environment") else job.source
     with _Watchdog(job, deadline):
         try:
@@ -469,10 +485,50 @@ def join(job: Job, *, backend: str = "cpu", local_devices: int | None = None) ->
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MtfcError(f"process {job.process_id}: cannot join the job at {job.coordinator}: {first}") from None
     _current, _joined = job, True
+    atexit.register(_leave)  # runs before jax's own clean-up (registered earlier, when jax was imported)
     found = jax.process_count()
     if found != job.num_processes or jax.process_index() != job.process_id:
         raise MtfcError(f"process {job.process_id}: jax joined as process {jax.process_index()} of {found}, "
                         f"not {job.process_id} of {job.num_processes}")
+
+
+_exit_status: int | None = None
+
+
+def note_exit_status(status: int) -> None:
+    """The status this process will exit with (`run.py` notes it; `_leave` uses it)."""
+    global _exit_status
+    _exit_status = status
+
+
+def _leave() -> None:
+    """At exit: leave the job in order.  Every process waits for the others
+    at a last barrier; then the processes other than 0 end at once
+    (``os._exit`` with the status noted by `note_exit_status`), without
+    disconnecting from the coordination service, and process 0, which hosts
+    the service, shuts it down as jax does.  With
+    ``jax_enable_recoverability`` jax's own shutdown has no barrier: a
+    process 0 that exits first makes a slower process's disconnect fail,
+    and jax aborts that process (status 134) although the job succeeded.
+    When a process is missing at the barrier (it failed), the exit goes on
+    as jax's would."""
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None or not _current.is_multi_process:
+        return
+    try:
+        client.wait_at_barrier("mtfc-exit", int(_current.timeouts.collective * 1000))
+    except Exception:
+        return
+    if not is_primary() and _exit_status is not None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        time.sleep(0.05)  # what C++ wrote to descriptor 1 passes the gloo filter
+        os._exit(_exit_status)
 
 
 def barrier(name: str, timeout_s: float | None = None) -> None:
@@ -492,8 +548,9 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
         client.wait_at_barrier(name, int(seconds * 1000))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MtfcError(f"process {job.process_id}: the other processes did not reach {name!r} within "
-                        f"{seconds:g} s ({first})") from None
+        why = "" if first.startswith("DEADLINE_EXCEEDED") else f" ({first})"
+        raise MtfcError(f"process {job.process_id}: the other processes did not reach barrier {name!r} within "
+                        f"{seconds:g} s{why}") from None
 
 
 def primary_says(value: bool) -> bool:

@@ -45,11 +45,25 @@ def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed:
     if not distributed.is_primary():
         echo = _quiet
         errors.show_warnings(False)
-    if kind == "train":
-        return train_command(module, module_file, options, backend=backend, seed=seed, outputs_file=outputs_file,
-                             inputs_file=inputs_file, check=check, echo=echo)
-    return run_command(module_file, backend=backend, seed=seed, inputs_file=inputs_file, outputs_file=outputs_file,
-                       check=check, repeat=DEFAULT_REPEAT if repeat is None else repeat, echo=echo, module=module)
+    try:
+        if kind == "train":
+            ok = train_command(module, module_file, options, backend=backend, seed=seed, outputs_file=outputs_file,
+                               inputs_file=inputs_file, check=check, echo=echo)
+        else:
+            ok = run_command(module_file, backend=backend, seed=seed, inputs_file=inputs_file,
+                             outputs_file=outputs_file, check=check,
+                             repeat=DEFAULT_REPEAT if repeat is None else repeat, echo=echo, module=module)
+    except MtfcError as e:
+        distributed.note_exit_status(e.exit_code)
+        raise
+    except KeyboardInterrupt:
+        distributed.note_exit_status(errors.Interrupted.exit_code)
+        raise
+    except BaseException:
+        distributed.note_exit_status(3)  # the CLI's status for an internal error
+        raise
+    distributed.note_exit_status(0 if ok else 1)
+    return ok
 
 
 def _quiet(line: str) -> None:
