@@ -35,18 +35,22 @@ TRAIN = {
 }
 STEPS = 5
 
-# A process of a job: run each argument list of argv[1] (JSON) through the CLI.
+# A process of a job: run each (expected exit status, mtfc arguments) of
+# argv[1] (JSON) through the CLI.
 DRIVER = """
 import json, sys
 from mtfc.cli import main
-for args in json.loads(sys.argv[1]):
-    try:
-        main(args, standalone_mode=False)
-    except SystemExit as e:
-        if e.code:
-            raise
 from mtfc.errors import MtfcError
 from mtfc.runtime import distributed
+for expected, args in json.loads(sys.argv[1]):
+    try:
+        main(args, standalone_mode=False)
+        status = 0
+    except SystemExit as e:
+        status = e.code or 0
+    if status != expected:
+        sys.exit(f"mtfc {' '.join(args)}: exit status {status}, not {expected}")
+distributed.note_exit_status(0)
 if distributed.is_primary():  # a barrier the others never reach times out, and the job goes on
     try:
         distributed.barrier("alone", 1)
@@ -62,8 +66,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(n: int, k: int, runs: list[list[str]], *, extra_env: dict | None = None) -> list[subprocess.Popen]:
-    """Start `n` processes of `k` CPU devices each running `runs` (lists of mtfc arguments)."""
+def start(n: int, k: int, runs: list[tuple[int, list[str]]], *, extra_env: dict | None = None) -> list[subprocess.Popen]:
+    """Start `n` processes of `k` CPU devices each running `runs` ((expected
+    exit status, mtfc arguments) each)."""
     port = free_port()
     procs = []
     for i in range(n):
@@ -107,6 +112,8 @@ def modules(tmp_path_factory):
     for name, flags in TRAIN.items():
         paths[name] = folder / f"train_{name}.mlir"
         invoke("compile", os.path.join(EXAMPLES, "mlp.py"), "--train", "-o", paths[name], *flags)
+    paths["diverges"] = folder / "train_diverges.mlir"
+    invoke("compile", os.path.join(EXAMPLES, "mlp.py"), "--train", "-o", paths["diverges"], "--optimizer", "sgd:lr=1e30")
     return paths
 
 
@@ -145,7 +152,9 @@ def test_two_processes_equal_one_in_every_mode_and_train_alike(modules, tmp_path
                 "--log", str(tmp_path / f"{where}_{name}.jsonl"), "--outputs", str(tmp_path / f"{where}_{name}.npz")]
 
     runs = [forward_args(model, mode, "two") for model, mode in FORWARD] + [train_args(n, "two") for n in TRAIN]
-    job = start(2, 4, runs)
+    # a loss that turns NaN at step 2 stops every process there, with the same line
+    diverge = ["run", str(modules["diverges"]), "--steps", "4", "--log", str(tmp_path / "nan.jsonl")]
+    job = start(2, 4, [(0, args) for args in runs] + [(1, diverge)])
     try:  # the single-process runs meanwhile, here (a core is often idle while the job's processes wait)
         for model, mode in FORWARD:
             invoke(*forward_args(model, mode, "one"))
@@ -154,10 +163,12 @@ def test_two_processes_equal_one_in_every_mode_and_train_alike(modules, tmp_path
     finally:
         (rc0, out0, err0), (rc1, out1, err1) = finish(job)
     assert rc0 == 0 and rc1 == 0, (rc0, err0[-2000:], rc1, err1[-2000:])
-    assert out1 == "" and err1 == "", (out1, err1)  # process 1 prints nothing but errors
-    assert "[Gloo]" not in out0 and "error" not in err0, (out0, err0)
+    nan_line = "error: the loss is nan after step 2; stopping (no checkpoint was saved (no --save))\n"
+    assert out1 == "" and err1 == nan_line, (out1, err1)  # process 1 prints nothing but errors
+    assert "[Gloo]" not in out0 and err0 == nan_line, (out0, err0)
+    assert [json.loads(line)["step"] for line in open(tmp_path / "nan.jsonl")] == [1, 2]
     assert out0.count("check: passed") == len(FORWARD) and "FAILED" not in out0
-    assert out0.count("8 cpu device(s) in 2 processes, mesh rows:2,cols:4") == len(runs)
+    assert out0.count("8 cpu device(s) in 2 processes, mesh rows:2,cols:4") == len(runs) + 1
     assert "barrier: process 0: the other processes did not reach barrier 'alone' within 1 s\n" in out0
     for model, mode in FORWARD:
         one, two = load(tmp_path / f"one_{model}_{mode}.npz"), load(tmp_path / f"two_{model}_{mode}.npz")
@@ -204,6 +215,8 @@ def test_bad_job_values_are_one_line_errors(modules, tmp_path, monkeypatch):
         (["--collective-timeout", "-1"], ["--collective-timeout -1 must be >= 1"]),
     ]:
         fails(["run", module, *args], fragments, folder=tmp_path)
+    fails(["run", modules["data"], "--save", tmp_path / "ck", *job, "--process-id", "1"],
+          ["--save in a job of several processes needs collective checkpoints"], folder=tmp_path)
     for env, fragments in [
         ({"MTFC_NUM_PROCESSES": "two"}, ["MTFC_NUM_PROCESSES='two' is not an integer"]),
         ({"MTFC_COORDINATOR": "127.0.0.1:1", "MTFC_NUM_PROCESSES": "2"},

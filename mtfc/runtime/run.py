@@ -41,6 +41,9 @@ def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed:
             f"(mtfc.step = \"train\"); "
             f"{module_file} is a forward module"
         )
+    if kind == "train" and options.save is not None and found.is_multi_process:
+        raise MtfcError("--save in a job of several processes needs collective checkpoints, which this "
+                        "runner does not have yet (run the job as one process to save)")
     join_job(found, module, module_file, backend)
     if not distributed.is_primary():
         echo = _quiet
