@@ -91,6 +91,25 @@ def quiet():
         os.close(saved)
 
 
+def _drop_late_callbacks() -> None:
+    """After a failed write, tensorstore completes the writes still in flight
+    and calls back into the event loop orbax has closed by then; Python reports
+    each as an unraisable ``RuntimeError('Event loop is closed')``, possibly
+    after the save has returned.  Those (and only those) are dropped."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_mtfc", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._mtfc = True
+    sys.unraisablehook = hook
+
+
 def write(state: str, arrays: dict[tuple[str, ...], jax.Array], timeout: float) -> None:
     """Write `arrays` (leaf path -> global jax.Array) as the orbax checkpoint
     `state` (which must not exist), from every process; returns once orbax has
@@ -98,6 +117,7 @@ def write(state: str, arrays: dict[tuple[str, ...], jax.Array], timeout: float) 
     within `timeout` seconds, ValueError / OSError for a failed write."""
     import orbax.checkpoint as ocp
 
+    _drop_late_callbacks()
     processes = jax.process_count()
     options = ocp.options.MultiprocessingOptions(
         # all processes named: orbax's barriers are then jax.distributed ones, with timeouts
