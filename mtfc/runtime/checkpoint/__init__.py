@@ -120,8 +120,17 @@ def save(path: str, entries: list[Entry], meta: dict, *, timeout: float | None =
         tmp = tmp_shared
         # 2. every process: check and digest the blocks it owns
         keys = tree_keys([e.sig.name for e in entries], f"{shown}: saving")
-        local = _own_blocks(entries)
+        failure = None
+        try:
+            local = _own_blocks(entries)
+        except BaseException as e:  # the others must not wait for this process: tell them, then raise
+            failure, local = e, {"error": f"process {group.index}: {type(e).__name__}: {e}"}
         reports = group.share("blocks", local, "check its blocks")
+        if failure is not None:
+            raise failure
+        error = next((r["error"] for r in reports if "error" in r), None)
+        if error:
+            raise MtfcError(f"{shown}: the save failed in {error}")
         bad = next((r["not_finite"] for r in reports if r["not_finite"]), None)
         if bad:
             raise NotFinite(bad)

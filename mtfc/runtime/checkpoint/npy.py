@@ -15,7 +15,7 @@ from mtfc.errors import MtfcError
 
 def digest(array: np.ndarray) -> str:
     """sha256 of an array's data bytes in C order."""
-    return hashlib.sha256(memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).hexdigest()
 
 
 def _disk_dtype(dtype: str) -> np.dtype:
