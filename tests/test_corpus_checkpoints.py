@@ -358,3 +358,46 @@ def test_checkpoints_get_the_users_umask(modules, tmp_path, umask):
             assert os.stat(os.path.join(root, name)).st_mode & 0o777 == 0o777 & ~umask, name
         for name in files:
             assert os.stat(os.path.join(root, name)).st_mode & 0o777 == 0o666 & ~umask, name
+
+
+# -- checkpoints of earlier mtfc versions (index version 2: .npy shards) --------------------------
+
+
+def _as_version_2(ck, folder):
+    """Rewrite the checkpoint `ck` in mtfc's version 2 format (as mtfc 0.1 wrote it) at `folder`."""
+    import hashlib
+
+    index, values = checkpoint.read_all(ck)
+    folder.mkdir()
+    arrays = []
+    for k, a in enumerate(index["arrays"]):
+        shards = []
+        for j, s in enumerate(a["shards"]):
+            block = values[a["name"]][tuple(slice(lo, hi) for lo, hi in s["slices"])]
+            stored = np.array(block.view(np.uint16) if a["dtype"] == "bf16" else block, order="C")
+            name = f"{k:04d}-{a['name'].replace('/', '.')}.{j}.npy"
+            np.save(folder / name, stored)
+            shards.append({"file": name, "slices": s["slices"], "devices": s["devices"],
+                           "sha256": hashlib.sha256(stored.tobytes()).hexdigest()})
+        arrays.append({key: a[key] for key in ("name", "role", "dims", "shape", "dtype", "layout")} | {"shards": shards})
+    meta = {key: v for key, v in index.items() if key not in ("format", "version", "processes", "arrays", "_dir")}
+    _write_index(folder, {"format": "mtfc.checkpoint", "version": 2, **meta, "arrays": arrays})
+    return values
+
+
+def test_a_version_2_checkpoint_is_still_read(modules, saved, tmp_path):
+    values = _as_version_2(saved, tmp_path / "old")
+    out = run_ok("run", modules["small"], "--restore", tmp_path / "old", "--steps", 0, "--save", tmp_path / "new")
+    assert f"restored step 2 from {tmp_path / 'old'}" in out
+    index, moved = checkpoint.read_all(tmp_path / "new")
+    assert index["version"] == 3 and set(moved) == set(values)
+    for name, value in values.items():
+        assert moved[name].dtype == value.dtype and moved[name].tobytes() == value.tobytes(), name
+
+
+def test_a_flipped_bit_in_a_version_2_shard(modules, saved, tmp_path):
+    _as_version_2(saved, tmp_path / "old")
+    shard = tmp_path / "old" / _kernel(_index(tmp_path / "old"))["shards"][1]["file"]
+    _flip(shard, -3)  # in the data, past the header
+    _resume(modules, tmp_path / "old", tmp_path, [f"checkpoint shard '{shard}' of array 'params/fc/kernel' is corrupt",
+                                                  "sha256"])
