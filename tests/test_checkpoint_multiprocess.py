@@ -86,3 +86,42 @@ def test_a_process_lost_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     assert time.time() - start < 60
     assert tree(tmp_path) == before  # the previous checkpoint, byte for byte; no lock or temporary left
     assert_ok(job("restore", ck, "rows_cols", 1))
+
+
+def test_training_resumes_bit_for_bit_across_process_counts(tmp_path):
+    """`mtfc run --save/--restore` end to end, 2 processes x 4 devices and 1 x 8
+    (the mlp's FSDP train step), in one launch: a checkpoint saved by 2
+    processes restores in 1 with every bit, one saved by 1 restores in 2 with
+    every bit (restore, --steps 0, save), and 1 process training on from the
+    checkpoint the 2 processes wrote equals the uninterrupted run, bit for bit."""
+    from test_cli import invoke
+    from test_multiprocess import EXAMPLES, TRAIN, launch, losses
+
+    from mtfc.runtime import checkpoint
+
+    module = tmp_path / "train.mlir"
+    invoke("compile", os.path.join(EXAMPLES, "mlp.py"), "--train", "-o", module, *TRAIN["fsdp"])
+    invoke("run", module, "--steps", 3, "--save", tmp_path / "ck1")
+    job = launch(2, 4, [["run", str(module), "--steps", "3", "--save", str(tmp_path / "ck2")],
+                        ["run", str(module), "--steps", "0", "--restore", str(tmp_path / "ck1"),
+                         "--save", str(tmp_path / "moved2")]])
+    assert all(code == 0 for code, _, _ in job), [
+        (code, out[-1500:], "\n".join(line for line in err.splitlines() if not line.lstrip().startswith("@"))[-3000:])
+        for code, out, err in job]
+    assert "restored step 3 from" in job[0][1]
+    invoke("run", module, "--steps", 0, "--restore", tmp_path / "ck2", "--save", tmp_path / "moved1")
+    invoke("run", module, "--steps", 3, "--restore", tmp_path / "moved2", "--save", tmp_path / "resumed1",
+           "--log", tmp_path / "resumed1.jsonl")
+    invoke("run", module, "--steps", 6, "--save", tmp_path / "full1", "--log", tmp_path / "full1.jsonl")
+
+    def same(a, b):
+        (ia, va), (ib, vb) = checkpoint.read_all(tmp_path / a), checkpoint.read_all(tmp_path / b)
+        assert ia["step"] == ib["step"] and set(va) == set(vb)
+        for name in va:
+            assert va[name].dtype == vb[name].dtype and va[name].tobytes() == vb[name].tobytes(), (a, b, name)
+        return ia["processes"], ib["processes"]
+
+    assert same("ck2", "moved1") == (2, 1)
+    assert same("ck1", "moved2") == (1, 2)
+    assert same("full1", "resumed1") == (1, 1)
+    assert losses(tmp_path / "resumed1.jsonl") == losses(tmp_path / "full1.jsonl")[3:]

@@ -104,9 +104,6 @@ def train_command(
             raise MtfcError("--save-every needs --save DIR")
         if options.save_every < 1:
             raise MtfcError(f"--save-every must be >= 1, not {options.save_every}")
-    if options.save is not None and distributed.current_job().is_multi_process:
-        raise MtfcError("--save in a job of several processes needs collective checkpoints, which this "
-                        "runner does not have yet (run the job as one process to save)")
     if options.restore is not None:
         checkpoint.load_index(options.restore)  # fail on a bad checkpoint before compiling
     # Bad data files fail before compiling.
