@@ -401,3 +401,10 @@ def test_a_flipped_bit_in_a_version_2_shard(modules, saved, tmp_path):
     _flip(shard, -3)  # in the data, past the header
     _resume(modules, tmp_path / "old", tmp_path, [f"checkpoint shard '{shard}' of array 'params/fc/kernel' is corrupt",
                                                   "sha256"])
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf"])
+def test_a_bad_checkpoint_timeout_fails_before_training(modules, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("MTFC_CHECKPOINT_TIMEOUT", value)
+    fails(["run", modules["small"], "--steps", 1, "--save", tmp_path / "ck"],
+          [f"error: MTFC_CHECKPOINT_TIMEOUT={value!r} is not a number of seconds > 0"], folder=tmp_path)

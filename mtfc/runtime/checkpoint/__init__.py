@@ -27,6 +27,7 @@ are still read.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ def default_timeout() -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise MtfcError(f"MTFC_CHECKPOINT_TIMEOUT={text!r} is not a number of seconds > 0")
     return value
 
