@@ -1,4 +1,4 @@
-"""The `mtfc` command line: compile, opt, inspect, run.
+"""The `mtfc` command line: compile, opt, inspect, run, checkpoint.
 
 Every user mistake ends as one line ``error: ...`` on stderr and exit status
 1 (2 for command-line usage errors, as click does); outputs are written to a
@@ -285,6 +285,34 @@ def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat,
     )
     if not ok:
         sys.exit(1)
+
+
+@main.group()
+def checkpoint():
+    """Look into a checkpoint (`mtfc run --save DIR`) and copy its arrays out."""
+
+
+@checkpoint.command("export")
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, help="The safetensors file to write (e.g. params.safetensors).")
+@click.option("--all", "everything", is_flag=True, help="Include the optimizer state, not only the parameters.")
+@_handle_errors
+def checkpoint_export(directory, output, everything):
+    """Write a checkpoint's parameters by name to one safetensors file (bf16 stays bf16)."""
+    from mtfc.runtime.checkpoint.export import export
+
+    count, size, step = export(directory, output, everything=everything)
+    click.echo(f"wrote {output}: {count} array(s), {size:,} bytes, step {step}")
+
+
+@checkpoint.command("info")
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
+@_handle_errors
+def checkpoint_info(directory):
+    """Show a checkpoint's step, model, mesh, layouts and arrays."""
+    from mtfc.runtime.checkpoint.export import info_lines
+
+    click.echo("\n".join(info_lines(directory)))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -218,7 +219,13 @@ def _doc_sections(doc: str) -> dict[str, str]:
     sections, name = {"": ""}, ""
     for line in doc.splitlines(keepends=True):
         if line.startswith("## `mtfc "):
-            name = line[len("## `mtfc "):].split()[0].rstrip("`")
+            words = []  # the command's words: `mtfc checkpoint export DIR ...` is "checkpoint export"
+            for word in line[len("## `mtfc "):].split():
+                word = word.rstrip("`")
+                if not re.fullmatch(r"[a-z][a-z-]*", word):
+                    break
+                words.append(word)
+            name = " ".join(words)
             sections[name] = ""
         sections[name] += line
     return sections

@@ -1,7 +1,8 @@
 """The fault corpus for checkpoints (tests/corpus.py's contract).
 
-A corrupt or hand-edited checkpoint (a flipped bit, a shard of another
-dtype, a broken or inconsistent index), a second run saving into the same
+A corrupt or hand-edited checkpoint (a flipped bit or a changed value in
+the orbax store, an array stored with another dtype, a damaged store, a
+broken or inconsistent index), a second run saving into the same
 directory at the same time, and a full disk: each ends with one error line,
 exit status 1, and leaves the previous checkpoint (and everything else)
 byte for byte as it was.  Restoring with another data source warns; saved
@@ -86,23 +87,70 @@ def _resume(modules, ck, folder, fragments, *, steps=1):
                  folder=folder)
 
 
-# -- corrupt shards --------------------------------------------------------------------------------
+# -- corrupt arrays --------------------------------------------------------------------------------
 
 
-def test_a_flipped_bit_in_a_shard(modules, saved, tmp_path):
-    shard = saved / _kernel(_index(saved))["shards"][1]["file"]
-    data = bytearray(shard.read_bytes())
-    data[-3] ^= 0x10  # in the data, past the header
-    shard.write_bytes(bytes(data))
-    _resume(modules, saved, tmp_path, [f"checkpoint shard '{shard}' of array 'params/fc/kernel' is corrupt",
-                                       "sha256"])
+def _state_file(ck, pattern):
+    """The largest file of the orbax store matching `pattern` (a glob under state/)."""
+    files = [f for f in (ck / "state").glob(pattern) if f.is_file()]
+    assert files, pattern
+    return max(files, key=lambda f: f.stat().st_size)
 
 
-def test_a_shard_saved_with_another_dtype(modules, saved, tmp_path):
-    shard = saved / _kernel(_index(saved))["shards"][0]["file"]
-    np.save(shard, np.load(shard).astype(np.float64))
-    _resume(modules, saved, tmp_path, [f"checkpoint shard '{shard}' of array 'params/fc/kernel' holds float64",
-                                       "the index says f32"])
+def _flip(file, at):
+    data = bytearray(file.read_bytes())
+    data[at % len(data)] ^= 0x10
+    file.write_bytes(bytes(data))
+
+
+def test_a_value_changed_in_the_stored_array(modules, saved, tmp_path):
+    """The store still decodes, but holds other values: the digest of the block says so."""
+    import tensorstore as ts
+
+    store = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{saved / 'state'}",
+                                                   "path": "params.fc.kernel/"}}, open=True).result()
+    store[0, 12].write(store[0, 12].read().result() + 1).result()
+    _resume(modules, saved, tmp_path, [f"checkpoint '{saved}': array 'params/fc/kernel', block [[0, 8], [8, 16]] "
+                                       "is corrupt (its sha256 differs from the index's)"])
+
+
+def test_a_flipped_bit_in_the_store(modules, saved, tmp_path):
+    """A bit flipped in the store's data file (its checksummed b-tree, which holds small arrays inline)."""
+    _flip(_state_file(saved, "d/*"), 40)
+    _resume(modules, saved, tmp_path, [f"cannot read checkpoint '{saved}'", "DATA_LOSS"])
+
+
+def test_a_flipped_bit_in_a_large_arrays_data(modules, tmp_path):
+    """The large module's arrays lie outside the b-tree, zstd-compressed: a flipped
+    bit there is caught by the digest (or by zstd), never read silently."""
+    ck = tmp_path / "ck"
+    run_ok("run", modules["large"], "--steps", 1, "--save", ck)
+    _flip(_state_file(ck, "ocdbt.process_0/d/*"), 1 << 16)
+    line = fails(["run", modules["large"], "--restore", ck, "--steps", 1, "--save", ck], [f"'{ck}'"],
+                 folder=tmp_path)
+    assert "is corrupt (its sha256 differs from the index's)" in line or "cannot read checkpoint" in line, line
+
+
+def test_an_array_stored_with_another_dtype(modules, saved, tmp_path):
+    """state/ holds the kernel as float64 where index.json says f32: an error, no conversion."""
+    from mtfc.runtime.checkpoint import store
+
+    _, values = checkpoint.read_all(saved)
+    import shutil
+
+    import jax
+
+    shutil.rmtree(saved / "state")
+    arrays = {tuple(name.split("/")): jax.device_put(v.astype(np.float64) if name == "params/fc/kernel" else v)
+              for name, v in values.items()}
+    jax.config.update("jax_enable_x64", True)
+    try:
+        arrays[("params", "fc", "kernel")] = jax.device_put(values["params/fc/kernel"].astype(np.float64))
+        store.write(str(saved / "state"), arrays, 60)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    _resume(modules, saved, tmp_path, [f"checkpoint '{saved}': array 'params/fc/kernel' is stored as float64 [8, 16], "
+                                       "index.json says f32 [8, 16]"])
 
 
 def test_an_index_whose_dtype_differs_from_the_module(modules, saved, tmp_path):
@@ -110,6 +158,16 @@ def test_an_index_whose_dtype_differs_from_the_module(modules, saved, tmp_path):
     _kernel(index)["dtype"] = "f16"
     _write_index(saved, index)
     _resume(modules, saved, tmp_path, ["'params/fc/kernel' is f16 in the checkpoint, f32 in the module"])
+
+
+@pytest.mark.parametrize("case, damage, fragment", [
+    ("no state", lambda ck: __import__("shutil").rmtree(ck / "state"), "the checkpoint has no state/ directory"),
+    ("no orbax metadata", lambda ck: (ck / "state" / "_METADATA").unlink(), "_METADATA"),
+    ("a truncated manifest", lambda ck: os.truncate(ck / "state" / "manifest.ocdbt", 20), "DATA_LOSS"),
+])
+def test_a_damaged_store(modules, saved, tmp_path, case, damage, fragment):
+    damage(saved)
+    _resume(modules, saved, tmp_path, [f"'{saved}'", fragment])
 
 
 # -- broken indexes --------------------------------------------------------------------------------
@@ -135,8 +193,9 @@ INDEX_EDITS = {
     "overlapping shards": (_edit(lambda i: _kernel(i)["shards"][1].update(slices=[[0, 8], [4, 12]])),
                            "overlap"),
     "missing shard": (_edit(lambda i: _kernel(i)["shards"].pop()), "its shards cover 64 of its 128 values"),
-    "file outside": (_edit(lambda i: _kernel(i)["shards"][0].update(file="../../etc/passwd")),
-                     "is not a shard file name inside the checkpoint"),
+    "shard without slices": (_edit(lambda i: _kernel(i)["shards"][0].pop("slices")), "shard #0 has no 'slices'"),
+    "a name orbax cannot hold": (_edit(lambda i: _kernel(i).update(name="params/fc")),
+                                 "array name 'params/fc' is a prefix of 'params/fc/bias'"),
     "no digest": (_edit(lambda i: _kernel(i)["shards"][0].pop("sha256")), "has no sha256 digest"),
     "mesh as a number": (_edit(lambda i: i.update(mesh=4)), "'mesh' is 4, of the wrong type"),
 }
@@ -205,7 +264,7 @@ def test_a_second_run_saving_into_the_same_directory(modules, saved, tmp_path):
 
 def test_a_temporary_of_a_dead_saver_is_removed_a_live_ones_kept(modules, saved, tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = checkpoint._owner_tag().split("-")[0]
+    host = checkpoint.swap.owner_tag().split("-")[0]
     (tmp_path / f".ck.tmp-{host}-{int(dead.stdout)}-abc").mkdir()
     live = tmp_path / f".ck.tmp-{host}-1-abc"  # pid 1 is alive
     live.mkdir()
@@ -229,25 +288,23 @@ def small_disk(modules, tmp_path, monkeypatch):
     """A directory that holds one checkpoint of the "large" module but not two:
     a size-limited tmpfs where mounting is allowed (root), else a directory
     whose shard writer fails with ENOSPC once one checkpoint's worth is written."""
-    run_ok("run", modules["large"], "--steps", 0, "--save", tmp_path / "probe")
+    run_ok("run", modules["large"], "--steps", 1, "--save", tmp_path / "probe")  # as full as the saves below
     one = _used_bytes(tmp_path / "probe")
     disk = tmp_path / "disk"
     disk.mkdir()
     size = one + one // 2
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
                              capture_output=True).returncode == 0
-    if not mounted:
-        import errno
+    if not mounted:  # orbax's writes fail with tensorstore's ENOSPC once the disk would be over `size`
+        real = checkpoint.store.write
 
-        real, written = checkpoint._write_npy, []
+        def limited(state, arrays, timeout):
+            real(state, arrays, timeout)
+            if _used_bytes(disk) > size:
+                raise ValueError(f'RESOURCE_EXHAUSTED: Error writing in OCDBT database at local file "{state}": '
+                                 "No space left on device [os_error_code='28']")
 
-        def limited(path, array):
-            written.append(array.nbytes)
-            if sum(written) > size:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-            real(path, array)
-
-        monkeypatch.setattr(checkpoint, "_write_npy", limited)
+        monkeypatch.setattr(checkpoint.store, "write", limited)
     try:
         yield disk
     finally:
@@ -258,7 +315,9 @@ def small_disk(modules, tmp_path, monkeypatch):
 def test_a_save_that_runs_out_of_space(modules, small_disk):
     ck = small_disk / "ck"
     run_ok("run", modules["large"], "--steps", 1, "--save", ck)
-    fails(["run", modules["large"], "--restore", ck, "--steps", 1, "--save", ck],
+    # a real process where the disk is real (orbax's threads report the failure too: kept off stderr)
+    check = process_fails if os.path.ismount(small_disk) else fails
+    check(["run", modules["large"], "--restore", ck, "--steps", 1, "--save", ck],
           [f"error: {ck}: No space left on device"], folder=small_disk)
     assert checkpoint.load_index(ck)["step"] == 1
     assert sorted(os.listdir(small_disk)) == ["ck"]
@@ -294,6 +353,58 @@ def test_checkpoints_get_the_users_umask(modules, tmp_path, umask):
         os.umask(old)
     ck = tmp_path / "ck"
     assert os.stat(ck).st_mode & 0o777 == 0o777 & ~umask
-    for name in os.listdir(ck):
-        assert os.stat(ck / name).st_mode & 0o777 == 0o666 & ~umask, name
+    for root, dirs, files in os.walk(ck):  # orbax's files and directories too
+        for name in dirs:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o777 == 0o777 & ~umask, name
+        for name in files:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o777 == 0o666 & ~umask, name
 
+
+# -- checkpoints of earlier mtfc versions (index version 2: .npy shards) --------------------------
+
+
+def _as_version_2(ck, folder):
+    """Rewrite the checkpoint `ck` in mtfc's version 2 format (as mtfc 0.1 wrote it) at `folder`."""
+    import hashlib
+
+    index, values = checkpoint.read_all(ck)
+    folder.mkdir()
+    arrays = []
+    for k, a in enumerate(index["arrays"]):
+        shards = []
+        for j, s in enumerate(a["shards"]):
+            block = values[a["name"]][tuple(slice(lo, hi) for lo, hi in s["slices"])]
+            stored = np.array(block.view(np.uint16) if a["dtype"] == "bf16" else block, order="C")
+            name = f"{k:04d}-{a['name'].replace('/', '.')}.{j}.npy"
+            np.save(folder / name, stored)
+            shards.append({"file": name, "slices": s["slices"], "devices": s["devices"],
+                           "sha256": hashlib.sha256(stored.tobytes()).hexdigest()})
+        arrays.append({key: a[key] for key in ("name", "role", "dims", "shape", "dtype", "layout")} | {"shards": shards})
+    meta = {key: v for key, v in index.items() if key not in ("format", "version", "processes", "arrays", "_dir")}
+    _write_index(folder, {"format": "mtfc.checkpoint", "version": 2, **meta, "arrays": arrays})
+    return values
+
+
+def test_a_version_2_checkpoint_is_still_read(modules, saved, tmp_path):
+    values = _as_version_2(saved, tmp_path / "old")
+    out = run_ok("run", modules["small"], "--restore", tmp_path / "old", "--steps", 0, "--save", tmp_path / "new")
+    assert f"restored step 2 from {tmp_path / 'old'}" in out
+    index, moved = checkpoint.read_all(tmp_path / "new")
+    assert index["version"] == 3 and set(moved) == set(values)
+    for name, value in values.items():
+        assert moved[name].dtype == value.dtype and moved[name].tobytes() == value.tobytes(), name
+
+
+def test_a_flipped_bit_in_a_version_2_shard(modules, saved, tmp_path):
+    _as_version_2(saved, tmp_path / "old")
+    shard = tmp_path / "old" / _kernel(_index(tmp_path / "old"))["shards"][1]["file"]
+    _flip(shard, -3)  # in the data, past the header
+    _resume(modules, tmp_path / "old", tmp_path, [f"checkpoint shard '{shard}' of array 'params/fc/kernel' is corrupt",
+                                                  "sha256"])
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf"])
+def test_a_bad_checkpoint_timeout_fails_before_training(modules, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("MTFC_CHECKPOINT_TIMEOUT", value)
+    fails(["run", modules["small"], "--steps", 1, "--save", tmp_path / "ck"],
+          [f"error: MTFC_CHECKPOINT_TIMEOUT={value!r} is not a number of seconds > 0"], folder=tmp_path)

@@ -26,6 +26,7 @@ from jax import lax
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
+from corpus import tree
 from mtfc.cli import main
 from mtfc.emit.artifact import write_module
 from mtfc.files.modules import read_module
@@ -341,7 +342,7 @@ def test_save_restore_continues_bit_for_bit(modules, tmp_path, mode):
 def test_checkpoint_index_and_shards(modules, tmp_path):
     invoke("run", modules["gspmd"], "--steps", 3, "--save", tmp_path / "ck", "--seed", 2)
     index = json.loads((tmp_path / "ck" / "index.json").read_text())
-    assert index["format"] == "mtfc.checkpoint" and index["version"] == 2
+    assert index["format"] == "mtfc.checkpoint" and index["version"] == 3 and index["processes"] == 1
     assert (index["step"], index["mesh"], index["layout"], index["partitioning"], index["seed"]) == (
         3, "rows:2,cols:4", "batch:rows,d_hidden:cols", "gspmd", 2)
     assert index["optimizer"] == "sgd:lr=0.1,momentum=0.9" and index["model"] == "mlp_train"
@@ -350,16 +351,20 @@ def test_checkpoint_index_and_shards(modules, tmp_path):
     w1 = arrays["params/w1"]
     assert (w1["role"], w1["dims"], w1["shape"], w1["dtype"], w1["layout"]) == (
         "parameter", ["d_in", "d_hidden"], [DI, DH], "f32", [[], ["cols"]])
-    # d_hidden is split over cols (4 blocks), replicated over rows: 4 distinct shards, each written once
+    # d_hidden is split over cols (4 blocks), replicated over rows: 4 distinct shards
     assert [s["slices"] for s in w1["shards"]] == [[[0, DI], [8 * k, 8 * k + 8]] for k in range(4)]
     assert [s["devices"] for s in w1["shards"]] == [[0, 4], [1, 5], [2, 6], [3, 7]]
     assert arrays["opt/step"]["dtype"] == "i32" and len(arrays["opt/step"]["shards"]) == 1
-    files = sorted(os.listdir(tmp_path / "ck"))
-    assert len(files) == 1 + sum(len(a["shards"]) for a in arrays.values())
-    assert np.load(tmp_path / "ck" / w1["shards"][1]["file"]).shape == (DI, 8)
-    for shard in w1["shards"]:  # the digest of each shard's data bytes
-        data = np.load(tmp_path / "ck" / shard["file"])
-        assert shard["sha256"] == hashlib.sha256(data.tobytes()).hexdigest()
+    # the arrays are an orbax checkpoint beside the index, one orbax parameter per array
+    assert sorted(os.listdir(tmp_path / "ck")) == ["index.json", "state"]
+    assert os.path.isfile(tmp_path / "ck" / "state" / "commit_success.txt")
+    stored = json.loads((tmp_path / "ck" / "state" / "array_metadatas" / "process_0").read_text())
+    assert {m["array_metadata"]["param_name"] for m in stored["array_metadatas"]} == {
+        name.replace("/", ".") for name in STATE}
+    _, values = checkpoint.read_all(tmp_path / "ck")
+    for shard in w1["shards"]:  # the digest of each distinct block's data bytes (C order)
+        block = values["params/w1"][tuple(slice(a, b) for a, b in shard["slices"])]
+        assert shard["sha256"] == hashlib.sha256(np.ascontiguousarray(block).tobytes()).hexdigest()
     _, values = checkpoint.read_all(tmp_path / "ck")
     assert values["opt/step"] == 3
 
@@ -387,20 +392,18 @@ def test_restore_onto_another_mesh_and_layout(modules, tmp_path, target):
 def test_a_failed_save_leaves_the_previous_checkpoint(modules, tmp_path, monkeypatch):
     ck = tmp_path / "ck"
     invoke("run", modules["gspmd"], "--steps", 2, "--save", ck)
-    before = {f: (ck / f).read_bytes() for f in os.listdir(ck)}
-    real = checkpoint._write_npy
-    calls = []
+    before = tree(ck)
+    real = checkpoint.store.write
 
-    def failing(path, array):
-        calls.append(path)
-        if len(calls) == 5:
-            raise OSError(28, "No space left on device", path)
-        real(path, array)
+    def failing(state, arrays, timeout):  # orbax wrote some of it, then the disk was full
+        real(state, dict(list(arrays.items())[:2]), timeout)
+        raise ValueError(f'RESOURCE_EXHAUSTED: Error writing "w1/0.0" in OCDBT database at local file "{state}": '
+                         "Failed to write 128 bytes to file 7: No space left on device [os_error_code='28']")
 
-    monkeypatch.setattr(checkpoint, "_write_npy", failing)
+    monkeypatch.setattr(checkpoint.store, "write", failing)
     message = invoke_error("run", modules["gspmd"], "--steps", 3, "--save", ck)
-    assert "No space left on device" in message
-    assert {f: (ck / f).read_bytes() for f in os.listdir(ck)} == before
+    assert message == f"error: {ck}: No space left on device"
+    assert tree(ck) == before
     assert sorted(os.listdir(tmp_path)) == ["ck"]  # no temporary directory left behind
     assert checkpoint.load_index(ck)["step"] == 2
 
@@ -408,7 +411,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint(modules, tmp_path, monkeyp
 def test_a_killed_save_leaves_the_previous_checkpoint(modules, tmp_path):
     ck = tmp_path / "ck"
     invoke("run", modules["gspmd"], "--steps", 2, "--save", ck)
-    before = {f: (ck / f).read_bytes() for f in os.listdir(ck)}
+    before = tree(ck)
     script = textwrap.dedent(f"""
         import os, sys
         from mtfc.runtime import checkpoint
@@ -424,7 +427,7 @@ def test_a_killed_save_leaves_the_previous_checkpoint(modules, tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 9, proc.stderr
-    assert {f: (ck / f).read_bytes() for f in os.listdir(ck)} == before
+    assert tree(ck) == before
     assert checkpoint.load_index(ck)["step"] == 2
     assert any(f.startswith(".ck.tmp-") for f in os.listdir(tmp_path))  # what the killed save left
     invoke("run", modules["gspmd"], "--steps", 3, "--restore", ck, "--save", ck)  # the next save clears it
@@ -433,7 +436,7 @@ def test_a_killed_save_leaves_the_previous_checkpoint(modules, tmp_path):
 
 
 def test_save_without_atomic_exchange_still_replaces(modules, tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(checkpoint.swap, "_exchange", lambda a, b: False)
     ck = tmp_path / "ck"
     invoke("run", modules["gspmd"], "--steps", 1, "--save", ck)
     invoke("run", modules["gspmd"], "--steps", 1, "--restore", ck, "--save", ck)

@@ -104,6 +104,8 @@ def train_command(
             raise MtfcError("--save-every needs --save DIR")
         if options.save_every < 1:
             raise MtfcError(f"--save-every must be >= 1, not {options.save_every}")
+    if options.save is not None:
+        checkpoint.default_timeout()  # a bad MTFC_CHECKPOINT_TIMEOUT fails now, not after training
     if options.restore is not None:
         checkpoint.load_index(options.restore)  # fail on a bad checkpoint before compiling
     # Bad data files fail before compiling.

@@ -13,7 +13,7 @@ multi-process job each process's arrays hold only its own devices' shards
 the loss and metrics are gathered from every device, so that every process
 reads the same values (and stops at the same step).  Initial state comes from each argument's ``mtfc.init`` (seeded by
 ``(seed, mtfc.name)``, as a forward run synthesizes it) or from a checkpoint
-(`checkpoint.py`) on any layout.  The loop that drives it is `loop.py`.
+(`checkpoint/`) on any layout.  The loop that drives it is `loop.py`.
 """
 
 from __future__ import annotations
@@ -116,13 +116,9 @@ class TrainStep:
         index = checkpoint.load_index(path)
         checkpoint.check_matches(index, self.state_signatures, path)
         state = TrainState(int(index["step"]))
-        for i, _, sig in self.state:
-            if self.program.spans_processes:  # each process cuts its own shards from the saved array
-                state.buffers[sig.name] = shard_to_devices(checkpoint.read_global(index, sig.name), self.layout(i),
-                                                           self.devices)
-            else:
-                shards = checkpoint.restore_to_devices(index, sig, self.layout(i), self.devices)
-                state.buffers[sig.name] = checkpoint.global_array(shards, self.layout(i), self.devices)
+        arrays = checkpoint.restore(index, [(sig, self.layout(i)) for i, _, sig in self.state], self.devices)
+        for _, _, sig in self.state:
+            state.buffers[sig.name] = arrays[sig.name]
         return state, index
 
     def state_order(self, index: dict) -> list[tuple[int, int, mir.Signature]]:
@@ -139,7 +135,7 @@ class TrainStep:
                 for (i, _, sig), shards in zip(self.state, everything)}
 
     def save(self, path: str, state: TrainState, meta: dict, **kwargs) -> None:
-        entries = [checkpoint.Entry(sig, self.layout(i), local_shards(state.buffers[sig.name], self.devices))
+        entries = [checkpoint.Entry(sig, self.layout(i), state.buffers[sig.name])
                    for i, _, sig in self.state]
         mesh = self.program.mesh
         layouts = getattr(self.program, "layouts", None)
