@@ -11,7 +11,7 @@ from typing import Callable
 from mtfc import ir as mir
 from mtfc import errors
 from mtfc.errors import MtfcError
-from mtfc.runtime import distributed
+from mtfc.runtime import distributed, failure
 from mtfc.files.modules import read_module
 from mtfc.passes.verify_names import verify_module
 from mtfc.runtime.forward import run_command
@@ -45,11 +45,15 @@ def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed:
     if not distributed.is_primary():
         echo = _quiet
         errors.show_warnings(False)
-    if kind == "train":
-        return train_command(module, module_file, options, backend=backend, seed=seed, outputs_file=outputs_file,
-                             inputs_file=inputs_file, check=check, echo=echo)
-    return run_command(module_file, backend=backend, seed=seed, inputs_file=inputs_file, outputs_file=outputs_file,
-                       check=check, repeat=DEFAULT_REPEAT if repeat is None else repeat, echo=echo, module=module)
+    if found.is_multi_process:
+        failure.watch_termination()  # SIGTERM ends the process, also inside a collective
+    with failure.guard():  # a lost process ends this one with one line (failure.py)
+        if kind == "train":
+            return train_command(module, module_file, options, backend=backend, seed=seed,
+                                 outputs_file=outputs_file, inputs_file=inputs_file, check=check, echo=echo)
+        return run_command(module_file, backend=backend, seed=seed, inputs_file=inputs_file,
+                           outputs_file=outputs_file, check=check, repeat=DEFAULT_REPEAT if repeat is None else repeat,
+                           echo=echo, module=module)
 
 
 def _quiet(line: str) -> None:
