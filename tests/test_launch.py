@@ -1,10 +1,14 @@
 """`mtfc launch`: the processes' environment, output prefixes, exit statuses,
 stopping the others when one fails, jax's abort reports, Ctrl-C, bad command
-lines.  Cheap children (``--version``, the hidden ``--python`` test mode), no
-jax: each test takes well under 2 s."""
+lines: cheap children (``--version``, the hidden ``--python`` test mode), no
+jax, each well under 2 s.  Then a training job of 2 processes x 4 devices
+that loses process 1 (kill -9), with and without the launcher, and resumes
+from its last checkpoint on 2 processes and on 1 with the losses of the
+uninterrupted run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -114,6 +118,9 @@ def test_the_first_failure_is_the_status_and_ends_the_others(tmp_path):
 
 def test_a_failure_every_process_reports_itself_adds_no_line(tmp_path):
     script = python_job(tmp_path, """
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a process the launcher signals late ends by itself
+        while not all(os.path.exists(os.path.join(PIDS, f"pid{i}")) for i in range(2)):
+            time.sleep(0.01)
         print(f"error: bad input", file=sys.stderr)
         sys.exit(1)
     """)
@@ -303,3 +310,183 @@ def test_the_stderr_filter_holds_jax_lines_briefly_and_drops_them_in_a_failure()
     assert f.feed(log, 3.0) == []
     assert f.finish() == []
     assert f.feed(b"error: still shown\n", 4.0) == [b"error: still shown\n"]
+
+
+# -- a training job that loses a process (needs multi-process training and collective checkpoints) -----
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 8  # the uninterrupted run's steps
+SAVE_EVERY = 3
+QUICK = ["--collective-timeout", "5", "--heartbeat-timeout", "3"]  # a lost peer ends a survivor within ~10 s
+
+
+def clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTFC_") and k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def losses(path) -> list[float]:
+    with open(path) as f:
+        return [json.loads(line)["loss"] for line in f if line.strip()]
+
+
+def lines_in(path) -> int:
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def wait_for(condition, seconds: float, what: str, procs=()):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        for p in procs:
+            assert p.poll() is None, f"a process ended early ({p.returncode}) while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def checkpoint_step(path):
+    return rt_launch.committed_step(str(path))
+
+
+def wait_to_kill(ckpt, log, procs):
+    """Wait until a checkpoint is committed and the log is a step past it
+    (the next save is SAVE_EVERY - 1 steps away): the moment to kill."""
+    wait_for(lambda: (checkpoint_step(ckpt) or 0) >= SAVE_EVERY, 120, "a committed checkpoint", procs)
+    step = checkpoint_step(ckpt)
+    wait_for(lambda: lines_in(log) >= step + 1, 60, "a step past the checkpoint", procs)
+
+
+@pytest.fixture(scope="module")
+def train_module(tmp_path_factory):
+    from test_cli import invoke
+
+    folder = tmp_path_factory.mktemp("kill")
+    path = folder / "train.mlir"
+    invoke("compile", os.path.join(ROOT, "examples", "mlp.py"), "--train", "-o", path,
+           "--layout", "batch:rows+cols", "--mode", "explicit")
+    reference = folder / "reference.jsonl"  # 1 process x 8 devices, uninterrupted
+    invoke("run", path, "--steps", TOTAL_STEPS, "--log", reference)
+    return path, losses(reference)
+
+
+def start_job(folder, args: list[str], n: int = 2, k: int = 4):
+    """The processes of a job started by hand (no launcher), as srun would."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for i in range(n):
+        env = clean_env()
+        env.update({"MTFC_COORDINATOR": f"127.0.0.1:{port}", "MTFC_NUM_PROCESSES": str(n),
+                    "MTFC_PROCESS_ID": str(i), "MTFC_LOCAL_DEVICES": str(k)})
+        procs.append(subprocess.Popen([sys.executable, "-m", "mtfc.cli", *map(str, args)], cwd=folder, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def assert_close_losses(actual, expected):
+    from conftest import assert_close
+
+    assert len(actual) == len(expected)
+    assert_close(actual, expected)
+
+
+def test_a_killed_process_ends_the_survivor_with_one_line_and_the_run_resumes_alike(train_module, tmp_path):
+    path, reference = train_module
+    ckpt, log = tmp_path / "ckpt", tmp_path / "killed.jsonl"
+    procs = start_job(tmp_path, ["run", path, "--steps", 400, "--save", ckpt, "--save-every", SAVE_EVERY,
+                                 "--log", log, *QUICK])
+    try:
+        wait_to_kill(ckpt, log, procs)
+        procs[1].kill()  # kill -9 process 1
+        killed = time.monotonic()
+        out, err = procs[0].communicate(timeout=60)
+        seconds = time.monotonic() - killed
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    kept = checkpoint_step(ckpt)
+    ran = losses(log)
+    assert procs[0].returncode == 1
+    assert seconds < 5 + 3 + 2 + 10  # the collective timeout, then naming the lost process (+ slack)
+    assert len(err.splitlines()) == 1, err
+    assert re.fullmatch(
+        re.escape("error: process 0: lost process 1 of 2 (jax's coordination service has no heartbeat from it; ")
+        + r"Gloo [^\n]+\); stopped at step (\d+)" + re.escape(f"; the last checkpoint, step {kept}, is in {ckpt}"),
+        err.rstrip("\n")), err
+    # the step reached: the last one logged, or the next, launched when the collective failed (as for Ctrl-C)
+    assert int(re.search(r"stopped at step (\d+)", err).group(1)) in (len(ran), len(ran) + 1)
+    assert len(ran) >= kept + 1
+    # the steps before the kill are the uninterrupted run's (2 processes sum in another order than 1: close)
+    assert_close_losses(ran, reference[:len(ran)])
+
+    # resume on 2 processes: the killed run's own steps again, exactly, then on to TOTAL_STEPS
+    resumed2 = tmp_path / "resumed2.jsonl"
+    proc, _ = launch("-n", 2, "--local-devices", 4, "--", "run", path, "--restore", ckpt,
+                     "--steps", TOTAL_STEPS - kept, "--log", resumed2, cwd=tmp_path, env=clean_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"restored step {kept} from {ckpt}" in proc.stdout
+    again = losses(resumed2)
+    assert again[:len(ran) - kept] == ran[kept:]
+    assert_close_losses(again, reference[kept:])
+
+    # resume on 1 process x 8 devices: the uninterrupted single-process losses
+    from test_cli import invoke
+
+    resumed1 = tmp_path / "resumed1.jsonl"
+    invoke("run", path, "--restore", ckpt, "--steps", TOTAL_STEPS - kept, "--log", resumed1)
+    assert_close_losses(losses(resumed1), reference[kept:])
+    assert_close_losses(losses(resumed1), again)
+
+
+def _children(launcher: subprocess.Popen) -> dict[int, int]:
+    """The launched processes: process id -> pid (by their environment; Linux's /proc)."""
+    found = {}
+    for task in os.listdir(f"/proc/{launcher.pid}/task"):
+        with open(f"/proc/{launcher.pid}/task/{task}/children") as f:
+            for pid in f.read().split():
+                try:
+                    with open(f"/proc/{pid}/environ", "rb") as env:
+                        variables = env.read().split(b"\0")
+                except OSError:
+                    continue
+                for v in variables:
+                    if v.startswith(b"MTFC_PROCESS_ID="):
+                        found[int(v.split(b"=")[1])] = int(pid)
+    return found
+
+
+def test_under_the_launcher_a_killed_process_is_one_line_with_the_checkpoint(train_module, tmp_path):
+    path, _ = train_module
+    ckpt, log = tmp_path / "ckpt", tmp_path / "killed.jsonl"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "mtfc.cli", "launch", "-n", "2", "--local-devices", "4", "--", "run", str(path),
+         "--steps", "400", "--save", str(ckpt), "--save-every", str(SAVE_EVERY), "--log", str(log)],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = {}
+    try:
+        wait_to_kill(ckpt, log, [launcher])
+        children = _children(launcher)
+        os.kill(children[1], signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = launcher.communicate(timeout=60)
+        seconds = time.monotonic() - killed
+    finally:
+        if launcher.poll() is None:  # the test failed: end the job, the launched processes first
+            for pid in (children or _children(launcher)).values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            launcher.kill()
+            launcher.communicate()
+    kept = checkpoint_step(ckpt)
+    assert launcher.returncode == 128 + signal.SIGKILL
+    assert seconds < 15  # the launcher stops process 0 at once (SIGTERM ends it inside a collective)
+    assert err.splitlines() == [
+        f"error: process 1 was killed by SIGKILL; stopped process 0; the last committed checkpoint is step {kept} "
+        f"in {ckpt} (--restore {ckpt} continues from it)"], err
+    assert f"saved step {kept} to {ckpt}" in out

@@ -395,6 +395,7 @@ class Launcher:
     # -- starting ---------------------------------------------------------------------------
 
     def _start(self, coordinator: str) -> None:
+        """Start every process, then the threads that read their output."""
         command = child_command(self.options)
         for i in range(self.options.processes):
             popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -402,12 +403,13 @@ class Launcher:
                                      start_new_session=True)
             child = Child(i, popen)
             child.filter = StderrFilter(i, self.failing, self.options.verbose)
-            for stream, name in ((popen.stdout, "stdout"), (popen.stderr, "stderr")):
+            self.children.append(child)
+        for child in self.children:
+            for stream, name in ((child.popen.stdout, "stdout"), (child.popen.stderr, "stderr")):
                 thread = threading.Thread(target=_relay, args=(child, stream, name, self.output, self.lock),
-                                          name=f"mtfc-launch-{i}-{name}", daemon=True)
+                                          name=f"mtfc-launch-{child.process_id}-{name}", daemon=True)
                 thread.start()
                 child.readers.append(thread)
-            self.children.append(child)
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -499,7 +501,9 @@ class Launcher:
             return 0
         others = [c for c in self.children if c is not first]
         aborted = [c.process_id for c in others if c.filter.aborted]
-        stopped = [c.process_id for c in others if c.signalled is not None and not c.filter.aborted]
+        # stopped: signalled by the launcher and ended by a signal (or by mtfc's SIGTERM handler: 143)
+        stopped = [c.process_id for c in others
+                   if c.signalled is not None and exit_status(c.returncode) > 128 and not c.filter.aborted]
         if first.returncode > 0 and not first.filter.aborted and not stopped and not aborted:
             return exit_status(first.returncode)  # it said why itself, and the others ended by themselves
         parts = [f"error: process {first.process_id} {_how(first)}"]
