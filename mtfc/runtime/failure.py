@@ -38,7 +38,6 @@ import re
 import signal
 import sys
 import threading
-import time
 from typing import Callable
 
 from mtfc.errors import MtfcError
