@@ -159,17 +159,21 @@ def _is_job_failure(error: BaseException) -> bool:
 def guard():
     """Around the work of one process of a job: a failure caused by a lost
     process ends this one with `lost_line` and status 1 (module docstring);
-    any other error passes on.  A no-op for one process."""
-    if not distributed.current_job().is_multi_process:
-        yield
-        return
+    any other error passes on.  A no-op for one process.  Clears
+    `set_describe` at the end."""
     try:
-        yield
-    except Exception as e:
-        if not _is_job_failure(e):
-            raise
-        lost = lost_processes(wait_s=min(LIVENESS_WAIT, distributed.current_job().timeouts.heartbeat + 2.0))
-        _exit_with(lost_line(e, lost), EXIT_LOST)
+        if not distributed.current_job().is_multi_process:
+            yield
+            return
+        try:
+            yield
+        except Exception as e:
+            if not _is_job_failure(e):
+                raise
+            lost = lost_processes(wait_s=min(LIVENESS_WAIT, distributed.current_job().timeouts.heartbeat + 2.0))
+            _exit_with(lost_line(e, lost), EXIT_LOST)
+    finally:
+        set_describe(None)  # the next run in this process describes itself
 
 
 # -- SIGTERM ------------------------------------------------------------------------------------
