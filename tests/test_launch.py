@@ -312,6 +312,68 @@ def test_the_stderr_filter_holds_jax_lines_briefly_and_drops_them_in_a_failure()
     assert f.feed(b"error: still shown\n", 4.0) == [b"error: still shown\n"]
 
 
+def test_a_survivors_line_names_the_lost_process_and_only_communication_failures_count(monkeypatch):
+    from jax.errors import JaxRuntimeError
+
+    from mtfc.errors import MtfcError
+    from mtfc.runtime import distributed, failure
+
+    monkeypatch.setattr(distributed, "_current", distributed.Job(0, 3, "127.0.0.1:1234"))
+    gloo = JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: [external/gloo/gloo/transport/tcp/pair.cc:538] Read "
+                           "error [127.0.0.1]:44227: Connection reset by peer "
+                           "[type.googleapis.com/tensorflow.CoordinationServiceError='']")
+    failure.set_describe(lambda: "stopped at step 7; the last checkpoint, step 4, is in ckpt")
+    try:
+        assert failure.lost_line(gloo, [2]) == (
+            "error: process 0: lost process 2 of 3 (jax's coordination service has no heartbeat from it; Gloo "
+            "all-reduce failed: Read error [127.0.0.1]:44227: Connection reset by peer); stopped at step 7; the last "
+            "checkpoint, step 4, is in ckpt")
+        assert failure.lost_line(gloo, None).startswith(
+            "error: process 0: lost contact with the other processes of the job (Gloo all-reduce failed: ")
+    finally:
+        failure.set_describe(None)
+    assert failure._is_job_failure(gloo)
+    assert failure._is_job_failure(JaxRuntimeError("UNKNOWN: Timed out waiting 30000ms for recv operation"))
+    assert failure._is_job_failure(MtfcError("process 1: the other processes did not reach 'mtfc-save' within 30 s"))
+    assert not failure._is_job_failure(JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 bytes"))
+    assert not failure._is_job_failure(MtfcError("the loss is nan after step 3; stopping (...)"))
+    assert not failure._is_job_failure(ValueError("Gloo"))  # not jax's, not mtfc's
+    with pytest.raises(MtfcError, match="the loss is nan"), failure.guard():  # passes on what is not a lost peer
+        raise MtfcError("the loss is nan after step 3")
+
+
+SIGTERM_SCRIPT = """
+import ctypes, sys
+from mtfc.runtime import distributed, failure
+distributed._current = distributed.Job(1, 2, "127.0.0.1:1234")
+failure.set_describe(lambda: "stopped at step 3; the last checkpoint, step 2, is in ckpt")
+failure.watch_termination(quiet=QUIET)
+print("ready", flush=True)
+libc = ctypes.CDLL(None)
+while True:
+    libc.sleep(30)  # blocked in C, as in a collective
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_sigterm_ends_a_job_process_at_once_even_when_blocked_in_c(quiet):
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT.replace("QUIET", str(quiet))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(0.1)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        seconds = time.monotonic() - start
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert seconds < 5
+    assert err == ("" if quiet else "error: process 1: terminated (SIGTERM); stopped at step 3; the last checkpoint, "
+                                    "step 2, is in ckpt\n")
+
+
 # -- a training job that loses a process (needs multi-process training and collective checkpoints) -----
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
