@@ -64,6 +64,18 @@ def test_every_process_runs_mtfc_and_only_process_0_is_unprefixed():
     assert proc.stderr == ""
 
 
+def test_mtfc_runs_errors_come_from_each_process_as_one_line(tmp_path):
+    proc, _ = launch("-n", 2, "--", "run", tmp_path / "missing.mlir")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert re.fullmatch(r"(\[1\] )?error: cannot read module '.*missing\.mlir': No such file or directory",
+                        lines[0]), proc.stderr
+    # then the other process's own line, or, if it was still starting, the launcher's: it stopped that one
+    assert all(re.fullmatch(r"(\[1\] )?error: cannot read module .*|error: process [01] exited with status 1; "
+                            r"stopped process [01]", line) for line in lines[1:]), proc.stderr
+    assert proc.stdout == ""
+
+
 def test_the_job_is_in_each_processes_environment_and_streams_stay_apart(tmp_path):
     script = python_job(tmp_path, """
         names = ["MTFC_COORDINATOR", "MTFC_NUM_PROCESSES", "MTFC_PROCESS_ID", "MTFC_LOCAL_DEVICES",

@@ -428,7 +428,7 @@ class Launcher:
         self.killed = True
 
     def _on_signal(self, number, frame) -> None:
-        if self.interrupted is not None or number == signal.SIGQUIT:
+        if self.interrupted is not None:
             self._kill_all()  # a second Ctrl-C: at once
             return
         self.interrupted = number
