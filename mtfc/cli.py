@@ -1,4 +1,4 @@
-"""The `mtfc` command line: compile, opt, inspect, run, checkpoint.
+"""The `mtfc` command line: compile, opt, inspect, run, launch, checkpoint.
 
 Every user mistake ends as one line ``error: ...`` on stderr and exit status
 1 (2 for command-line usage errors, as click does); outputs are written to a
@@ -315,5 +315,66 @@ def checkpoint_info(directory):
     click.echo("\n".join(info_lines(directory)))
 
 
+class _LaunchCommand(click.Command):
+    """``mtfc launch``: everything after the first ``--`` is the processes'
+    command, passed on untouched (``ctx.meta["mtfc.launch.args"]``; None
+    without ``--``)."""
+
+    def parse_args(self, ctx, args):
+        if "--" in args:
+            k = args.index("--")
+            ctx.meta["mtfc.launch.args"] = tuple(args[k + 1:])
+            args = args[:k]
+        else:
+            ctx.meta["mtfc.launch.args"] = None
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=_LaunchCommand, options_metavar="-n N [OPTIONS] -- ARGS...",
+              context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("-n", "--num-processes", "processes", default=None, metavar="N",
+              help="Start N processes of `mtfc ARGS...` on this machine (one job, coordinator on 127.0.0.1).")
+@click.option("--local-devices", default=None, metavar="K",
+              help="CPU: virtual devices per process (MTFC_LOCAL_DEVICES; default: mesh size / N).")
+@click.option("--port", default=None, metavar="P", help="The coordinator's port (default: a free one).")
+@click.option("--initialization-timeout", default=None, metavar="S",
+              help="Seconds for every process to join the job (default 60).")
+@click.option("--heartbeat-timeout", default=None, metavar="S",
+              help="Seconds without a heartbeat before a process counts as lost (default 30).")
+@click.option("--collective-timeout", default=None, metavar="S",
+              help="Seconds one cross-process collective or barrier may wait for the others (default 30).")
+@click.option("--grace", default=None, metavar="S",
+              help="Seconds a process gets to end after SIGTERM or Ctrl-C before SIGKILL (default 5).")
+@click.option("--verbose", is_flag=True,
+              help="Pass every line of the processes' stderr through, jax's abort reports included.")
+@click.option("--python", is_flag=True, hidden=True, help="Test mode: each process runs `python ARGS...`.")
+@click.pass_context
+@_handle_errors
+def launch(ctx, processes, local_devices, port, initialization_timeout, heartbeat_timeout, collective_timeout,
+           grace, verbose, python):
+    """Run `mtfc ARGS...` as the N processes of one job on this machine:
+    mtfc launch -n N [OPTIONS] -- ARGS...  (docs/multihost.md)."""
+    from mtfc.runtime import launch as rt_launch
+
+    args = ctx.meta.get("mtfc.launch.args")
+    if ctx.args:
+        unknown = [a for a in ctx.args if a.startswith("-")]
+        if unknown:
+            raise rt_launch.UsageMistake(f"mtfc launch: no such option {unknown[0]} (the processes' command "
+                                         f"and its options go after --)")
+        raise rt_launch.UsageMistake(f"mtfc launch needs -- before the processes' command: "
+                                     f"mtfc launch -n N -- {' '.join(ctx.args)}")
+    if args is None:
+        raise rt_launch.UsageMistake("mtfc launch needs -- and the processes' command after it, "
+                                     "e.g. mtfc launch -n 2 -- run train.mlir")
+    options = rt_launch.check_options(
+        processes, args, local_devices=local_devices, port=port, initialization_timeout=initialization_timeout,
+        heartbeat_timeout=heartbeat_timeout, collective_timeout=collective_timeout, grace=grace,
+        verbose=verbose, python=python)
+    status = rt_launch.launch(options)
+    sys.stdout.flush()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    main()
+    main(prog_name="mtfc")

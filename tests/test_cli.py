@@ -90,7 +90,7 @@ def test_run_uses_given_inputs_and_synthesizes_the_rest(tmp_path):
 # ----------------------------------------------------------------- a light command line
 
 LIGHT_COMMANDS = [["--help"], ["--version"], ["compile", "--help"], ["opt", "--help"], ["inspect", "--help"],
-                  ["run", "--help"], ["-h"]]
+                  ["run", "--help"], ["launch", "--help"], ["-h"]]
 
 
 def test_help_and_version_do_not_import_jax():

@@ -11,7 +11,7 @@ from typing import Callable
 from mtfc import ir as mir
 from mtfc import errors
 from mtfc.errors import MtfcError
-from mtfc.runtime import distributed
+from mtfc.runtime import distributed, failure
 from mtfc.files.modules import read_module
 from mtfc.passes.verify_names import verify_module
 from mtfc.runtime.forward import run_command
@@ -41,21 +41,21 @@ def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed:
             f"(mtfc.step = \"train\"); "
             f"{module_file} is a forward module"
         )
-    if kind == "train" and options.save is not None and found.is_multi_process:
-        raise MtfcError("--save in a job of several processes needs collective checkpoints, which this "
-                        "runner does not have yet (run the job as one process to save)")
     join_job(found, module, module_file, backend)
     if not distributed.is_primary():
         echo = _quiet
         errors.show_warnings(False)
+    if found.is_multi_process:
+        failure.watch_termination()  # SIGTERM ends the process, also inside a collective
     try:
-        if kind == "train":
-            ok = train_command(module, module_file, options, backend=backend, seed=seed, outputs_file=outputs_file,
-                               inputs_file=inputs_file, check=check, echo=echo)
-        else:
-            ok = run_command(module_file, backend=backend, seed=seed, inputs_file=inputs_file,
-                             outputs_file=outputs_file, check=check,
-                             repeat=DEFAULT_REPEAT if repeat is None else repeat, echo=echo, module=module)
+        with failure.guard():  # a lost process ends this one with one line (failure.py)
+            if kind == "train":
+                ok = train_command(module, module_file, options, backend=backend, seed=seed,
+                                   outputs_file=outputs_file, inputs_file=inputs_file, check=check, echo=echo)
+            else:
+                ok = run_command(module_file, backend=backend, seed=seed, inputs_file=inputs_file,
+                                 outputs_file=outputs_file, check=check,
+                                 repeat=DEFAULT_REPEAT if repeat is None else repeat, echo=echo, module=module)
     except MtfcError as e:
         distributed.note_exit_status(e.exit_code)
         raise

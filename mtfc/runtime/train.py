@@ -28,7 +28,7 @@ from mtfc.runtime import devices as rt_devices
 from mtfc.runtime.check import compare
 from mtfc.runtime.data import Batches, describe_info, open_batches, same_source, throughput_unit
 from mtfc.runtime.execute import Program
-from mtfc.runtime import distributed
+from mtfc.runtime import distributed, failure
 from mtfc.runtime.sources import as_source, materialize
 from mtfc.runtime.loop import FiniteLossHook, Hook, LogHook, ProgressHook, SaveHook, run_loop
 from mtfc.runtime.progress import Progress, metric_text
@@ -139,6 +139,7 @@ def train_command(
 
     meta = {"seed": seed, "data": batches.info()}
     saver = Saver(train, options, meta)
+    failure.set_describe(lambda: f"stopped at step {state.step}; {saver.kept()}")  # a lost peer, SIGTERM
     progress = Progress(steps, echo, stream=progress_stream)
     hooks: list[Hook] = []
     if distributed.is_primary():  # every process runs every step; process 0 shows and logs them
