@@ -5,14 +5,22 @@ Placement is process-major: with N processes of K = 8 / N devices, process p
 holds mesh devices p*K .. p*K+K-1.  Rings (all-reduce, all-gather,
 reduce-scatter) are ordered by process, so a group spanning q processes
 crosses q times, each crossing carrying the bus bytes b; an all-to-all sends
-S/n to each member; a permute sends S per pair.
+S/n to each member; a permute sends S per pair.  Then `mtfc inspect
+--processes N` on a matmul compiled in each mode.
 """
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from click.testing import CliRunner
+
+import mtfc as mtf
 from mtfc import ir as mir
+from mtfc.cli import main
+from mtfc.compiler import compile_function
+from mtfc.emit.artifact import write_module
 from mtfc.errors import MtfcError
 from mtfc.mesh import Mesh
 from mtfc.passes import comm_analysis, process_analysis
@@ -154,3 +162,67 @@ def test_an_axis_that_only_some_groups_cross_is_partly():
 def test_bad_process_counts(n, partitioning, words):
     with pytest.raises(MtfcError, match="^" + words.replace("(", r"\(").replace(")", r"\)")):
         process_analysis.check_process_count(MESH, n, partitioning)
+
+
+# ------------------------------------------------------------------ the CLI
+
+B, D, H = mtf.Dim("batch", 8), mtf.Dim("d", 16), mtf.Dim("h", 32)
+
+
+def matmul(x, w):
+    return {"y": mtf.einsum([x, w], [B, H])}
+
+
+def matmul_module(tmp_path, layout, mode):
+    path = tmp_path / f"{mode}-{layout.replace(':', '_').replace(',', '-')}.mlir"
+    write_module(compile_function(matmul, {"x": mtf.Input([B, D]), "w": mtf.Input([D, H])}, mesh=str(MESH),
+                                  layout=layout, mode=mode), str(path))
+    return path
+
+
+def inspect(path, *args):
+    return CliRunner().invoke(main, ["inspect", str(path), *map(str, args)])
+
+
+@pytest.mark.parametrize("mode", ["explicit", "shardy", "gspmd"])
+def test_cli_places_the_matmul_all_reduce_in_every_mode(tmp_path, mode):
+    # sum over d, split over cols: one all_reduce over cols of the local y[batch/rows, h],
+    # S = 4*32*4 = 512 bytes, b = 2*3/4*512 = 768.
+    path = matmul_module(tmp_path, "batch:rows,d:cols", mode)
+    two = json.loads(inspect(path, "--json", "--processes", 2).output)["processes"]
+    assert [o["kind"] for o in json.loads(inspect(path, "--json").output)["collectives"]["ops"]] == ["all_reduce"]
+    assert two["ops"] == [{"crosses": False, "processes": 1, "bytes_per_device": 0, "bytes_total": 0}]
+    assert two["error"] is None
+    # 4 processes of 2: each cols ring {0..3}, {4..7} spans two processes and crosses twice
+    four = json.loads(inspect(path, "--json", "--processes", 4).output)["processes"]
+    assert four["ops"] == [{"crosses": True, "processes": 2, "bytes_per_device": 768, "bytes_total": 2 * 2 * 768}]
+    assert four["by_axes"] == {"cols": {"count": 1, "crossing": 1, "bytes_per_device": 768, "bytes_total": 3072}}
+    text = inspect(path, "--processes", 4)
+    assert text.exit_code == 0, text.output
+    assert "crosses processes: 1 of 1 collectives, 3,072 bytes per step (3.0 KiB; 768 bytes per device)" in text.output
+    assert "process-major: process p holds mesh devices 2p..2p+1" in text.output
+
+
+def test_cli_a_rows_sum_crosses_two_processes(tmp_path):
+    # d over rows: the all_reduce over rows of y[batch/cols, h] = 2*32*4 = 256 bytes, b = 256;
+    # every device's pair partner is in the other process.
+    report = json.loads(inspect(matmul_module(tmp_path, "batch:cols,d:rows", "explicit"), "--json",
+                                "--processes", 2).output)
+    assert report["collectives"]["ops"][0]["axes"] == ["rows"]
+    assert report["processes"]["total"] == {"count": 1, "crossing": 1, "unknown": 0,
+                                            "bytes_per_device": 256, "bytes_total": 8 * 256}
+    assert json.loads(inspect(matmul_module(tmp_path, "batch:cols,d:rows", "explicit"), "--json").output)[
+        "processes"] is None
+
+
+@pytest.mark.parametrize("args, mode, message", [
+    (["--processes", 0], "explicit", "error: --processes 0: give at least 1"),
+    (["--processes", 3], "explicit", "error: --processes 3 does not divide the mesh's 8 devices (rows:2,cols:4)"),
+    (["--processes", 2], "none", "error: --processes 2: the module is not partitioned (partitioning 'none')"),
+    (["--processes", 2, "--no-xla"], "gspmd", "error: --processes 2: a gspmd module's collectives are the ones "
+                                              "XLA compiles; drop --no-xla"),
+])
+def test_cli_bad_process_counts_are_one_line(tmp_path, args, mode, message):
+    result = inspect(matmul_module(tmp_path, "batch:rows,d:cols", mode), *args)
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith(message), result.output

@@ -56,18 +56,19 @@ from mtfc.passes.comm_analysis import Collective, _number, bus_bytes
 RING_KINDS = ("all_reduce", "all_gather", "reduce_scatter")
 
 
-def check_process_count(mesh: Mesh, num_processes: int, partitioning: str) -> int:
+def check_process_count(mesh: Mesh, num_processes: int, partitioning: str, what: str = "process count") -> int:
     """`num_processes` if it can host `mesh` process-major, else an `MtfcError`
     (one line, naming the count): at least 1, dividing the mesh's device
     count, and a partitioned module (an unpartitioned one has no per-device
-    program whose collectives could cross).  Returns K, the devices per process."""
+    program whose collectives could cross).  `what` names the count in the
+    message (the CLI says ``--processes``).  Returns K, the devices per process."""
     if num_processes < 1:
-        raise MtfcError(f"process count {num_processes}: give at least 1")
+        raise MtfcError(f"{what} {num_processes}: give at least 1")
     if partitioning == "none":
-        raise MtfcError(f"process count {num_processes}: the module is not partitioned (partitioning 'none'), "
+        raise MtfcError(f"{what} {num_processes}: the module is not partitioned (partitioning 'none'), "
                         "so it has no collectives to place; compile it with --mode explicit, shardy or gspmd")
     if mesh.size % num_processes:
-        raise MtfcError(f"process count {num_processes} does not divide the mesh's {mesh.size} devices "
+        raise MtfcError(f"{what} {num_processes} does not divide the mesh's {mesh.size} devices "
                         f"({mesh or 'one device'})")
     return mesh.size // num_processes
 
@@ -159,7 +160,8 @@ def _axes_label(c: Collective) -> str:
     return "+".join(c.axes) or "(none)"
 
 
-def process_report(collectives: Sequence[Collective], mesh: Mesh, num_processes: int, partitioning: str) -> dict:
+def process_report(collectives: Sequence[Collective], mesh: Mesh, num_processes: int, partitioning: str,
+                   what: str = "process count") -> dict:
     """The report section for `num_processes` (errors as `check_process_count`):
 
     ``{"num_processes", "devices_per_process", "placement": "process-major",
@@ -168,7 +170,7 @@ def process_report(collectives: Sequence[Collective], mesh: Mesh, num_processes:
     bytes_total}}, "total": {count, crossing, unknown, bytes_per_device,
     bytes_total}}``.  An axes label is the collective's mesh axes joined with
     ``+`` (``part of cols`` for groups that are no whole axes)."""
-    k = check_process_count(mesh, num_processes, partitioning)
+    k = check_process_count(mesh, num_processes, partitioning, what)
     found = [crossing(c, mesh, num_processes) for c in collectives]
     by_axes: dict[str, dict] = {}
     total = {"count": 0, "crossing": 0, "unknown": 0, "bytes_per_device": 0.0, "bytes_total": 0.0}
