@@ -56,10 +56,12 @@ LAYOUT_NAMES = ("data", "tensor", "fsdp")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.multiprocess", description=__doc__.split("\n")[0])
     p.add_argument("--size", default=None, help="model size (benchmarks.model.SIZES; default small, tiny with --quick)")
-    p.add_argument("--layouts", default=",".join(LAYOUT_NAMES), help="comma-separated layouts (data, tensor, fsdp, mixed)")
+    p.add_argument("--layouts", default=",".join(LAYOUT_NAMES),
+                   help="comma-separated layouts (data, tensor, fsdp, mixed)")
     p.add_argument("--steps", default="forward,train", help="forward, train or both")
     p.add_argument("--mode", default="explicit", choices=("explicit", "gspmd", "shardy"))
-    p.add_argument("--rounds", type=int, default=None, help="runs of each configuration per half (default 3; 1 with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="runs of each configuration per half (default 3; 1 with --quick)")
     p.add_argument("--repeat", type=int, default=20, help="forward: timed executions per run (median)")
     p.add_argument("--train-steps", type=int, default=12, help="train: steps per run (the first is not timed)")
     p.add_argument("--quick", action="store_true", help="tiny size, one round")
@@ -344,7 +346,8 @@ def main(argv=None) -> int:
     def log(text: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {text}", file=sys.stderr, flush=True)
 
-    result = {"schema": 1, "command": "python -m benchmarks.multiprocess " + " ".join(argv if argv is not None else sys.argv[1:]),
+    given = argv if argv is not None else sys.argv[1:]
+    result = {"schema": 1, "command": "python -m benchmarks.multiprocess " + " ".join(given),
               "machine": machine_info(), "size": args.size, "mode": args.mode, "rounds": args.rounds,
               "repeat": args.repeat, "train_steps": args.train_steps, "rows": []}
     with tempfile.TemporaryDirectory(prefix="mtfc-multiprocess-") as workdir:

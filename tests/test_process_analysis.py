@@ -146,6 +146,17 @@ def test_unreadable_groups_are_unknown_not_zero():
     assert report["total"] == {"count": 2, "crossing": 0, "unknown": 2, "bytes_per_device": 0, "bytes_total": 0}
 
 
+def test_broadcast_is_a_chain_by_process():
+    # groups {0,1,4,5} {2,3,6,7} over processes {0..3} {4..7}: one crossing hop of S each
+    c = comm_analysis.Collective(kind="collective_broadcast", op="stablehlo.collective_broadcast", location="z",
+                                 axes=None, n=4, bytes=100, bus_bytes=100.0, shape="f32[25]",
+                                 groups=[[0, 1, 4, 5], [2, 3, 6, 7]])
+    assert process_analysis.crossing(c, MESH, 2).as_dict() == {
+        "crosses": True, "processes": 2, "bytes_per_device": 100, "bytes_total": 2 * 100}
+    assert process_analysis.crossing(c, MESH, 8).as_dict() == {
+        "crosses": True, "processes": 4, "bytes_per_device": 100, "bytes_total": 2 * 3 * 100}
+
+
 def test_an_axis_that_only_some_groups_cross_is_partly():
     # 3x2 over 2 processes of 3: cols groups {0,1} {2,3} {4,5} -> {2,3} straddles.
     mesh = Mesh.parse("a:3,b:2")

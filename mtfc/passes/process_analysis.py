@@ -18,19 +18,19 @@ number of processes its members live in, S the collective's per-device
 buffer size and b its NCCL-tests bus bytes (`comm_analysis.bus_bytes`, the
 bytes each device sends in the algorithm below):
 
-==================  ===========================  ==========================  =========================
-kind                algorithm                    one device (the busiest)    all devices of one group
-==================  ===========================  ==========================  =========================
-all_reduce,         a ring through the group's   b if q > 1                  q * b if q > 1
-all_gather,         members ordered by process,
-reduce_scatter      so it crosses q times
-all_to_all          direct: S/n to every member  (n - m)/n * S, m the        the sum over members
-                                                 members in its own process
-collective_permute  direct: S from source to     S if source and target      S per such pair
-                    target                       are in different processes
-collective_broadcast a chain ordered by process  S if q > 1                  (q - 1) * S
-                    from the source's
-==================  ===========================  ==========================  =========================
+====================  ===========================  ==========================  ========================
+kind                  algorithm                    one device (the busiest)    all devices of one group
+====================  ===========================  ==========================  ========================
+all_reduce,           a ring through the group's   b if q > 1                  q * b if q > 1
+all_gather,           members ordered by process,
+reduce_scatter        so it crosses q times
+all_to_all            direct: S/n to every member  (n - m)/n * S, m the        the sum over members
+                                                   members in its own process
+collective_permute    direct: S from source to     S if source and target      S per such pair
+                      target                       are in different processes
+collective_broadcast  a chain ordered by process,  S if q > 1                  (q - 1) * S
+                      from the source's
+====================  ===========================  ==========================  ========================
 
 A collective's figures are the sum over its groups ("all devices") and the
 most any one device sends ("per device").  Over a step, the per-device
