@@ -11,8 +11,10 @@ the AdamW train step, the same compiled module file runs
 
 * as ``1x8``: ``mtfc run M.mlir`` (one process, 8 virtual CPU devices), and
 * as ``2x4``: two ``mtfc run M.mlir --coordinator 127.0.0.1:PORT
-  --num-processes 2 --process-id I --local-devices 4`` on loopback (jax.distributed,
-  gloo collectives; the mesh laid over the global devices process-major).
+  --num-processes 2 --process-id I --local-devices 4`` on loopback
+  (jax.distributed, gloo collectives; the mesh laid over the global devices
+  process-major), or with ``--via launch`` one ``mtfc launch -n 2
+  --local-devices 4 -- run M.mlir ...``.
 
 Each configuration runs ``--rounds`` times, 1x8 and 2x4 alternating, so a
 change of machine load hits both.  Step time: a forward run's median of
@@ -66,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--train-steps", type=int, default=12, help="train: steps per run (the first is not timed)")
     p.add_argument("--quick", action="store_true", help="tiny size, one round")
     p.add_argument("--single-only", action="store_true", help="run only the 1x8 half")
+    p.add_argument("--via", default="flags", choices=("flags", "launch"),
+                   help="start the 2x4 half as two `mtfc run --coordinator ...` (flags) or one `mtfc launch -n 2`")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one run may take before it is killed")
     p.add_argument("--mtfc-command", default=None,
                    help="the command that runs mtfc (default: this Python's `-m mtfc.cli` from this checkout)")
@@ -115,14 +119,21 @@ class RunFailed(RuntimeError):
     pass
 
 
-def run_job(command: list[str], run_args: list[str], processes: int, timeout: float, cwd: str) -> str:
+def run_job(command: list[str], run_args: list[str], processes: int, timeout: float, cwd: str,
+            via: str = "flags") -> str:
     """Run ``mtfc run ...`` as one process, or as `processes` processes of
-    ``8 / processes`` devices on a free loopback port; process 0's stdout.
+    ``8 / processes`` devices on a free loopback port -- started here with
+    ``--coordinator``/``--process-id`` flags (`via` ``"flags"``) or by ``mtfc
+    launch -n`` (``"launch"``); process 0's output (launch: all of it,
+    process 0's lines unprefixed).
     Every process is bounded by `timeout` and killed (by its pid) past it or
     when another fails.  They run in `cwd` (not this checkout, so that a
     ``--mtfc-command`` with its own PYTHONPATH gets its own mtfc)."""
     if processes == 1:
         jobs = [command + ["run"] + run_args]
+    elif via == "launch":
+        jobs = [command + ["launch", "-n", str(processes), "--local-devices", str(8 // processes), "--", "run"]
+                + run_args]
     else:
         port = free_port()
         jobs = [command + ["run"] + run_args + ["--coordinator", f"127.0.0.1:{port}", "--num-processes",
@@ -218,7 +229,7 @@ def run_config(args, size, layout, step: str, workdir: str, log) -> dict:
             if train:
                 log_file = os.path.join(workdir, f"{layout.name}-{step}-{tag}.jsonl")
                 run_job(command, [path, "--steps", str(args.train_steps), "--seed", str(args.seed), "--log", log_file],
-                        n, args.timeout, workdir)
+                        n, args.timeout, workdir, args.via)
                 records = read_log(log_file)
                 if len(records) != args.train_steps:
                     raise RunFailed(f"{log_file}: {len(records)} steps logged, {args.train_steps} run")
@@ -227,7 +238,7 @@ def run_config(args, size, layout, step: str, workdir: str, log) -> dict:
             else:
                 out_file = os.path.join(workdir, f"{layout.name}-{step}-{tag}.npz")
                 stdout = run_job(command, [path, "--repeat", str(args.repeat), "--seed", str(args.seed),
-                                           "--outputs", out_file], n, args.timeout, workdir)
+                                           "--outputs", out_file], n, args.timeout, workdir, args.via)
                 samples[n].append(forward_step_seconds(stdout))
                 if n not in results:
                     with np.load(out_file) as data:
