@@ -100,3 +100,32 @@ def test_partition_spec_follows_layout_rules():
     assert bm.partition_spec(("batch", "length"), "batch:rows+cols") == P(("rows", "cols"), None)
     assert bm.partition_spec(("d_model", "heads", "d_kv"), "heads:cols,d_ff:cols") == P(None, "cols", None)
     assert bm.partition_spec(("vocab",), "") == P(None)
+
+
+def test_multiprocess_benchmark_single_process_half(tmp_path):
+    """`benchmarks.multiprocess` on its smallest configuration, the 1x8 half
+    only (the 2x4 half is the multi-process tests' business): a step time from
+    `mtfc run`, and the bytes that would cross two processes, by hand: the
+    forward's one collective is the loss's scalar all-reduce over all 8
+    devices (data layout), b = 2*7/8*4 = 7 bytes per device; its ring crosses
+    the process boundary twice: 14 bytes per step."""
+    from benchmarks import multiprocess
+
+    path = tmp_path / "mp.json"
+    status = multiprocess.main(["--quick", "--single-only", "--layouts", "data", "--steps", "forward",
+                                "--repeat", "1", "--timeout", "120", "--json", str(path)])
+    assert status == 0
+    (row,) = json.loads(path.read_text())["rows"]
+    assert (row["layout"], row["step"], row["size"]) == ("data", "forward", "tiny")
+    assert row["crossing"]["collectives"] == row["crossing"]["crossing"] == 1
+    assert row["crossing"]["bytes_per_step"] == 14 and row["crossing"]["bytes_per_device"] == 7
+    assert set(row["step_seconds"]) == {"1x8"} and row["step_seconds"]["1x8"] > 0
+    assert "ratio" not in row and "check" not in row
+
+
+def test_multiprocess_benchmark_reads_mtfc_runs_step_time():
+    from benchmarks import multiprocess
+
+    assert multiprocess.forward_step_seconds("compile 812.3 ms, step 5.250 ms (median of 20)\n") == 0.00525
+    with pytest.raises(multiprocess.RunFailed):
+        multiprocess.forward_step_seconds("no time here")

@@ -16,6 +16,10 @@ prints it as is) has:
   the peak of live activations with the largest values live there
   (`mtfc.passes.memory_analysis`), plus XLA's buffer sizes when the module
   was compiled;
+* ``processes`` (with ``processes=N``): for N processes holding the mesh
+  process-major, which collectives cross process boundaries and the bytes
+  that cross, per collective, per mesh axes and per step
+  (`mtfc.passes.process_analysis`); None without it;
 * ``comparison`` (with ``compare=True``): the same global program through
   each partitioner -- mtfc explicit, shardy (when available), XLA GSPMD --
   one row each with count and bus bytes per kind (`mtfc.tools.compare`).
@@ -30,9 +34,9 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import tensor_layout
-from mtfc.passes import comm_analysis, memory_analysis
+from mtfc.passes import comm_analysis, memory_analysis, process_analysis
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _dim_sizes(module: ir.Module) -> dict[str, int]:
@@ -58,11 +62,15 @@ def _dim_sizes(module: ir.Module) -> dict[str, int]:
 
 
 def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False, backend: str = "cpu",
-                   source: str | None = None) -> dict:
+                   source: str | None = None, processes: int | None = None) -> dict:
     """The inspection report of `module` (see the module docstring).
 
     `xla`: compile a ``gspmd`` module to read XLA's collectives and memory;
-    `compare`: also run the global program through every partitioner.
+    `compare`: also run the global program through every partitioner;
+    `processes`: also place the mesh on that many processes and say which
+    collectives cross them -- an error (naming ``--processes``) below 1, when
+    it does not divide the mesh, for an unpartitioned module, or for a
+    ``gspmd`` module with ``xla=False`` (its collectives are XLA's).
     A module that breaks the IR contract is an error (`verify_module`),
     prefixed with `source`, the module's file, when given."""
     from mtfc.passes.verify_names import verify_module
@@ -73,6 +81,11 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
         mesh, rules = layouts.mesh, layouts.activations
         kind = mir.partitioning(module)
         per_device_program = kind in mir.PER_DEVICE
+        if processes is not None:
+            process_analysis.check_process_count(mesh, processes, kind, what="--processes")
+            if kind == "gspmd" and not xla:
+                raise MtfcError(f"--processes {processes}: a gspmd module's collectives are the ones XLA compiles; "
+                                "drop --no-xla")
         entry = mir.entry_function(module)
         ftype = ir.FunctionType(ir.TypeAttr(entry.attributes["function_type"]).value)
         global_sizes = _dim_sizes(module) if per_device_program else {}
@@ -146,6 +159,10 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
                            "error": None if kind == "none" else "not compiled (--no-xla)"}
         collectives["ops"] = [c.as_dict() for c in found]
         collectives.update(comm_analysis.summarize(found))
+        placed = None
+        if processes is not None:
+            placed = process_analysis.process_report(found, mesh, processes, kind, what="--processes")
+            placed["error"] = collectives["error"]
 
         # ----------------------------------------------------------- memory
         def role_bytes(*roles):
@@ -169,6 +186,7 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
             "arguments": arguments, "results": results, "values": values,
             "parameter_bytes_per_device": role_bytes("parameter", "optimizer_state"),
             "collectives": collectives,
+            "processes": placed,
             "memory": memory,
             "comparison": None,
         }
@@ -240,6 +258,46 @@ def _collectives_text(report: dict) -> list[str]:
     return out
 
 
+def crossing_line(placed: dict) -> str:
+    """``crosses processes: X of Y collectives, B bytes per step (P per device)``."""
+    t = placed["total"]
+    line = (f"crosses processes: {t['crossing']} of {t['count']} collectives, {_num(t['bytes_total'])} bytes per step "
+            f"({human_bytes(t['bytes_total'])}; {_num(t['bytes_per_device'])} bytes per device)")
+    return line + (f", {t['unknown']} unknown (groups not read)" if t["unknown"] else "")
+
+
+def _processes_text(report: dict) -> list[str]:
+    p = report["processes"]
+    k = p["devices_per_process"]
+    devices = f"mesh devices {k}p..{k}p+{k - 1}" if k > 1 else "mesh device p"
+    out = [f"across {p['num_processes']} process(es) of {k} device(s) (process-major: process p holds {devices}):"]
+    if p.get("error"):
+        return out + [f"  error: {p['error']}"]
+    rows = [("mesh axis", "size", "processes", "placement")]
+    for a in p["axes"]:
+        rows.append((a["axis"], a["size"], a["processes"], a["placement"]))
+    out.append(_table(rows, right={1, 2}))
+    ops = report["collectives"]["ops"]
+    crossing = [(i, op, x) for i, (op, x) in enumerate(zip(ops, p["ops"])) if x["crosses"] is not False]
+    if crossing:
+        out += ["", "collectives that cross (bytes sent to other processes: the busiest device, all devices):"]
+        rows = [("#", "kind", "axes", "n", "processes", "per device", "all devices", "location")]
+        for i, op, x in crossing:
+            if x["crosses"] is None:
+                rows.append((i, op["kind"], _axes(op), op["n"], "?", "?", "?", op["location"]))
+            else:
+                rows.append((i, op["kind"], _axes(op), op["n"], x["processes"], _num(x["bytes_per_device"]),
+                             _num(x["bytes_total"]), op["location"]))
+        out.append(_table(rows, right={0, 3, 4, 5, 6}))
+    if p["by_axes"]:
+        out += ["", "per mesh axes:"]
+        rows = [("axes", "count", "crossing", "per device", "all devices")]
+        for axes, t in p["by_axes"].items():
+            rows.append((axes, t["count"], t["crossing"], _num(t["bytes_per_device"]), _num(t["bytes_total"])))
+        out.append(_table(rows, right={1, 2, 3, 4}))
+    return out + ["", crossing_line(p)]
+
+
 def _memory_text(report: dict) -> list[str]:
     m = report["memory"]
     out = ["memory per device:"]
@@ -308,6 +366,8 @@ def render_text(report: dict) -> str:
                      v["bytes_per_device"], v["location"]))
     out.append(_table(rows, right={5}))
     out += [""] + _collectives_text(report)
+    if report.get("processes") is not None:
+        out += [""] + _processes_text(report)
     out += [""] + _memory_text(report)
     if report.get("comparison") is not None:
         out += [""] + _comparison_text(report)
