@@ -215,8 +215,6 @@ def test_bad_job_values_are_one_line_errors(modules, tmp_path, monkeypatch):
         (["--collective-timeout", "-1"], ["--collective-timeout -1 must be >= 1"]),
     ]:
         fails(["run", module, *args], fragments, folder=tmp_path)
-    fails(["run", modules["data"], "--save", tmp_path / "ck", *job, "--process-id", "1"],
-          ["--save in a job of several processes needs collective checkpoints"], folder=tmp_path)
     for env, fragments in [
         ({"MTFC_NUM_PROCESSES": "two"}, ["MTFC_NUM_PROCESSES='two' is not an integer"]),
         ({"MTFC_COORDINATOR": "127.0.0.1:1", "MTFC_NUM_PROCESSES": "2"},
