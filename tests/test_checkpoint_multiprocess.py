@@ -95,16 +95,16 @@ def test_training_resumes_bit_for_bit_across_process_counts(tmp_path):
     every bit (restore, --steps 0, save), and 1 process training on from the
     checkpoint the 2 processes wrote equals the uninterrupted run, bit for bit."""
     from test_cli import invoke
-    from test_multiprocess import EXAMPLES, TRAIN, launch, losses
+    from test_multiprocess import EXAMPLES, TRAIN, finish, losses, start
 
     from mtfc.runtime import checkpoint
 
     module = tmp_path / "train.mlir"
     invoke("compile", os.path.join(EXAMPLES, "mlp.py"), "--train", "-o", module, *TRAIN["fsdp"])
     invoke("run", module, "--steps", 3, "--save", tmp_path / "ck1")
-    job = launch(2, 4, [["run", str(module), "--steps", "3", "--save", str(tmp_path / "ck2")],
-                        ["run", str(module), "--steps", "0", "--restore", str(tmp_path / "ck1"),
-                         "--save", str(tmp_path / "moved2")]])
+    job = finish(start(2, 4, [(0, ["run", str(module), "--steps", "3", "--save", str(tmp_path / "ck2")]),
+                              (0, ["run", str(module), "--steps", "0", "--restore", str(tmp_path / "ck1"),
+                                   "--save", str(tmp_path / "moved2")])]))
     assert all(code == 0 for code, _, _ in job), [
         (code, out[-1500:], "\n".join(line for line in err.splitlines() if not line.lstrip().startswith("@"))[-3000:])
         for code, out, err in job]
