@@ -22,7 +22,8 @@ naming the flag or variable (`MtfcError`).
 gloo collectives on CPU, ``jax_num_cpu_devices = K``, a collective timeout
 (``--xla_cpu_collective_timeout_seconds`` in ``XLA_FLAGS``, with
 ``jax_enable_recoverability``, so a lost peer makes the next collective
-raise instead of hanging), then ``jax.distributed.initialize`` with the
+raise instead of hanging), jax's preemption service off (it would catch
+SIGTERM, and the process would go on), then ``jax.distributed.initialize`` with the
 coordinator bound on the given host (an IP address; `bind_address`).  A
 process that cannot reach the coordinator, or a job whose processes do
 not all arrive, ends within the
@@ -31,11 +32,16 @@ initialization timeout with one line (jax itself would abort with status
 bounded retry, for the coordinator's TCP port to accept connections, and a
 watchdog ends the process if ``initialize`` is still waiting at the deadline.
 
-Defaults: initialization 60 s, heartbeat 30 s, collective 30 s -- a lost
-peer ends the survivors' next collective (or the coordination service's
-heartbeat check) well within 60 s.  The collective timeout is also the
-longest a process may wait for the others inside a step (a slow peer, a
-``--check`` that process 0 runs alone): raise it for long gaps.
+Defaults: initialization 60 s, heartbeat 30 s, collective 20 s.  Measured
+(2 processes on loopback, one killed with SIGKILL mid-training): the
+survivor's step fails after the collective timeout, or at once when gloo
+sees the connection close, and at worst about 30 s later still, when XLA
+gives up building a new gloo communicator (a fixed wait) -- so within
+~55 s by default (64 s with a 30 s collective timeout).  A killed
+process 0 (the coordination service) aborts the others at once.  The
+collective timeout is also the longest a process may wait for the others
+inside a step (a slow peer, a ``--check`` that process 0 runs alone):
+raise it for long gaps.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from mtfc.errors import MtfcError
 
 DEFAULT_INITIALIZATION_TIMEOUT = 60
 DEFAULT_HEARTBEAT_TIMEOUT = 30
-DEFAULT_COLLECTIVE_TIMEOUT = 30
+DEFAULT_COLLECTIVE_TIMEOUT = 20
 
 ENV_COORDINATOR = "MTFC_COORDINATOR"
 ENV_NUM_PROCESSES = "MTFC_NUM_PROCESSES"
@@ -459,6 +465,9 @@ def join(job: Job, *, backend: str = "cpu", local_devices: int | None = None) ->
         raise MtfcError("cannot join a multi-process job: jax's backend exists already in this process")
     _set_collective_timeout(job.timeouts.collective)
     jax.config.update("jax_enable_recoverability", True)
+    # jax's preemption service would turn SIGTERM into a notice the runner never reads
+    # (the process would go on): SIGTERM ends a process of a job as it ends one alone.
+    jax.config.update("jax_enable_preemption_service", False)
     if backend == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         rt_devices.configure_cpu_allocator()
