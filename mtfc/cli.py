@@ -268,7 +268,7 @@ def inspect(module_file, as_json, compare, no_xla, backend, processes):
 @click.option("--heartbeat-timeout", default=None, type=int, metavar="S",
               help="Seconds without a heartbeat before a process counts as lost (default 30).")
 @click.option("--collective-timeout", default=None, type=int, metavar="S",
-              help="Seconds one cross-process collective or barrier may wait for the others (default 20).")
+              help="Seconds one cross-process collective or barrier may wait for the others (default 30).")
 @_handle_errors
 def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat,
         steps, data, save, save_every, restore, log_file, coordinator, num_processes, process_id, local_devices,

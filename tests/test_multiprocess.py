@@ -265,7 +265,7 @@ def test_the_job_comes_from_flags_else_environment_else_a_detected_cluster(monke
     monkeypatch.setenv("MTFC_HEARTBEAT_TIMEOUT", "12")
     job = resolve_job()
     assert (job.process_id, job.num_processes, job.coordinator, job.source) == (3, 4, "10.0.0.1:5000", "environment")
-    assert (job.timeouts.initialization, job.timeouts.heartbeat, job.timeouts.collective) == (60, 12, 20)
+    assert (job.timeouts.initialization, job.timeouts.heartbeat, job.timeouts.collective) == (60, 12, 30)
     job = resolve_job(JobFlags("127.0.0.1:6000", 2, 0, heartbeat_timeout=5))
     assert (job.process_id, job.num_processes, job.coordinator, job.source) == (0, 2, "127.0.0.1:6000", "flags")
     assert job.timeouts.heartbeat == 5

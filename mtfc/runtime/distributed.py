@@ -23,25 +23,22 @@ gloo collectives on CPU, ``jax_num_cpu_devices = K``, a collective timeout
 (``--xla_cpu_collective_timeout_seconds`` in ``XLA_FLAGS``, with
 ``jax_enable_recoverability``, so a lost peer makes the next collective
 raise instead of hanging), jax's preemption service off (it would catch
-SIGTERM, and the process would go on), then ``jax.distributed.initialize`` with the
-coordinator bound on the given host (an IP address; `bind_address`).  A
-process that cannot reach the coordinator, or a job whose processes do
-not all arrive, ends within the
+SIGTERM, and the process would go on), then ``jax.distributed.initialize``
+with the coordinator bound on the given host (an IP address;
+`bind_address`).  A process that cannot reach the coordinator, or a job
+whose processes do not all arrive, ends within the
 initialization timeout with one line (jax itself would abort with status
 134 some seconds later): processes other than 0 first wait, with their own
 bounded retry, for the coordinator's TCP port to accept connections, and a
 watchdog ends the process if ``initialize`` is still waiting at the deadline.
 
-Defaults: initialization 60 s, heartbeat 30 s, collective 20 s.  Measured
-(2 processes on loopback, one killed with SIGKILL mid-training): the
-survivor's step fails after the collective timeout, or at once when gloo
-sees the connection close, and at worst about 30 s later still, when XLA
-gives up building a new gloo communicator (a fixed wait) -- so within
-~55 s by default (64 s with a 30 s collective timeout).  A killed
-process 0 (the coordination service) aborts the others at once.  The
-collective timeout is also the longest a process may wait for the others
-inside a step (a slow peer, a ``--check`` that process 0 runs alone):
-raise it for long gaps.
+Defaults: initialization 60 s, heartbeat 30 s, collective 30 s.  Measured
+(2 processes on loopback, process 1 killed with SIGKILL mid-training, with
+`failure.py`'s handling): the survivor ends 31-34 s later with a line
+naming the lost process.  A killed process 0 (the coordination service)
+aborts the others at once.  The collective timeout is also the longest a
+process may wait for the others inside a step (a slow peer, a ``--check``
+that process 0 runs alone): raise it for long gaps.
 """
 
 from __future__ import annotations
@@ -61,7 +58,7 @@ from mtfc.errors import MtfcError
 
 DEFAULT_INITIALIZATION_TIMEOUT = 60
 DEFAULT_HEARTBEAT_TIMEOUT = 30
-DEFAULT_COLLECTIVE_TIMEOUT = 20
+DEFAULT_COLLECTIVE_TIMEOUT = 30
 
 ENV_COORDINATOR = "MTFC_COORDINATOR"
 ENV_NUM_PROCESSES = "MTFC_NUM_PROCESSES"
