@@ -487,11 +487,12 @@ def test_a_killed_process_ends_the_survivor_with_one_line_and_the_run_resumes_al
     kept = checkpoint_step(ckpt)
     ran = losses(log)
     assert procs[0].returncode == 1
-    assert seconds < 5 + 3 + 2 + 10  # the collective timeout, then naming the lost process (+ slack)
+    # the heartbeat timeout (the peer watcher), or the collective timeout then naming the lost process (+ slack)
+    assert seconds < 5 + 3 + 2 + 10
     assert len(err.splitlines()) == 1, err
     assert re.fullmatch(
-        re.escape("error: process 0: lost process 1 of 2 (jax's coordination service has no heartbeat from it; ")
-        + r"Gloo [^\n]+\); stopped at step (\d+)" + re.escape(f"; the last checkpoint, step {kept}, is in {ckpt}"),
+        re.escape("error: process 0: lost process 1 of 2 (jax's coordination service has no heartbeat from it")
+        + r"(; Gloo [^\n]+)?\); stopped at step (\d+)" + re.escape(f"; the last checkpoint, step {kept}, is in {ckpt}"),
         err.rstrip("\n")), err
     # the step reached: the last one logged, or the next, launched when the collective failed (as for Ctrl-C)
     assert int(re.search(r"stopped at step (\d+)", err).group(1)) in (len(ran), len(ran) + 1)

@@ -1,23 +1,27 @@
 """A process of a job ending cleanly when another process is lost, or when it is told to stop.
 
 In a job of several processes (`distributed.join`), a lost peer (killed,
-crashed, its host gone) shows in a survivor as the running step's collective
-failing: with ``jax_enable_recoverability`` and the collective timeout
-(`distributed.join` sets both) the step raises ``JaxRuntimeError`` (gloo's
-"Connection reset by peer", "Timed out waiting ...") at most
-``--collective-timeout`` seconds after the last good step, instead of
-hanging.  `guard` turns that into one line and exit status 1::
+crashed, its host gone) is noticed two ways, whichever comes first, and
+either ends the survivor with one line and exit status 1::
 
-    error: process 0: lost process 1 of 2 (jax's coordination service has no heartbeat from it; a collective
-    failed: Gloo all-reduce failed ... Connection reset by peer); stopped at step 7; the last checkpoint, step 4,
-    is in ckpt (--restore ckpt continues from it)
+    error: process 0: lost process 1 of 2 (jax's coordination service has no heartbeat from it; Gloo
+    all-reduce failed: ... Connection reset by peer); stopped at step 7; the last checkpoint, step 4, is in ckpt
 
-(one line).  Which process is lost comes from jax's coordination service
-(``DistributedRuntimeClient.get_live_nodes``: the processes whose heartbeat
-it still has; a process counts as lost ``--heartbeat-timeout`` seconds after
-its last heartbeat, so `guard` waits up to that plus 2 s, at most
-`LIVENESS_WAIT`, for the service to notice).  The process then ends with ``os._exit``: a normal
-interpreter exit would run jax's shutdown, which waits for the lost process.
+* `watch_peers`: a thread asks jax's coordination service every second
+  which processes are alive (``DistributedRuntimeClient.get_live_nodes``;
+  a process counts as lost ``--heartbeat-timeout`` seconds after its last
+  heartbeat), so a survivor ends within about the heartbeat timeout
+  wherever its main thread waits: in a step, in a checkpoint's barrier, in
+  a compile;
+* `guard`, around the run: with ``jax_enable_recoverability`` and the
+  collective timeout (`distributed.join` sets both) the running step's
+  collective raises ``JaxRuntimeError`` (gloo's "Connection reset by
+  peer", "Timed out waiting ...") instead of hanging; `guard` keeps that
+  error as the line's cause and waits, up to the heartbeat timeout + 2 s
+  (at most `LIVENESS_WAIT`), for the service to name the lost process.
+
+The process ends with ``os._exit``: a normal interpreter exit would run
+jax's shutdown, which waits for the lost process.
 
 `watch_termination` replaces jax's SIGTERM handling (its preemption
 notifier only logs the signal and carries on, so a SIGTERM from ``scancel``,
@@ -28,6 +32,10 @@ process ``mtfc launch`` started, whose launcher says what happened.
 
 `set_describe` (the training loop) says what a stopped process leaves: the
 step reached and the last committed checkpoint.
+
+The process holding the coordination service is process 0: when it is
+lost, jax aborts the others at once (status 134) before any of this can
+run (docs/multihost.md).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 from mtfc.errors import MtfcError
@@ -71,17 +80,36 @@ def _where() -> str:
     return f"; {text}" if text else ""
 
 
+_exit_lock = threading.Lock()
+_stderr: int | None = None  # a copy of descriptor 2 as it was when the watching began
+
+
+def _keep_stderr() -> None:
+    """Keep a copy of descriptor 2 for the last line: code that runs later may
+    point descriptor 2 elsewhere for a while (checkpoint saves hide orbax's
+    own reports), and the line must reach the user's stderr all the same."""
+    global _stderr
+    if _stderr is None:
+        try:
+            _stderr = os.dup(2)
+        except OSError:
+            pass
+
+
 def _exit_with(line: str | None, status: int) -> None:
-    """Print `line` on stderr (after what is already on stdout) and end the process now."""
+    """Print `line` on stderr (after what is already on stdout) and end the
+    process now.  The first caller wins: another thread calling it blocks
+    until the process is gone (one line, never two)."""
+    _exit_lock.acquire()
     try:
         sys.stdout.flush()
     except Exception:
         pass
     if line:
         try:
-            os.write(sys.stderr.fileno(), (line + "\n").encode())
-        except (OSError, ValueError, AttributeError):
-            print(line, file=sys.stderr, flush=True)
+            os.write(_stderr if _stderr is not None else 2, (line + "\n").encode())
+        except OSError:
+            pass
     os._exit(status)
 
 
@@ -129,18 +157,21 @@ def _first_line(error: BaseException) -> str:
     return line.strip()
 
 
-def lost_line(error: BaseException, lost: list[int] | None) -> str:
-    """The one line a survivor prints for `error` (module docstring)."""
+def lost_line(error: BaseException | None, lost: list[int] | None) -> str:
+    """The one line a survivor prints (module docstring); `error`: what
+    failed in this process, if anything did."""
     job = distributed.current_job()
     me = f"process {job.process_id}"
-    cause = _first_line(error)
+    cause = _first_line(error) if error is not None else None
     if lost:
         names = ", ".join(map(str, lost))
         who = f"lost process{'es' if len(lost) > 1 else ''} {names} of {job.num_processes}"
-        why = f"jax's coordination service has no heartbeat from {'them' if len(lost) > 1 else 'it'}; {cause}"
+        why = f"jax's coordination service has no heartbeat from {'them' if len(lost) > 1 else 'it'}"
+        if cause:
+            why += f"; {cause}"
     else:
         who = "lost contact with the other processes of the job"
-        why = cause
+        why = cause or "no answer"
     return f"error: {me}: {who} ({why}){_where()}"
 
 
@@ -165,15 +196,78 @@ def guard():
         if not distributed.current_job().is_multi_process:
             yield
             return
+        _keep_stderr()
         try:
             yield
         except Exception as e:
             if not _is_job_failure(e):
                 raise
-            lost = lost_processes(wait_s=min(LIVENESS_WAIT, distributed.current_job().timeouts.heartbeat + 2.0))
+            global _cause
+            _cause = e
+            wait = min(LIVENESS_WAIT, distributed.current_job().timeouts.heartbeat + 2.0)
+            if _watcher is not None and _watcher.is_alive():
+                _watcher.join(wait)  # it ends the process, with the line, once the service names the lost
+                lost = None
+            else:
+                lost = lost_processes(wait_s=wait)
             _exit_with(lost_line(e, lost), EXIT_LOST)
     finally:
         set_describe(None)  # the next run in this process describes itself
+
+
+# -- the peers' heartbeats ----------------------------------------------------------------------
+
+WATCH_INTERVAL = 1.0  # seconds between two questions to the coordination service
+
+_watcher: threading.Thread | None = None
+_cause: BaseException | None = None  # what failed in this process (`guard`), for the watcher's line
+_leaving = False
+
+
+def watch_peers() -> None:
+    """From now on a thread asks jax's coordination service, every
+    `WATCH_INTERVAL` seconds, which processes of the job are alive
+    (``get_live_nodes``: every process asks, and the answer comes once all
+    the live ones have); when it counts one as lost (no heartbeat for
+    ``--heartbeat-timeout`` seconds) this process ends with `lost_line` and
+    status 1, wherever its main thread is -- in a step, a checkpoint's
+    barrier, a compile.  Every process of the job runs it (`run.py`).
+    Stops quietly at exit and if the service stops answering.  Once per
+    process; a no-op for one process."""
+    global _watcher
+    job = distributed.current_job()
+    if not job.is_multi_process or (_watcher is not None and _watcher.is_alive()):
+        return
+    try:
+        from jax._src import distributed as jax_distributed
+    except ImportError:
+        return
+    client = jax_distributed.global_state.client
+    if client is None:
+        return
+    _keep_stderr()
+    import atexit
+
+    def leave():
+        global _leaving
+        _leaving = True
+
+    atexit.register(leave)  # runs before the job is left (registered after distributed.join's)
+    everyone = list(range(job.num_processes))
+
+    def watch() -> None:
+        while not _leaving:
+            try:
+                live = set(client.get_live_nodes(everyone))
+            except Exception:
+                return  # the service is gone or shutting down: jax itself reports that
+            lost = sorted(set(everyone) - live)
+            if lost and not _leaving:
+                _exit_with(lost_line(_cause, lost), EXIT_LOST)
+            time.sleep(WATCH_INTERVAL)
+
+    _watcher = threading.Thread(target=watch, name="mtfc-watch-peers", daemon=True)
+    _watcher.start()
 
 
 # -- SIGTERM ------------------------------------------------------------------------------------
@@ -194,6 +288,7 @@ def watch_termination(*, quiet: bool | None = None) -> None:
         from mtfc.runtime.launch import ENV_LAUNCHED
 
         quiet = bool(os.environ.get(ENV_LAUNCHED))
+    _keep_stderr()
     read, write = os.pipe()
     os.set_blocking(write, False)
     signal.signal(signal.SIGTERM, lambda number, frame: None)  # Python's C handler writes to the wakeup fd

@@ -47,6 +47,7 @@ def run_or_train(module_file: str, options: TrainOptions, *, backend: str, seed:
         errors.show_warnings(False)
     if found.is_multi_process:
         failure.watch_termination()  # SIGTERM ends the process, also inside a collective
+        failure.watch_peers()  # a lost process ends this one within the heartbeat timeout, wherever it is
     try:
         with failure.guard():  # a lost process ends this one with one line (failure.py)
             if kind == "train":
