@@ -66,16 +66,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(n: int, k: int, runs: list[tuple[int, list[str]]], *, extra_env: dict | None = None) -> list[subprocess.Popen]:
+def start(n: int, k: int, runs: list[tuple[int, list[str]]], *, extra_env: dict | None = None,
+          driver: str = DRIVER) -> list[subprocess.Popen]:
     """Start `n` processes of `k` CPU devices each running `runs` ((expected
-    exit status, mtfc arguments) each)."""
+    exit status, mtfc arguments) each) through `driver`."""
     port = free_port()
     procs = []
     for i in range(n):
         env = {key: v for key, v in os.environ.items() if not key.startswith("MTFC_") and key != "XLA_FLAGS"}
         env.update({"PYTHONPATH": ROOT, "MTFC_COORDINATOR": f"127.0.0.1:{port}", "MTFC_NUM_PROCESSES": str(n),
                     "MTFC_PROCESS_ID": str(i), "MTFC_LOCAL_DEVICES": str(k), **(extra_env or {})})
-        procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(runs)], env=env, cwd=ROOT,
+        procs.append(subprocess.Popen([sys.executable, "-c", driver, json.dumps(runs)], env=env, cwd=ROOT,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -269,3 +270,35 @@ def test_the_job_comes_from_flags_else_environment_else_a_detected_cluster(monke
     job = resolve_job(JobFlags("127.0.0.1:6000", 2, 0, heartbeat_timeout=5))
     assert (job.process_id, job.num_processes, job.coordinator, job.source) == (0, 2, "127.0.0.1:6000", "flags")
     assert job.timeouts.heartbeat == 5
+
+
+# A process of a job whose process 0 is slow at what it does alone: the
+# `--check` comparison takes 4 s, twice the job's collective timeout.
+SLOW_PRIMARY_DRIVER = """
+import time
+from mtfc.runtime import distributed
+import mtfc.runtime.check as check
+slow = check.compare
+def compare(*args, **kwargs):
+    time.sleep(4)
+    return slow(*args, **kwargs)
+check.compare = compare
+import mtfc.runtime.forward, mtfc.runtime.train
+mtfc.runtime.forward.compare = mtfc.runtime.train.compare = compare
+""" + DRIVER
+
+
+def test_the_others_wait_for_process_0s_own_work_beyond_the_collective_timeout(modules, tmp_path):
+    """Process 0 alone runs the unsharded reference of `--check` (and writes
+    the outputs); the other processes wait for it at a barrier of the
+    coordination service, not inside a collective, so a check that takes
+    longer than the collective timeout (here 4 s against 2 s) passes in
+    forward and train runs alike, and the job ends with status 0."""
+    runs = [["run", str(modules["mlp", "explicit"]), "--repeat", "1", "--check"],
+            ["run", str(modules["data"]), "--steps", "2", "--check"]]
+    procs = start(2, 4, [(0, args) for args in runs], extra_env={"MTFC_COLLECTIVE_TIMEOUT": "2"},
+                  driver=SLOW_PRIMARY_DRIVER)
+    (rc0, out0, err0), (rc1, out1, err1) = finish(procs)
+    assert rc0 == 0 and rc1 == 0, (rc0, err0[-2000:], rc1, err1[-2000:])
+    assert out0.count("check: passed") == 2 and "FAILED" not in out0, out0
+    assert "trained steps 1-2" in out0 and out1 == ""

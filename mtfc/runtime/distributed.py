@@ -37,8 +37,10 @@ Defaults: initialization 60 s, heartbeat 30 s, collective 30 s.  Measured
 `failure.py`'s handling): the survivor ends 31-34 s later with a line
 naming the lost process.  A killed process 0 (the coordination service)
 aborts the others at once.  The collective timeout is also the longest a
-process may wait for the others inside a step (a slow peer, a ``--check``
-that process 0 runs alone): raise it for long gaps.
+process may wait for the others inside a step (a slow peer): raise it for
+long gaps.  Skew outside a step (compiling; process 0's ``--check``
+reference and ``--outputs``) is waited for at barriers, up to
+`PRIMARY_WORK_TIMEOUT` (`wait_for_all`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ from mtfc.errors import MtfcError
 DEFAULT_INITIALIZATION_TIMEOUT = 60
 DEFAULT_HEARTBEAT_TIMEOUT = 30
 DEFAULT_COLLECTIVE_TIMEOUT = 30
+# How long the other processes wait, at a barrier of the coordination service
+# (not inside a collective, whose timeout is short), for work process 0 does
+# alone: the unsharded reference of ``--check``, writing ``--outputs``, the
+# summary.  A process that dies meanwhile is noticed sooner, by the peer
+# watcher (`failure.watch_peers`) or the heartbeat.
+PRIMARY_WORK_TIMEOUT = 900
 
 ENV_COORDINATOR = "MTFC_COORDINATOR"
 ENV_NUM_PROCESSES = "MTFC_NUM_PROCESSES"
@@ -516,15 +524,16 @@ def _leave() -> None:
     ``jax_enable_recoverability`` jax's own shutdown has no barrier: a
     process 0 that exits first makes a slower process's disconnect fail,
     and jax aborts that process (status 134) although the job succeeded.
-    When a process is missing at the barrier (it failed), the exit goes on
-    as jax's would."""
+    The barrier waits up to `PRIMARY_WORK_TIMEOUT` (process 0 may still be
+    checking or writing); when a process is missing at it (it failed), the
+    exit goes on as jax's would."""
     from jax._src import distributed as jax_distributed
 
     client = jax_distributed.global_state.client
     if client is None or not _current.is_multi_process:
         return
     try:
-        client.wait_at_barrier("mtfc-exit", int(_current.timeouts.collective * 1000))
+        client.wait_at_barrier("mtfc-exit", int(max(_current.timeouts.collective, PRIMARY_WORK_TIMEOUT) * 1000))
     except Exception:
         return
     if not is_primary() and _exit_status is not None:
@@ -559,11 +568,29 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
                         f"{seconds:g} s{why}") from None
 
 
-def primary_says(value: bool) -> bool:
+_waits = 0
+
+
+def wait_for_all(name: str) -> None:
+    """A barrier for work whose length differs between processes outside a
+    step (compiling, process 0's solo work): waits up to
+    `PRIMARY_WORK_TIMEOUT` (at least the collective timeout), so that such
+    skew never runs into a collective's short timeout."""
+    global _waits
+    if _current.is_multi_process:
+        _waits += 1  # every process waits the same number of times, so the names agree
+        barrier(f"{name}-{_waits}", max(_current.timeouts.collective, PRIMARY_WORK_TIMEOUT))
+
+
+def primary_says(value: bool, what: str = "mtfc-primary") -> bool:
     """Process 0's `value`, in every process (the others' `value` is ignored):
-    how the job agrees on what process 0 alone decided, e.g. a ``--check``."""
+    how the job agrees on what process 0 alone decided, e.g. a ``--check``.
+    The others first wait for process 0 at barrier `what` (up to
+    `PRIMARY_WORK_TIMEOUT`), so that its solo work does not run into the
+    collective timeout."""
     if not _current.is_multi_process:
         return value
+    wait_for_all(what)
     import numpy as np
     from jax.experimental import multihost_utils
 

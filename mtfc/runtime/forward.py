@@ -75,6 +75,7 @@ def run_command(
     if backend == "cpu":
         rt_devices.ensure_cpu_devices(max(mesh.size, 1))
     program = Program(module, backend=backend, unsharded=kind == "none")
+    distributed.wait_for_all("mtfc-compiled")  # processes compile at their own pace; steps start together
     inputs = (load_inputs(inputs_file, program, seed, argument_ranges(module)) if inputs_file
               else synthetic_sources(program.arguments, seed))
     result = program.run(inputs, repeat=repeat)

@@ -62,7 +62,7 @@ def _check_first_step(train: TrainStep, state: TrainState, batches: Batches, bac
     inputs.update({name: materialize(as_source(value)) for name, value in batches.batch(state.step).items()})
     sharded = train.program.run(inputs, repeat=1).outputs
     if not distributed.is_primary():
-        return distributed.primary_says(False)
+        return distributed.primary_says(False, "mtfc-check")
     reference = Program(train.module, backend=backend, unsharded=True).run(inputs, repeat=1).outputs
     rows = [("output", "max rel err", "tolerance", "status")]
     ok = True
@@ -77,7 +77,7 @@ def _check_first_step(train: TrainStep, state: TrainState, batches: Batches, bac
     echo(f"check step {state.step + 1} against the unsharded run on 1 device:")
     echo(table(rows))
     echo("check: " + ("passed" if ok else "FAILED (not training)"))
-    return distributed.primary_says(ok)
+    return distributed.primary_says(ok, "mtfc-check")
 
 
 def train_command(
@@ -115,6 +115,7 @@ def train_command(
         kind = mir.partitioning(module)
         rt_devices.ensure_cpu_devices(max(mir.module_mesh(module).size if kind != "none" else 1, 1))
     train = TrainStep(module, backend=backend)
+    distributed.wait_for_all("mtfc-compiled")  # processes compile at their own pace; steps start together
     p = train.program
 
     job = distributed.current_job()
