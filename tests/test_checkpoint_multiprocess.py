@@ -10,7 +10,6 @@ checkpoint timeout, and the previous checkpoint stays as it was.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,37 +17,21 @@ import time
 import pytest
 
 from corpus import tree
+from test_multiprocess import finish, free_port
 
 WORKER = os.path.join(os.path.dirname(__file__), "checkpoint_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def job(mode, path, layout, processes, *, env=None, timeout=120):
     """Run `processes` workers; return [(exit status, stdout, stderr)] in process order."""
-    port = _free_port()
+    port = free_port()
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]),
         **(env or {})}
     procs = [subprocess.Popen([sys.executable, WORKER, mode, str(path), layout, str(port), str(processes), str(i)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
              for i in range(processes)]
-    out = []
-    deadline = time.time() + timeout
-    try:
-        for p in procs:
-            o, e = p.communicate(timeout=max(1, deadline - time.time()))
-            out.append((p.returncode, o, e))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return out
+    return finish(procs, timeout=timeout)
 
 
 def assert_ok(results, processes_saved=None):

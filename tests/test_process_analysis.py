@@ -28,27 +28,9 @@ from mtfc.passes import comm_analysis, process_analysis
 MESH = Mesh.parse("rows:2,cols:4")
 F32 = 4
 
-# a: tensor<4x8xf32> = 128 bytes, b: tensor<8x8xf32> = 256 bytes
-MODULE = """
-module @m attributes {mtfc.mesh = "rows:2,cols:4", mtfc.layout = "", mtfc.partitioning = "explicit"} {
-  func.func @main(%a: tensor<4x8xf32>, %b: tensor<8x8xf32>) -> (tensor<4x8xf32>) {
-    %0:2 = "stablehlo.all_reduce"(%a, %b) <{replica_groups = dense<[[0, 4], [1, 5], [2, 6], [3, 7]]> : tensor<4x2xi64>}> ({
-    ^bb0(%x: tensor<f32>, %y: tensor<f32>):
-      %s = stablehlo.add %x, %y : tensor<f32>
-      stablehlo.return %s : tensor<f32>
-    }) : (tensor<4x8xf32>, tensor<8x8xf32>) -> (tensor<4x8xf32>, tensor<8x8xf32>)
-    %1 = "stablehlo.reduce_scatter"(%a) <{scatter_dimension = 1 : i64, replica_groups = dense<[[0, 1, 2, 3], [4, 5, 6, 7]]> : tensor<2x4xi64>}> ({
-    ^bb0(%x: tensor<f32>, %y: tensor<f32>):
-      %s = stablehlo.add %x, %y : tensor<f32>
-      stablehlo.return %s : tensor<f32>
-    }) : (tensor<4x8xf32>) -> tensor<4x2xf32>
-    %2 = "stablehlo.all_to_all"(%a) <{split_dimension = 1 : i64, concat_dimension = 0 : i64, split_count = 8 : i64, replica_groups = dense<[[0, 1, 2, 3, 4, 5, 6, 7]]> : tensor<1x8xi64>}> : (tensor<4x8xf32>) -> tensor<32x1xf32>
-    %3 = "stablehlo.collective_permute"(%a) <{source_target_pairs = dense<[[0, 1], [1, 2], [2, 3], [3, 0]]> : tensor<4x2xi64>}> : (tensor<4x8xf32>) -> tensor<4x8xf32>
-    %4 = "stablehlo.all_gather"(%1) <{all_gather_dim = 1 : i64, replica_groups = dense<[[0, 1, 2, 3], [4, 5, 6, 7]]> : tensor<2x4xi64>}> : (tensor<4x2xf32>) -> tensor<4x8xf32>
-    return %4 : tensor<4x8xf32>
-  }
-}
-"""
+# a: tensor<4x8xf32> = 128 bytes, b: tensor<8x8xf32> = 256 bytes; one collective of each kind
+from test_inspect import PER_DEVICE_MODULE as MODULE  # noqa: E402
+
 
 
 @pytest.fixture(scope="module")

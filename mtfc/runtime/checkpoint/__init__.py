@@ -232,12 +232,8 @@ def restore(index: dict, targets: list[tuple[mir.Signature, TensorLayout]], devi
     state = os.path.join(os.path.abspath(where), STATE)
     saved = {a["name"]: a for a in index["arrays"]}
     keys = tree_keys(saved, f"{where}: {INDEX}")
-    try:
+    with store.errors_as(f"cannot read checkpoint {where!r}: {STATE}/"):
         kinds = store.stored(state)
-    except Exception as e:  # noqa: BLE001
-        if store.not_an_orbax_error(e):
-            raise
-        raise MtfcError(f"cannot read checkpoint {where!r}: {STATE}/: {store.message(e)}") from None
     wanted = {}
     for sig, layout in targets:
         array = saved[sig.name]
@@ -250,12 +246,8 @@ def restore(index: dict, targets: list[tuple[mir.Signature, TensorLayout]], devi
                             f"{INDEX} says {array['dtype']} {array['shape']}")
         wanted[keys[sig.name]] = jax.ShapeDtypeStruct(tuple(array["shape"]), want,
                                                       sharding=jax_sharding(layout, devices))
-    try:
+    with store.errors_as(f"cannot read checkpoint {where!r}"):
         arrays = store.read(state, wanted)
-    except Exception as e:  # noqa: BLE001
-        if store.not_an_orbax_error(e):
-            raise
-        raise MtfcError(f"cannot read checkpoint {where!r}: {store.message(e)}") from None
     out = {}
     for sig, _ in targets:
         out[sig.name] = arrays[keys[sig.name]]

@@ -176,6 +176,18 @@ def read_block(state: str, keys: tuple[str, ...], slices: tuple[slice, ...]) -> 
         return np.asarray(store[slices].read().result())
 
 
+@contextlib.contextmanager
+def errors_as(prefix: str):
+    """Turn an error of orbax or tensorstore inside the block into one
+    `MtfcError` line, ``PREFIX: why``; ours pass through unchanged."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - orbax / tensorstore raise ValueError, OSError, ...
+        if not_an_orbax_error(e):
+            raise
+        raise MtfcError(f"{prefix}: {message(e)}") from None
+
+
 def not_an_orbax_error(e: BaseException) -> bool:
     """Whether `e` is one of ours (to pass through unchanged)."""
     return isinstance(e, (MtfcError, KeyboardInterrupt, SystemExit))
