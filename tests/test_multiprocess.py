@@ -272,19 +272,19 @@ def test_the_job_comes_from_flags_else_environment_else_a_detected_cluster(monke
     assert job.timeouts.heartbeat == 5
 
 
-# A process of a job whose process 0 is slow at what it does alone: the
-# `--check` comparison takes 4 s, twice the job's collective timeout.
+# A process of a job whose process 0 is slow at what it does alone: building
+# the unsharded reference of `--check` takes 6 s more, twice the job's
+# collective timeout.
 SLOW_PRIMARY_DRIVER = """
 import time
-from mtfc.runtime import distributed
-import mtfc.runtime.check as check
-slow = check.compare
-def compare(*args, **kwargs):
-    time.sleep(4)
-    return slow(*args, **kwargs)
-check.compare = compare
 import mtfc.runtime.forward, mtfc.runtime.train
-mtfc.runtime.forward.compare = mtfc.runtime.train.compare = compare
+from mtfc.runtime.execute import Program
+class SlowReference(Program):
+    def __init__(self, *args, unsharded=False, **kwargs):
+        if unsharded:
+            time.sleep(6)
+        super().__init__(*args, unsharded=unsharded, **kwargs)
+mtfc.runtime.forward.Program = mtfc.runtime.train.Program = SlowReference
 """ + DRIVER
 
 
@@ -292,11 +292,11 @@ def test_the_others_wait_for_process_0s_own_work_beyond_the_collective_timeout(m
     """Process 0 alone runs the unsharded reference of `--check` (and writes
     the outputs); the other processes wait for it at a barrier of the
     coordination service, not inside a collective, so a check that takes
-    longer than the collective timeout (here 4 s against 2 s) passes in
+    longer than the collective timeout (here 6 s against 3 s) passes in
     forward and train runs alike, and the job ends with status 0."""
     runs = [["run", str(modules["mlp", "explicit"]), "--repeat", "1", "--check"],
             ["run", str(modules["data"]), "--steps", "2", "--check"]]
-    procs = start(2, 4, [(0, args) for args in runs], extra_env={"MTFC_COLLECTIVE_TIMEOUT": "2"},
+    procs = start(2, 4, [(0, args) for args in runs], extra_env={"MTFC_COLLECTIVE_TIMEOUT": "3"},
                   driver=SLOW_PRIMARY_DRIVER)
     (rc0, out0, err0), (rc1, out1, err1) = finish(procs)
     assert rc0 == 0 and rc1 == 0, (rc0, err0[-2000:], rc1, err1[-2000:])
