@@ -3,7 +3,7 @@
 ``import mtfc as mtf`` gives the DSL: `Dim`, `Shape`, ops (`einsum`,
 `reduce_sum`, `softmax`, ...), `layers`, `get_variable`, `init`, `entry`,
 `Input`, `scope`, and autodiff (`grad`, `value_and_grad`, `stop_gradient`,
-`trainable_variables`).
+`trainable_variables`), `is_training`.
 
 The DSL (and with it jax) is imported on first use of one of its names
 (PEP 562 module ``__getattr__``), so ``import mtfc.errors`` and the command
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # name -> the module defining it (the DSL's public names, imported lazily)
 _OPS = (
-    "abs add broadcast cast concat constant divide einsum equal exp floor gather gelu greater greater_equal iota "
+    "abs add broadcast cast concat constant cumsum divide einsum equal exp floor gather gelu greater greater_equal iota "
     "less less_equal log log_softmax logical_and logical_not logical_or maximum minimum multiply negative "
     "not_equal one_hot ones pad power range_ reduce_logsumexp reduce_max reduce_mean reduce_min reduce_sum relu "
     "rename_dimension replace_dimensions reshape rsqrt shift sigmoid sign slice softmax sqrt square stop_gradient "
@@ -35,6 +35,7 @@ _LAZY = {
     "Shape": "mtfc.frontend.dims",
     "Tensor": "mtfc.frontend.graph",
     "recompute": "mtfc.frontend.graph",
+    "is_training": "mtfc.frontend.graph",
     "scope": "mtfc.frontend.graph",
     "grad": "mtfc.frontend.autodiff",
     "value_and_grad": "mtfc.frontend.autodiff",

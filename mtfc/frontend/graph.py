@@ -216,6 +216,8 @@ class Graph:
         # "bf16" under mixed precision: parameters are read as bf16 copies of
         # their f32 master values (`get_variable`)
         self.compute_dtype: str = "f32"
+        # True while a train step's model function is traced (`is_training`)
+        self.training: bool = False
 
     def scope_prefix(self) -> str:
         return "/".join(self._scopes)
@@ -250,6 +252,15 @@ def current_graph() -> Graph:
     if graph is None:
         raise fail("mtfc ops can only be used while a model is traced (inside mtfc.trace or a compiled entry)")
     return graph
+
+
+def is_training() -> bool:
+    """True while the model function is traced for a train step
+    (`mtfc compile --train`, `trace_train_step`), False for a forward module
+    or outside tracing.  Layers use it to pick train-time settings (e.g.
+    `layers.moe`'s train capacity factor)."""
+    graph = _current.get()
+    return bool(graph is not None and graph.training)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ tensor parallel or both purely by the layout rules.
 
 Parameters are stored in f32 (their master values, `get_variable`) and read
 in the dtype the layer computes in: its float input's dtype (`dense`,
-`layer_norm`, `attention`, `feed_forward`), or `embedding`'s `dtype` (None:
+`layer_norm`, `attention`, `feed_forward`, `moe`'s experts), or `embedding`'s `dtype` (None:
 the compute dtype).
 """
 
@@ -17,6 +17,7 @@ from mtfc.frontend import ops
 from mtfc.frontend.dims import Dim, Shape, as_shape
 from mtfc.frontend.graph import FLOAT_DTYPES, Tensor, fail, scope
 from mtfc.frontend.model import get_variable, init
+from mtfc.frontend.moe import moe  # noqa: F401 - mtf.layers.moe (mixture of experts)
 
 
 def _compute_dtype(x: Tensor) -> str | None:

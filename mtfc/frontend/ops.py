@@ -260,6 +260,22 @@ def reduce_logsumexp(x, reduced_dim=None, output_shape=None):
     return log(reduce_sum(exp(x - peak), reduced_dim, output_shape)) + peak
 
 
+def cumsum(x: Tensor, dim: DimLike, exclusive: bool = False) -> Tensor:
+    """Running sum along `dim` (``exclusive``: of the elements before each
+    position, so the first is 0).  As Mesh TF's: an einsum of x, its `dim`
+    renamed, with a triangular 0/1 matrix -- O(n^2) in the dim's size, meant
+    for short dims (an MoE group), and split like any einsum."""
+    d = x.shape.get(dim)
+    if not is_float(x):
+        raise fail(f"cumsum: {x.dtype} input; cast it to a float dtype first")
+    source = Dim(f"{d.name}_cumsum_source", d.size)
+    if source.name in x.shape.names:
+        raise fail(f"cumsum: dim name {source.name!r} is already in {x.shape}")
+    before = (less if exclusive else less_equal)(range_(source), range_(d))
+    triangle = where(before, constant(1.0, Shape(), x.dtype), constant(0.0, Shape(), x.dtype))
+    return einsum([rename_dimension(x, d, source.name), triangle], x.shape, name="cumsum")
+
+
 def softmax(x: Tensor, dim: DimLike) -> Tensor:
     """exp(x) / sum(exp(x)) over `dim`, stably."""
     shifted = x - stop_gradient(reduce_max(x, dim))

@@ -105,6 +105,7 @@ def trace_train_step(entry: Entry, optimizer: str | None = None, precision: str 
     spec, precision = _settings(entry, optimizer, precision)
     graph = Graph()
     graph.compute_dtype = precision
+    graph.training = True  # mtf.is_training(): layers pick their train-time settings
     with tracing(graph):
         args = {}
         for k, spec_in in entry.inputs.items():
