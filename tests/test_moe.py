@@ -206,3 +206,82 @@ def test_moe_errors_are_one_clear_line():
 
     with pytest.raises(MtfcError, match="unknown gating 'top3'"):
         compile_function(bad_gating, INPUTS, mode="none")
+
+
+# ------------------------------------------------------------------ explicit program: all_to_alls
+def stacked_moe(n_layers, gating="top2"):
+    """`n_layers` residual MoE layers after a parameter (so the first layer's
+    input needs a gradient too): (model, capacity at the eval / train factor)."""
+    train_factor, eval_factor = FACTORS[gating]
+
+    def model(x, cot):
+        h = x * mtf.get_variable("scale", [d_model], initializer=mtf.init.ones())
+        aux_total = 0.0
+        for i in range(n_layers):
+            y, aux = mtf.layers.moe(h, io_dim=d_model, hidden_dim=d_ff, experts_dim=experts, group_size=GROUP,
+                                    gating=gating, capacity_factor_train=train_factor,
+                                    capacity_factor_eval=eval_factor, name=f"moe{i}")
+            h, aux_total = h + y, aux + aux_total
+        return {"y": h, "aux": aux_total, "loss": mtf.reduce_sum(h * cot) + AUX_COEF * aux_total}
+
+    return model
+
+
+def all_to_alls(module):
+    from mtfc.passes.comm_analysis import module_collectives
+
+    return [c for c in module_collectives(module) if c.kind == "all_to_all"]
+
+
+# (mesh, layout, mesh axes the groups and experts share)
+EXPERT_LAYOUTS = [
+    ("rows:2,cols:4", "batch:rows,experts:rows", ["rows"]),
+    ("rows:2,cols:4", "batch:rows,experts:rows,d_ff:cols", ["rows"]),
+    ("a:2,b:2,c:2", "batch:a+b,experts:a+b,d_ff:c", ["a", "b"]),
+    ("x:4", "batch:x,experts:x", ["x"]),
+]
+
+
+@pytest.mark.parametrize("mesh,layout,axes", EXPERT_LAYOUTS, ids=[lay for _, lay, _ in EXPERT_LAYOUTS])
+def test_explicit_program_moves_tokens_by_one_all_to_all_each_way(mesh, layout, axes):
+    """Per MoE layer: forward exactly 2 all_to_alls (into the experts, back),
+    the train step 4 (the forward 2 and the backward's mirrors: the output's
+    cotangent into the experts, the input's back); each over the axes the
+    groups and experts share, each moving S = bytes of [E, G/n, C, D] =
+    4 * E * G * C * D / n per device (docs/passes/partition.md, "Mixture of
+    experts").  Nothing else is an all_to_all; no all_gather appears."""
+    from mtfc.frontend.moe import capacity
+
+    n_layers = 2
+    n = math.prod(int(a.split(":")[1]) for a in mesh.split(",") if a.split(":")[0] in axes)
+    groups = B * L // GROUP
+    train_factor, eval_factor = FACTORS["top2"]
+    for train, factor, per_layer in ((False, eval_factor, 2), (True, train_factor, 4)):
+        module = compile_function(stacked_moe(n_layers), INPUTS, mesh=mesh, layout=layout, mode="explicit",
+                                  train=train, optimizer="sgd:lr=0.1" if train else None)
+        found = all_to_alls(module)
+        assert len(found) == per_layer * n_layers, [c.location for c in found]
+        size = 4 * E * groups * capacity(GROUP, E, factor) * D // n
+        for c in found:
+            assert (c.axes, c.n, c.bytes) == (axes, n, size), c
+            assert c.bus_bytes == (n - 1) / n * size
+        from mtfc.passes.comm_analysis import module_collectives
+
+        assert not [c for c in module_collectives(module) if c.kind == "all_gather"], "no all_gather of tokens"
+
+
+def test_explicit_all_to_alls_split_experts_and_concatenate_groups():
+    """The forward pair, as emitted: into the experts, split the experts dim
+    (0) and concatenate the groups (1) of [experts, groups, capacity, d]; back,
+    the reverse; replica groups: the mesh columns (devices along `rows`)."""
+    module = compile_function(stacked_moe(1), INPUTS, mesh="rows:2,cols:4", layout="batch:rows,experts:rows",
+                              mode="explicit")
+    text = str(module)
+    ops = re.findall(r'"stablehlo.all_to_all"\(.*', text)
+    assert len(ops) == 2
+    into, back = ops
+    for op, split, concat in ((into, 0, 1), (back, 1, 0)):
+        assert f"concat_dimension = {concat} : i64" in op and f"split_dimension = {split} : i64" in op, op
+        assert "split_count = 2" in op and "[[0, 4], [1, 5], [2, 6], [3, 7]]" in op, op
+    assert 'mtfc.dims = ["experts_unsplit", "batch", "expert_capacity", "d_model"]' in into
+    assert 'mtfc.dims = ["experts", "batch_unsplit", "expert_capacity", "d_model"]' in back
