@@ -34,7 +34,7 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.passes.device_values import per_device_value
 from mtfc.passes.manager import register_pass
-from mtfc.passes.partition import clone_region
+from mtfc.passes.partition.common import clone_region
 
 COLLECTIVES = {
     "stablehlo.all_reduce", "stablehlo.all_gather", "stablehlo.all_to_all",

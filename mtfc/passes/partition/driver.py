@@ -1,0 +1,121 @@
+"""The explicit partitioner's driver: the per-device function, value by value."""
+
+from __future__ import annotations
+
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import func
+
+from mtfc import ir as mir
+from mtfc.errors import MtfcError
+from mtfc.passes import op_rules
+from mtfc.passes.collectives import Axes, Emitter, Local
+from mtfc.passes.partition import contraction, gather, local, windows  # noqa: F401 - their rules register on import
+from mtfc.passes.partition.common import RULES, clone_region
+from mtfc.passes.partition.local import elementwise, replicated
+from mtfc.passes.partition.windows import halo_exchange, window_of
+
+ELEMENTWISE = op_rules.names(family=("elementwise", "control")) - {"func.return", "stablehlo.return"}
+
+
+class Partitioner:
+    def __init__(self, module: ir.Module):
+        self.module = module
+        self.mesh = mir.module_mesh(module)
+        self.layouts = mir.module_layouts(module)
+        self.layouts.validate()
+        self.current_class = "activation"  # the layout class of the op being partitioned
+        self.emit = Emitter(self.mesh)
+
+    # --------------------------------------------------------------- layouts
+    def axes_of(self, dims, shape, what: str, cls: str | None = None) -> tuple[Axes, ...]:
+        """Mesh axes per dim of a value of class `cls` (default: the current op's)."""
+        return self.layouts.of_value(dims, shape, cls=cls or self.current_class, what=what).axes
+
+    def local_type(self, shape, axes, element_type) -> ir.RankedTensorType:
+        return ir.RankedTensorType.get(self.emit.local_shape(shape, axes), element_type)
+
+    def clone(self, op: ir.Operation, operands: list[ir.Value], result_type: ir.Type, dims, **overrides) -> ir.Value:
+        """`op` with new operands and result type (attributes copied, then `overrides`)."""
+        attrs = {n: op.attributes[n] for n in op.attributes}
+        attrs.update(overrides)
+        new = ir.Operation.create(op.name, results=[result_type], operands=operands, attributes=attrs,
+                                  regions=len(op.regions))
+        for src, dst in zip(op.regions, new.regions):
+            clone_region(src, dst)
+        return self.emit.tag(new, dims)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> None:
+        module, mesh = self.module, self.mesh
+        old = mir.entry_function(module)
+        args, results = mir.arguments(module), mir.results(module)
+        def state(sig):
+            return "param" if sig.role in mir.STATE_ROLES else "activation"
+
+        arg_axes = [self.axes_of(s.dims, s.shape, f"argument {s.name!r}", state(s)) for s in args]
+        res_axes = [self.axes_of(s.dims, s.shape, f"result {s.name!r}", state(s)) for s in results]
+        ftype = ir.FunctionType(ir.TypeAttr(old.attributes["function_type"]).value)
+        in_types = [self.local_type(s.shape, a, ir.RankedTensorType(t).element_type)
+                    for s, a, t in zip(args, arg_axes, ftype.inputs)]
+        out_types = [self.local_type(s.shape, a, ir.RankedTensorType(t).element_type)
+                     for s, a, t in zip(results, res_axes, ftype.results)]
+        with old.location:
+            new = func.FuncOp("main.partitioned", ir.FunctionType.get(in_types, out_types), ip=ir.InsertionPoint(old))
+        for key in ("arg_attrs", "res_attrs"):
+            if key in old.attributes:
+                new.attributes[key] = old.attributes[key]
+        block = new.add_entry_block()
+        env: dict[ir.Value, Local] = {}
+        for old_arg, new_arg, sig, axes in zip(old.regions[0].blocks[0].arguments, block.arguments, args, arg_axes):
+            env[old_arg] = Local(new_arg, tuple(sig.dims), tuple(sig.shape), axes)
+        with ir.InsertionPoint(block):
+            for op in mir.body_ops(old):
+                with op.location:
+                    if op.name == "func.return":
+                        values = [
+                            self.emit.reshard(env[v], axes, f"result {sig.name!r}").value
+                            for v, sig, axes in zip(op.operands, results, res_axes)
+                        ]
+                        func.ReturnOp(values)
+                        continue
+                    self.partition_op(op, env)
+        old.erase()
+        new.attributes["sym_name"] = ir.StringAttr.get(mir.ENTRY)
+        attrs = module.operation.attributes
+        attrs["mhlo.num_replicas"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), mesh.size)
+        attrs["mhlo.num_partitions"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), 1)
+        mir.set_partitioning(module, "explicit")
+
+    def partition_op(self, op: ir.Operation, env: dict) -> None:
+        all_dims = mir.op_result_dims(op)
+        if all_dims is None:
+            raise MtfcError(f"{mir.describe_op(op)} carries no mtfc.dims")
+        if len(op.results) != 1:
+            raise MtfcError(f"partition: cannot split {mir.describe_op(op)}: ops with {len(op.results)} results have no rule")
+        dims = all_dims[0]
+        shape = tuple(ir.RankedTensorType(op.results[0].type).shape)
+        self.current_class = mir.op_class(op)
+        axes = self.axes_of(dims, shape, f"value of {mir.describe_op(op)}")
+        if op.name in ("stablehlo.pad", "stablehlo.concatenate"):
+            users = [u.owner for u in op.results[0].uses]
+            if len(users) == 1 and window_of(self, users[0].operation, env) is not None:
+                env[op.results[0]] = None  # partitioned together with the slice that reads it
+                return
+        if op.name == "stablehlo.slice" and window_of(self, op, env) is not None:
+            env[op.results[0]] = halo_exchange(self, op, env, list(dims), shape, axes)
+            return
+        args = [env[v] for v in op.operands]
+        fn = RULES.get(op.name)
+        if fn is None and op.name in ELEMENTWISE:
+            fn = elementwise
+        if fn is None:
+            if any(a for x in args for a in x.axes) or any(axes):
+                described = ", ".join(f"[{', '.join(x.dims)}]" for x in args)
+                raise MtfcError(
+                    f"partition: no rule splits {mir.describe_op(op)} (operands {described} -> [{', '.join(dims)}])"
+                )
+            fn = replicated
+        result = fn(self, op, args, list(dims), shape)
+        result = self.emit.reshard(result, axes, f"value of {mir.describe_op(op)}")
+        env[op.results[0]] = result
+

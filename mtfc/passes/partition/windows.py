@@ -1,0 +1,313 @@
+"""Rules for ops that read across block boundaries along a dim -- slice, pad,
+concatenate and the shift ``slice(pad(x))`` -- by exchanging windows and
+halos with ``collective_permute``, never gathering the dim."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import stablehlo as hlo
+
+from mtfc import ir as mir
+from mtfc.passes.collectives import Axes, Local
+from mtfc.passes.partition.common import i64s, is_zero_constant, local_result, rule, shape_of, zero_attr
+
+if TYPE_CHECKING:
+    from mtfc.passes.partition.driver import Partitioner
+
+
+def _whole_along(x: Local, positions) -> list[Axes]:
+    return [() if i in positions else a for i, a in enumerate(x.axes)]
+
+
+def _same_split(x: Local, out_axes, k: int) -> bool:
+    """Dim k is split over the same axes in `x` and the result, and the other
+    dims agree positionally -- the case a window exchange handles."""
+    return bool(x.axes[k]) and x.axes[k] == tuple(out_axes[k]) and all(
+        x.axes[i] == tuple(out_axes[i]) or not x.axes[i] for i in range(len(out_axes)) if i != k)
+
+
+@rule("stablehlo.slice")
+def slice_(p, op, args, dims, shape):
+    """Slice locally along whole dims; a sliced dim that is split is gathered first."""
+    (x,) = args
+    start, limit = i64s(op.attributes["start_indices"]), i64s(op.attributes["limit_indices"])
+    strides = i64s(op.attributes["strides"])
+    cut = [i for i in range(len(x.shape)) if start[i] != 0 or limit[i] != x.shape[i] or strides[i] != 1]
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    if len(cut) == 1 and strides[cut[0]] == 1 and _same_split(x, axes, cut[0]):
+        k = cut[0]
+        return window_exchange(p, op, [(x, start[k])], k, None, dims, shape, axes)
+    x = p.emit.reshard(x, _whole_along(x, cut), mir.describe_op(op))
+    local = x.local_shape
+    start = [s if i in cut else 0 for i, s in enumerate(start)]
+    limit = [l if i in cut else local[i] for i, l in enumerate(limit)]
+    out_axes = x.axes
+    t = p.local_type(shape, out_axes, x.element_type)
+    value = p.clone(op, [x.value], t, dims, start_indices=ir.DenseI64ArrayAttr.get(start),
+                    limit_indices=ir.DenseI64ArrayAttr.get(limit))
+    return local_result(p, value, dims, shape, out_axes)
+
+
+@rule("stablehlo.pad")
+def pad(p, op, args, dims, shape):
+    """Pad locally along whole dims; a padded dim that is split is gathered first."""
+    x, value = args
+    low, high = i64s(op.attributes["edge_padding_low"]), i64s(op.attributes["edge_padding_high"])
+    interior = i64s(op.attributes["interior_padding"])
+    padded = [i for i in range(len(x.shape)) if low[i] or high[i] or interior[i]]
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    if len(padded) == 1 and not interior[padded[0]] and low[padded[0]] >= 0 and _same_split(x, axes, padded[0]):
+        k = padded[0]
+        return window_exchange(p, op, [(x, -low[k])], k, value, dims, shape, axes)
+    x = p.emit.reshard(x, _whole_along(x, padded), mir.describe_op(op))
+    t = p.local_type(shape, x.axes, x.element_type)
+    return local_result(p, p.clone(op, [x.value, value.value], t, dims), dims, shape, x.axes)
+
+
+@rule("stablehlo.concatenate")
+def concatenate(p, op, args, dims, shape):
+    """Concatenate locally when the concat dim is whole; gather it first otherwise."""
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    d = ir.IntegerAttr(op.attributes["dimension"]).value
+    if all(_same_split(x, axes, d) for x in args):
+        sources, offset = [], 0
+        for x in args:
+            sources.append((x, -offset))
+            offset += x.shape[d]
+        return window_exchange(p, op, sources, d, None, dims, shape, axes)
+    target = [() if i == d else a for i, a in enumerate(axes)]
+    parts = [p.emit.reshard(x, target, mir.describe_op(op)) for x in args]
+    t = p.local_type(shape, target, parts[0].element_type)
+    return local_result(p, p.clone(op, [x.value for x in parts], t, dims), dims, shape, target)
+
+
+def group_positions(p: Partitioner, axes: Axes) -> tuple[list[list[int]], np.ndarray]:
+    """The device groups along mesh `axes` and each device's position in its group."""
+    groups = p.mesh.groups(list(axes))
+    position = np.zeros(p.mesh.size, dtype=np.int64)
+    for group in groups:
+        for j, dev in enumerate(group):
+            position[dev] = j
+    return groups, position
+
+
+def device_table(p: Partitioner, values) -> ir.Value:
+    """A per-device i32 scalar: ``values[d]`` on device ``d`` (a constant
+    table read at the replica id)."""
+    e = p.emit
+    i32 = ir.IntegerType.get_signless(32)
+    data = np.asarray(values, dtype=np.int32)
+    const = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get(data, type=ir.RankedTensorType.get([len(data)], i32))),
+                  ["mesh"])
+    picked = e.tag(hlo.DynamicSliceOp(const, [e.replica_id()], [1]), ["mesh"])
+    return e.tag(hlo.ReshapeOp(ir.RankedTensorType.get([], i32), picked), [])
+
+
+def fetch_window(p: Partitioner, x: Local, k: int, start: Callable[[int], int], length: int,
+                 base: ir.Value | None = None) -> ir.Value:
+    """The window ``x[start(j) : start(j) + length]`` along dim `k`, on the
+    device at position ``j`` of its group along the axes A that split dim k
+    into K blocks of L; positions outside ``[0, n)`` hold `base`'s element
+    there (a value of the window's local shape), or zero.
+
+    Contract: `x` is split along k over A (``x.axes[k]``), its other dims as
+    the caller wants them in the window (they stay local); `start` may differ
+    per block in any way (tables per device), `length` is the same for all.
+    The result has x's local shape with dim k of size `length`, x's dims.
+
+    How: for every block distance ``delta`` that occurs (receiver j reads
+    block ``j + delta``), every device cuts, from its block zero-padded by
+    `length` on both sides, the part its receiver needs (a per-device
+    offset), and one ``collective_permute`` within the groups along A
+    delivers it; the receiver keeps, position by position, the part from the
+    block owning that position.  Only halos travel -- each device receives at
+    most (#distances) x `length` elements along k -- never an all_gather."""
+    e = p.emit
+    A = x.axes[k]
+    groups, position = group_positions(p, A)
+    K = len(groups[0])
+    n, L = x.shape[k], x.local_shape[k]
+    out_shape = list(x.local_shape)
+    out_shape[k] = length
+    out_type = ir.RankedTensorType.get(out_shape, x.element_type)
+    i32 = ir.IntegerType.get_signless(32)
+    index_type = ir.RankedTensorType.get(out_shape, i32)
+    pred_type = ir.RankedTensorType.get(out_shape, ir.IntegerType.get_signless(1))
+    direction = hlo.ComparisonDirectionAttr.get
+    dims = x.dims
+
+    def full(v: ir.Value) -> ir.Value:
+        return e.tag(hlo.BroadcastInDimOp(index_type, v, []), dims)
+
+    if base is None:
+        base = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(out_type, zero_attr(x.element_type))), dims)
+    value = base
+    # the blocks each receiver j reads: positions [start(j), start(j) + length) within [0, n)
+    distances = set()
+    for j in range(K):
+        lo, hi = max(start(j), 0), min(start(j) + length, n)
+        if lo < hi:
+            distances.update(range(lo // L - j, (hi - 1) // L - j + 1))
+    if not distances:
+        return value
+    # g = the source position each element of the window reads
+    g = e.tag(hlo.AddOp(e.tag(hlo.IotaOp(index_type, k), dims),
+                        full(device_table(p, [start(position[d]) for d in range(p.mesh.size)]))), dims)
+    # every block zero-padded by `length` on both sides: any window of that length that
+    # overlaps the block starts inside the padded block
+    lows, highs = [0] * len(out_shape), [0] * len(out_shape)
+    lows[k] = highs[k] = length
+    zero_scalar = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(
+        ir.RankedTensorType.get([], x.element_type), zero_attr(x.element_type))), [])
+    padded = e.tag(hlo.PadOp(x.value, zero_scalar, lows, highs, [0] * len(out_shape)), dims)
+    sizes = list(x.local_shape)
+    sizes[k] = length
+    for delta in sorted(distances):
+        # sender s serves receiver j = s - delta: its part starts at start(j) - s*L (+ the padding)
+        starts = []
+        for dev in range(p.mesh.size):
+            s_, j = position[dev], position[dev] - delta
+            begin = start(j) - s_ * L + length if 0 <= j < K else 0
+            starts.append(min(max(begin, 0), L + length))
+        zero_index = e.scalar_i32(0)
+        start_values = [device_table(p, starts) if i == k else zero_index for i in range(len(out_shape))]
+        part = e.tag(hlo.DynamicSliceOp(padded, start_values, sizes), dims)
+        if delta:
+            pairs = [(group[j + delta], group[j]) for group in groups for j in range(K) if 0 <= j + delta < K]
+            part = e.collective_permute(part, dims, pairs)
+        # keep it where the source position lies in block (j + delta), inside [0, n)
+        lo = full(device_table(p, [max((position[d] + delta) * L, 0) for d in range(p.mesh.size)]))
+        hi = full(device_table(p, [min((position[d] + delta + 1) * L, n) for d in range(p.mesh.size)]))
+        inside = e.tag(hlo.AndOp(
+            e.tag(hlo.CompareOp(g, lo, direction("GE"), results=[pred_type]), dims),
+            e.tag(hlo.CompareOp(g, hi, direction("LT"), results=[pred_type]), dims)), dims)
+        value = e.tag(hlo.SelectOp(inside, part, value), dims)
+    return value
+
+
+def window_exchange(p: Partitioner, op: ir.Operation, sources, k: int, fill, dims, shape, axes) -> Local:
+    """The result's block along dim k, when each result position ``o`` reads
+    ``x[o + t]`` from one of `sources` ((x, t) pairs, e.g. a slice from
+    ``begin``: t = begin; a pad: t = -low; concat: t = -offset of each part)
+    and positions no source covers take `fill` (a scalar Local, or zeros).
+
+    Dims split over the same axes A in operands and result: the device at
+    position j needs the window ``x[j*c + t : (j+1)*c + t]`` of each source
+    (c: the result's block), fetched by `fetch_window`."""
+    e = p.emit
+    first = sources[0][0]
+    A = first.axes[k]
+    K = len(p.mesh.groups(list(A))[0])
+    c = shape[k] // K
+    out_type = p.local_type(shape, axes, first.element_type)
+    if fill is not None:
+        value = e.tag(hlo.BroadcastInDimOp(out_type, fill.value, []), dims)
+    else:
+        value = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(out_type, zero_attr(first.element_type))), dims)
+    for x, t in sources:
+        target = [tuple(axes[i]) if i != k else A for i in range(len(axes))]
+        x = e.reshard(x, target, mir.describe_op(op))
+        value = fetch_window(p, x, k, lambda j, t=t: j * c + t, c, base=value)
+    return Local(value, tuple(dims), tuple(shape), tuple(tuple(a) for a in axes))
+
+
+def window_of(p: Partitioner, op: ir.Operation, env: dict):
+    """For ``slice(pad(x))`` or ``slice(concat(x, x))`` that keeps the size of a
+    split dim of `x` (a shift, as `mtf.shift` builds it): (x, dim, shift t,
+    wrap, pad value) with ``y[i] = x[i + t]``; else None."""
+    if op.name != "stablehlo.slice":
+        return None
+    source = op.operands[0]
+    if isinstance(source, ir.BlockArgument):
+        return None
+    producer = ir.OpResult(source).owner.operation
+    if producer.name not in ("stablehlo.pad", "stablehlo.concatenate") or len(list(source.uses)) != 1:
+        return None
+    x_old = producer.operands[0]
+    if x_old not in env or env[x_old] is None:
+        return None
+    x = env[x_old]
+    start, limit = i64s(op.attributes["start_indices"]), i64s(op.attributes["limit_indices"])
+    strides = i64s(op.attributes["strides"])
+    full = shape_of(source)
+    cut = [i for i in range(len(full)) if start[i] != 0 or limit[i] != full[i] or strides[i] != 1]
+    if len(cut) != 1 or strides[cut[0]] != 1:
+        return None
+    k = cut[0]
+    n = x.shape[k]
+    if limit[k] - start[k] != n or not x.axes[k]:
+        return None
+    if producer.name == "stablehlo.pad":
+        low, high = i64s(producer.attributes["edge_padding_low"]), i64s(producer.attributes["edge_padding_high"])
+        interior = i64s(producer.attributes["interior_padding"])
+        if any(interior) or any(low[i] or high[i] for i in range(len(full)) if i != k) or low[k] < 0 or high[k] < 0:
+            return None
+        return x, k, start[k] - low[k], False, producer.operands[1]
+    operands = list(producer.operands)
+    if (len(operands) != 2 or operands[0] != operands[1]
+            or ir.IntegerAttr(producer.attributes["dimension"]).value != k):
+        return None
+    return x, k, start[k], True, None
+
+
+def halo_exchange(p: Partitioner, op: ir.Operation, env: dict, dims, shape, axes) -> Local:
+    """``y[i] = x[i + t]`` along a dim split into K blocks of L: this device's
+    block is the tail of block ``j+q`` and the head of block ``j+q+1``
+    (``q, r = divmod(t, L)``), fetched by at most two collective_permutes
+    within the dim's groups; positions past the ends take the pad value (or
+    wrap around, for a cyclic shift)."""
+    x, k, t, wrap, pad_value = window_of(p, op, env)
+    e = p.emit
+    x = e.reshard(x, [axes[i] if i != k else x.axes[k] for i in range(len(axes))], mir.describe_op(op))
+    dim_axes = x.axes[k]
+    groups = p.mesh.groups(list(dim_axes))
+    count = len(groups[0])
+    local = list(x.local_shape)
+    block = local[k]
+    q, r = divmod(t, block)
+
+    def cut(begin: int, end: int) -> ir.Value:
+        starts, limits = [0] * len(local), list(local)
+        starts[k], limits[k] = begin, end
+        return e.tag(hlo.SliceOp(x.value, starts, limits, [1] * len(local)), x.dims)
+
+    def fetch(value: ir.Value, shift: int) -> ir.Value:
+        """`value` as computed by the device `shift` positions further along the dim."""
+        if shift == 0:
+            return value
+        pairs = []
+        for group in groups:
+            for j, dst in enumerate(group):
+                src = (j + shift) % count if wrap else j + shift
+                if 0 <= src < count:
+                    pairs.append((group[src], dst))
+        return e.collective_permute(value, x.dims, pairs)
+
+    # the halo travels, not the block: slice first, then permute
+    parts = [fetch(cut(r, block), q)]
+    if r:
+        parts.append(fetch(cut(0, r), q + 1))
+    value = parts[0] if len(parts) == 1 else e.tag(hlo.ConcatenateOp(parts, k), x.dims)
+    out_type = p.local_type(shape, x.axes, x.element_type)
+    if not wrap and not is_zero_constant(pad_value):
+        # collective_permute leaves zeros where nobody sends; positions whose source x[g + t] lies outside [0, n) take the pad value
+        n = x.shape[k]
+        i32 = ir.IntegerType.get_signless(32)
+        index_type = ir.RankedTensorType.get(local, i32)
+        position = e.tag(hlo.IotaOp(index_type, k), dims)
+        offset = e.tag(hlo.BroadcastInDimOp(index_type, e.shard_offset(dim_axes, block), []), dims)
+        source = e.tag(hlo.AddOp(e.tag(hlo.AddOp(position, offset), dims),
+                                 e.tag(hlo.BroadcastInDimOp(index_type, e.scalar_i32(t), []), dims)), dims)
+        pred = ir.RankedTensorType.get(local, ir.IntegerType.get_signless(1))
+        zero = e.tag(hlo.BroadcastInDimOp(index_type, e.scalar_i32(0), []), dims)
+        end = e.tag(hlo.BroadcastInDimOp(index_type, e.scalar_i32(n), []), dims)
+        direction = hlo.ComparisonDirectionAttr.get
+        inside = e.tag(hlo.AndOp(e.tag(hlo.CompareOp(source, zero, direction("GE"), results=[pred]), dims),
+                                 e.tag(hlo.CompareOp(source, end, direction("LT"), results=[pred]), dims)), dims)
+        fill = e.tag(hlo.BroadcastInDimOp(out_type, env[pad_value].value, []), dims)
+        value = e.tag(hlo.SelectOp(inside, value, fill), dims)
+    return Local(value, tuple(dims), tuple(shape), x.axes)
+
