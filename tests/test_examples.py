@@ -29,6 +29,11 @@ LAYOUTS = {
         "model": "heads:cols,d_ff:cols,vocab:rows",
         "both": "batch:rows,heads:cols,d_ff:cols",
     },
+    "moe.py": {
+        "data": "batch:rows+cols",
+        "expert_tensor": "batch:rows,experts:rows,d_ff:cols,expert_ff:cols",
+        "data_expert": "batch:rows+cols,batch_unsplit:rows,experts:cols",
+    },
 }
 
 
