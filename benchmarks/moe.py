@@ -13,9 +13,11 @@ same data on the 8-device mesh ``rows:2,cols:4``:
 * ``mtfc explicit`` and ``mtfc gspmd``: the layer compiled by mtfc;
 * ``jax``: the same layer written in jax.numpy (GShard's einsums), jitted
   with `NamedSharding` in/out shardings from the same layout rules and
-  `with_sharding_constraint` on the groups ``[G, S, D]`` and on the
-  dispatched tokens ``[E, G, C, D]`` (experts split) -- GShard's
-  annotations; without them XLA chooses the dispatched layout itself.
+  `with_sharding_constraint` -- GShard's annotations -- on the groups
+  ``[G, S, D]``, the dispatch and combine masks ``[G, S, E, C]`` and the
+  combined output (groups split), and on the dispatched tokens and the
+  experts' outputs ``[E, G, C, D]`` (experts split); without them XLA
+  chooses those layouts itself.
 
 Before timing, each subject's outputs (forward: y and aux_loss; train: the
 loss and the new parameters) must equal JAX's within the f32 tolerance (the
@@ -125,12 +127,13 @@ def jax_moe(params, x, size, factor, constrain):
     slot1, slot2 = pos1.sum(-1).astype(jnp.int32), pos2.sum(-1).astype(jnp.int32)
     d1 = m1[..., None] * jax.nn.one_hot(slot1, cap)[:, :, None, :]
     d2 = m2[..., None] * jax.nn.one_hot(slot2, cap)[:, :, None, :]
-    dispatch = jax.lax.stop_gradient(d1 + d2)  # [g, s, e, c]
-    combine = d1 * g1[..., None, None] + d2 * g2[..., None, None]
+    mask_dims = ("batch", "group", "experts_unsplit", "c")
+    dispatch = constrain(jax.lax.stop_gradient(d1 + d2), mask_dims)  # [g, s, e, c]
+    combine = constrain(d1 * g1[..., None, None] + d2 * g2[..., None, None], mask_dims)
     expert_in = constrain(jnp.einsum("gsd,gsec->egcd", groups, dispatch), ("experts", "batch_unsplit", "c", "d_model"))
     h = jax.nn.relu(jnp.einsum("egcd,edh->egch", expert_in, params[P + "wi"]))
     expert_out = constrain(jnp.einsum("egch,ehd->egcd", h, params[P + "wo"]), ("experts", "batch_unsplit", "c", "d_model"))
-    y = jnp.einsum("egcd,gsec->gsd", expert_out, combine)
+    y = constrain(jnp.einsum("egcd,gsec->gsd", expert_out, combine), ("batch", "group", "d_model"))
     return y.reshape(x.shape), aux
 
 

@@ -285,3 +285,30 @@ def test_explicit_all_to_alls_split_experts_and_concatenate_groups():
         assert "split_count = 2" in op and "[[0, 4], [1, 5], [2, 6], [3, 7]]" in op, op
     assert 'mtfc.dims = ["experts_unsplit", "batch", "expert_capacity", "d_model"]' in into
     assert 'mtfc.dims = ["experts", "batch_unsplit", "expert_capacity", "d_model"]' in back
+
+
+def test_moe_batch_dim_not_first_and_three_token_dims():
+    """Tokens over three dims with the batch dim given and not first
+    ([length, d_model, batch, extra]): the layer puts the batch first (so the
+    groups take its layout), routes, and returns x's own dim order."""
+    extra = mtf.Dim("extra", 2)
+    short = mtf.Dim("length", L // 2)
+    inputs = {"x": mtf.Input([short, d_model, batch, extra])}
+
+    def model(x):
+        y, aux = mtf.layers.moe(x, io_dim=d_model, hidden_dim=d_ff, experts_dim=experts, group_size=GROUP,
+                                batch_dim=batch, gating="top2", capacity_factor_eval=FACTORS["top2"][1])
+        return {"y": y, "aux": aux}
+
+    for mode in MODES:
+        sharded, unsharded, data = run_model(model, inputs, mesh="rows:2,cols:4", layout="batch:rows,experts:rows",
+                                             mode=mode)
+        with jax.enable_x64(True):
+            p = {k: jnp.asarray(v, jnp.float64) for k, v in data.items()}
+            x = p["x"]  # [length, d, batch, extra] -> tokens in (batch, length, extra) order
+            p["x"] = jnp.transpose(x, (2, 0, 3, 1)).reshape(B, L, D)
+            y, aux, _ = reference(p, "top2", FACTORS["top2"][1])
+            y = jnp.transpose(y.reshape(B, L // 2, 2, D), (1, 3, 0, 2))
+        assert_close(sharded["y"], np.asarray(y, np.float32))
+        assert_close(sharded["aux"], np.asarray(aux, np.float32))
+        assert_close(sharded["y"], unsharded["y"])
