@@ -80,3 +80,17 @@ def test_moe_example_train_step_all_to_alls(tmp_path):
     size = 4 * experts * groups * capacity * d_model // 8
     assert [(c.axes, c.n, c.bytes) for c in found] == [(["cols"], 4, size)] * 4, found
     assert not [c for c in module_collectives(module) if c.kind == "all_gather"]
+
+
+def test_inspect_reports_the_all_to_all_bytes(tmp_path):
+    """`mtfc inspect` on the example's train step lists the 4 all_to_alls
+    over `cols` with their bytes (S 20,480, bus bytes 3/4 of it) and their
+    total."""
+    module = compile_step(tmp_path, MOE, "inspect")
+    result = CliRunner().invoke(main, ["inspect", str(module)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines() if " all_to_all " in f" {line} "]
+    listed = [r for r in rows if r[0].isdigit()]
+    assert [(r[1], r[2], r[3], r[5], r[6]) for r in listed] == [("all_to_all", "cols", "4", "20,480", "15,360")] * 4
+    totals = [r for r in rows if r[0] == "all_to_all"]
+    assert [r[1:4] for r in totals] == [["4", "81,920", "61,440"]], totals
