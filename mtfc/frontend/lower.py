@@ -26,8 +26,10 @@ from mtfc.mesh import LayoutRules, Mesh
 class Lowerer:
     """Helpers the primitives' ``lower`` methods use to emit tagged StableHLO."""
 
-    def __init__(self):
+    def __init__(self, module: ir.Module | None = None):
         self.layout_class = "activation"  # of the graph operation being lowered
+        self.module = module  # where composite ops' decompositions go
+        self._symbols: set[str] = set()
 
     def tag(self, op_or_value, dims) -> ir.Value:
         """Attach ``mtfc.dims`` (and the layout class, when not the default) to
@@ -51,6 +53,30 @@ class Lowerer:
         if array.ndim == 0:
             return ir.DenseElementsAttr.get_splat(t, _scalar_attr(array.item(), tensor.dtype))
         return ir.DenseElementsAttr.get(np.ascontiguousarray(array), type=t)
+
+    def composite(self, name: str, operands: list[ir.Value], result_type: ir.Type, dims, attributes: dict,
+                  decompose) -> ir.Value:
+        """``stablehlo.composite name(operands)`` with ``composite_attributes``
+        from `attributes` (int, bool), its result tagged `dims`.  Its
+        decomposition, a private function appended to the module, is what
+        ``decompose(lx, *arguments)`` emits (tagged ops; it returns the
+        result value).  Consumers that do not know the composite inline it
+        (`mtfc.passes.composites`)."""
+        symbol, k = name, 0
+        while symbol in self._symbols:
+            k += 1
+            symbol = f"{name}_{k}"
+        self._symbols.add(symbol)
+        with ir.InsertionPoint(self.module.body):
+            fn = func.FuncOp(symbol, ir.FunctionType.get([v.type for v in operands], [result_type]))
+            fn.attributes["sym_visibility"] = ir.StringAttr.get("private")
+            block = fn.add_entry_block()
+            with ir.InsertionPoint(block):
+                func.ReturnOp([decompose(self, *block.arguments)])
+        i64, i1 = ir.IntegerType.get_signless(64), ir.IntegerType.get_signless(1)
+        attrs = {key: ir.IntegerAttr.get(i1 if isinstance(v, bool) else i64, int(v)) for key, v in attributes.items()}
+        op = hlo.CompositeOp([result_type], operands, name, symbol, composite_attributes=ir.DictAttr.get(attrs))
+        return self.tag(op, dims)
 
     def scalar(self, value, dtype: str) -> ir.Value:
         """A rank-0 constant, e.g. a reduction's init value or a pad value."""
@@ -180,7 +206,7 @@ def lower_graph(
         values: dict[int, ir.Value] = {}
         for v, arg in zip(graph.variables, block.arguments):
             values[id(v.tensor)] = arg
-        lx = Lowerer()
+        lx = Lowerer(module)
         remat = _Recompute(lx, values)
         with ir.InsertionPoint(block):
             for op in _live_operations(graph, list(outputs.values())):

@@ -368,27 +368,19 @@ def shift(x: Tensor, offset: int, dim: DimLike, wrap: bool = False) -> Tensor:
     """Shift along `dim` by `offset` (positive: towards higher indices).
 
     Vacated positions are zero, or the wrapped-around elements when `wrap`.
-    Built from a pad (or a concat) to twice the dim's size and a slice back to
-    it, so every intermediate splits as evenly as the dim itself does: a shift
-    along a dim the layout splits compiles whenever the dim does.
+    One op in the IR (``stablehlo.composite "mtfc.shift"``): along a dim the
+    layout splits, the explicit partitioner sends each device just the
+    |offset| elements it needs from its neighbour.
     """
     d = x.shape.get(dim)
     n = d.size
     if wrap:
         offset %= n
-        if offset == 0:
-            return x
-        # [x, x][n - offset : 2n - offset]: element i is x[(i - offset) mod n]
-        return slice(concat([x, x], d.name), n - offset, n, d.name)
     if offset == 0:
         return x
     if abs_int(offset) >= n:
         return zeros(x.shape, x.dtype)
-    if offset > 0:
-        # offset zeros, x, n - offset zeros; keep the first n
-        return slice(pad(x, (offset, n - offset), d.name), 0, n, d.name)
-    # n + offset zeros, x, -offset zeros; keep the last n
-    return slice(pad(x, (n + offset, -offset), d.name), n, n, d.name)
+    return bind1("shift", [x], dim=d.name, offset=int(offset), wrap=bool(wrap))
 
 
 def abs_int(v: int) -> int:

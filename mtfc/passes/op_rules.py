@@ -94,7 +94,8 @@ class OpRule:
 
     family       -- the op's kind, for readers: elementwise, broadcast,
                     transpose, reshape, contraction, reduction, window,
-                    lookup, creation, collective, device, control;
+                    lookup, composite, creation, collective, device,
+                    control;
     factors      -- op instance -> `OpFactors` (None: the op has no factor
                     rule; the explicit partitioner needs a bespoke rule for
                     it, the analyses treat it as opaque);
@@ -296,6 +297,22 @@ def concatenate_factors(op: ir.Operation) -> OpFactors:
 register(OpRule("stablehlo.slice", "window", slice_factors, shardy=True))
 register(OpRule("stablehlo.pad", "window", pad_factors, shardy=True))
 register(OpRule("stablehlo.concatenate", "window", concatenate_factors, shardy=True))
+
+
+# --------------------------------------------------------------- composites
+def composite_factors(op: ir.Operation) -> OpFactors | None:
+    """mtfc's composites (`mtfc.passes.composites`): ``mtfc.shift`` is a pass
+    factor per dim but the shifted one, a window ``y[o] = x[o - offset]``."""
+    from mtfc.passes.composites import SHIFT, composite_name, shift_attributes
+
+    if composite_name(op) != SHIFT:
+        return None
+    k, offset, _ = shift_attributes(op)
+    return _windowed(op, {k: Window(1, pad_lo=offset, pad_hi=-offset)}, 1)
+
+
+# shardy: Shardy sees the decomposition (sdy-partition inlines composites first)
+register(OpRule("stablehlo.composite", "composite", composite_factors, shardy=True))
 
 
 # ------------------------------------------------------------------ lookups

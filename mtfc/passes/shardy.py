@@ -52,6 +52,7 @@ from jax.extend.mlir.dialects import stablehlo as hlo
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import Mesh, TensorLayout
+from mtfc.passes.composites import inline_composites
 from mtfc.passes.manager import register_pass
 
 SDY_SHARDING = "sdy.sharding"
@@ -657,6 +658,7 @@ def sdy_shardings(module: ir.Module, options) -> None:
     """Write the closed sdy shardings sdy-partition hands Shardy (for reading; no partitioning)."""
     layouts = _global_program(module, "sdy-shardings")
     mir.strip_partitioning_in_place(module)
+    inline_composites(module)
     annotate(module, layouts, SdyMesh(layouts.mesh, prime=False))
 
 
@@ -668,6 +670,7 @@ def sdy_partition(module: ir.Module, options) -> None:
     reference = ir.Module.parse(mir.strip_partitioning_text(module), module.context)
     reference.operation.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
     mir.strip_partitioning_in_place(module)
+    inline_composites(module)  # Shardy partitions their decompositions
     by_location = _dims_by_location(mir.entry_function(module))
     check_supported(mir.entry_function(module), layouts)
     work = plan_and_lower(module.operation.get_asm(enable_debug_info=True), module.context, layouts)

@@ -1,5 +1,5 @@
 """Primitives that move data without arithmetic: broadcast, transpose,
-reshape (rename / replace dims), slice, pad, concat, stop_gradient.
+reshape (rename / replace dims), slice, pad, concat, shift, stop_gradient.
 
 Their gradient rules move the gradient back the other way: a broadcast's is a
 sum over the added dims, a slice's a pad with zeros, a pad's a slice, and so on.
@@ -199,6 +199,56 @@ class Concat(Primitive):
             grads.append(ops.slice(g, offset, size, new, new_name=dim))
             offset += size
         return grads
+
+
+@register
+class Shift(Primitive):
+    """``y[i] = x[i - offset]`` along one dim (zeros where that is outside the
+    dim, or the wrapped-around element when ``wrap``).
+
+    Lowers to ``stablehlo.composite "mtfc.shift"`` (docs/IR.md "Composite
+    ops"), whose decomposition is a pad (or a concatenation with itself) and
+    a slice back to the dim's size: the explicit partitioner reads the
+    composite and exchanges just the halo; every other consumer (XLA,
+    Shardy) sees the decomposition."""
+
+    name = "shift"
+
+    def infer(self, inputs, params):
+        (x,) = inputs
+        x.shape.index(params["dim"])
+        return [(x.shape, x.dtype)]
+
+    def lower(self, lx, op, args):
+        (x,), out = op.inputs, op.outputs[0]
+        k = x.shape.index(op.params["dim"])
+        n, offset, wrap = x.shape[k].size, op.params["offset"], op.params["wrap"]
+        names = out.shape.names
+
+        def decompose(lx, value):
+            rank = len(x.shape)
+            start, limit = [0] * rank, list(x.shape.sizes)
+            if wrap:  # [x, x][n - offset : 2n - offset]: element i is x[(i - offset) mod n]
+                doubled = lx.tag(hlo.ConcatenateOp([value, value], k), names)
+                start[k], limit[k] = n - offset, 2 * n - offset
+                return lx.tag(hlo.SliceOp(doubled, start, limit, [1] * rank), names)
+            low, high = [0] * rank, [0] * rank
+            if offset > 0:  # offset zeros, x, n - offset zeros; keep the first n
+                low[k], high[k] = offset, n - offset
+            else:  # n + offset zeros, x, -offset zeros; keep the last n
+                low[k], high[k] = n + offset, -offset
+                start[k], limit[k] = n, 2 * n
+            padded = lx.tag(hlo.PadOp(value, lx.scalar(0, x.dtype), low, high, [0] * rank), names)
+            return lx.tag(hlo.SliceOp(padded, start, limit, [1] * rank), names)
+
+        attributes = {"dim": k, "offset": offset, "wrap": wrap}
+        return [lx.composite("mtfc.shift", [args[0]], lx.type(out), names, attributes, decompose)]
+
+    def grad(self, op, output_grads):
+        from mtfc.frontend import ops
+
+        (g,) = output_grads
+        return [ops.shift(g, -op.params["offset"], op.params["dim"], wrap=op.params["wrap"])]
 
 
 @register

@@ -38,6 +38,7 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
+from mtfc.passes.composites import erase_unused_decompositions
 from mtfc.passes.manager import register_pass
 from mtfc.passes.partition.common import RULES, clone_region, rule  # noqa: F401 - the package's API
 from mtfc.passes.partition.driver import Partitioner
@@ -52,4 +53,5 @@ def partition(module: ir.Module, options) -> None:
     reference.operation.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
     mir.strip_partitioning_in_place(module)
     Partitioner(module).run()
+    erase_unused_decompositions(module)  # the composites' of the global program
     module.body.append(reference.operation.clone())

@@ -11,7 +11,9 @@ from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo as hlo
 
 from mtfc import ir as mir
+from mtfc.errors import MtfcError
 from mtfc.passes.collectives import Axes, Local
+from mtfc.passes.composites import SHIFT, composite_name, shift_attributes
 from mtfc.passes.partition.common import i64s, is_zero_constant, local_result, rule, shape_of, zero_attr
 
 if TYPE_CHECKING:
@@ -254,12 +256,21 @@ def window_of(p: Partitioner, op: ir.Operation, env: dict):
 
 
 def halo_exchange(p: Partitioner, op: ir.Operation, env: dict, dims, shape, axes) -> Local:
-    """``y[i] = x[i + t]`` along a dim split into K blocks of L: this device's
+    """The shift a hand-written ``slice(pad(x))`` or ``slice(concat(x, x))``
+    spells (`window_of`), by `shift_exchange`.  (mtfc's frontend emits the
+    ``mtfc.shift`` composite instead: `shift_rule`.)"""
+    x, k, t, wrap, pad_value = window_of(p, op, env)
+    pad = None if wrap or is_zero_constant(pad_value) else env[pad_value]
+    return shift_exchange(p, op, x, k, t, wrap, pad, dims, shape, axes)
+
+
+def shift_exchange(p: Partitioner, op: ir.Operation, x: Local, k: int, t: int, wrap: bool, pad: Local | None,
+                   dims, shape, axes) -> Local:
+    """``y[i] = x[i + t]`` along dim k split into K blocks of L: this device's
     block is the tail of block ``j+q`` and the head of block ``j+q+1``
     (``q, r = divmod(t, L)``), fetched by at most two collective_permutes
-    within the dim's groups; positions past the ends take the pad value (or
-    wrap around, for a cyclic shift)."""
-    x, k, t, wrap, pad_value = window_of(p, op, env)
+    within the dim's groups; positions past the ends take `pad` (a scalar;
+    None: zero), or wrap around for a cyclic shift (``0 <= t < n``)."""
     e = p.emit
     x = e.reshard(x, [axes[i] if i != k else x.axes[k] for i in range(len(axes))], mir.describe_op(op))
     dim_axes = x.axes[k]
@@ -292,7 +303,7 @@ def halo_exchange(p: Partitioner, op: ir.Operation, env: dict, dims, shape, axes
         parts.append(fetch(cut(0, r), q + 1))
     value = parts[0] if len(parts) == 1 else e.tag(hlo.ConcatenateOp(parts, k), x.dims)
     out_type = p.local_type(shape, x.axes, x.element_type)
-    if not wrap and not is_zero_constant(pad_value):
+    if not wrap and pad is not None:
         # collective_permute leaves zeros where nobody sends; positions whose source x[g + t] lies outside [0, n) take the pad value
         n = x.shape[k]
         i32 = ir.IntegerType.get_signless(32)
@@ -307,7 +318,54 @@ def halo_exchange(p: Partitioner, op: ir.Operation, env: dict, dims, shape, axes
         direction = hlo.ComparisonDirectionAttr.get
         inside = e.tag(hlo.AndOp(e.tag(hlo.CompareOp(source, zero, direction("GE"), results=[pred]), dims),
                                  e.tag(hlo.CompareOp(source, end, direction("LT"), results=[pred]), dims)), dims)
-        fill = e.tag(hlo.BroadcastInDimOp(out_type, env[pad_value].value, []), dims)
+        fill = e.tag(hlo.BroadcastInDimOp(out_type, pad.value, []), dims)
         value = e.tag(hlo.SelectOp(inside, value, fill), dims)
     return Local(value, tuple(dims), tuple(shape), x.axes)
 
+
+
+@rule("stablehlo.composite")
+def composite(p, op, args, dims, shape):
+    """mtfc's composites (`mtfc.passes.composites`): ``mtfc.shift``."""
+    name = composite_name(op)
+    if name == SHIFT:
+        return shift_rule(p, op, args, dims, shape)
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    if any(a for x in args for a in x.axes) or any(axes):
+        raise MtfcError(f"partition: no rule splits the composite {name!r} ({mir.describe_op(op)})")
+    from mtfc.passes.partition.local import replicated
+
+    return replicated(p, op, args, dims, shape)
+
+
+def shift_rule(p, op, args, dims, shape):
+    """``mtfc.shift`` along a split dim: the halo by `shift_exchange`; along a
+    whole dim: the shift computed locally (pad or concatenate, then slice)."""
+    (x,) = args
+    k, offset, wrap = shift_attributes(op)
+    n = shape[k]
+    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    if axes[k]:
+        t = (-offset) % n if wrap else -offset
+        return shift_exchange(p, op, x, k, t, wrap, None, dims, shape, axes)
+    e = p.emit
+    x = e.reshard(x, axes, mir.describe_op(op))
+    local = list(x.local_shape)
+    rank = len(local)
+    start, limit = [0] * rank, list(local)
+    if wrap:
+        doubled = e.tag(hlo.ConcatenateOp([x.value, x.value], k), dims)
+        start[k], limit[k] = n - offset, 2 * n - offset
+        value = e.tag(hlo.SliceOp(doubled, start, limit, [1] * rank), dims)
+    else:
+        low, high = [0] * rank, [0] * rank
+        if offset > 0:
+            low[k], high[k] = offset, n - offset
+        else:
+            low[k], high[k] = n + offset, -offset
+            start[k], limit[k] = n, 2 * n
+        zero = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(
+            ir.RankedTensorType.get([], x.element_type), zero_attr(x.element_type))), [])
+        padded = e.tag(hlo.PadOp(x.value, zero, low, high, [0] * rank), dims)
+        value = e.tag(hlo.SliceOp(padded, start, limit, [1] * rank), dims)
+    return Local(value, tuple(dims), tuple(shape), x.axes)
