@@ -253,9 +253,23 @@ def _collectives_text(report: dict) -> list[str]:
     out += ["", "collective totals per step:"]
     rows = [("kind", "count", "S bytes", "bus bytes", "bus")]
     for kind, t in list(c["by_kind"].items()) + [("total", c["total"])]:
-        rows.append((kind, t["count"], _num(t["bytes"]), _num(t["bus_bytes"]), human_bytes(t["bus_bytes"])))
+        rows.append((_purpose(kind, report["partitioning"]), t["count"], _num(t["bytes"]), _num(t["bus_bytes"]),
+                     human_bytes(t["bus_bytes"])))
     out.append(_table(rows, right={1, 2, 3, 4}))
     return out
+
+
+# What a kind of collective does in mtfc's own per-device program: there a
+# collective_permute only ever exchanges halos and windows (shifts,
+# convolutions, pooling, slices/pads along split dims) and an all_to_all only
+# moves a mesh axis between two dims (a layout change: MoE's dispatch and
+# combine, reshapes).
+_EXPLICIT_PURPOSE = {"collective_permute": "halo exchange", "all_to_all": "axis move"}
+
+
+def _purpose(kind: str, partitioning: str) -> str:
+    purpose = _EXPLICIT_PURPOSE.get(kind) if partitioning == "explicit" else None
+    return f"{kind} ({purpose})" if purpose else kind
 
 
 def crossing_line(placed: dict) -> str:
