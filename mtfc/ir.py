@@ -148,6 +148,16 @@ def entry_function(module: ir.Module) -> ir.Operation:
     raise MtfcError(f"module has no func.func @{ENTRY}")
 
 
+def functions(module: ir.Module) -> dict[str, ir.Operation]:
+    """The module's top-level ``func.func`` ops by symbol name."""
+    out = {}
+    for op in module.body.operations:
+        op = op.operation
+        if op.name == "func.func":
+            out[ir.StringAttr(op.attributes["sym_name"]).value] = op
+    return out
+
+
 def _dict_list(fn: ir.Operation, key: str, count: int) -> list[ir.DictAttr]:
     if key not in fn.attributes:
         return [ir.DictAttr.get({}) for _ in range(count)]

@@ -251,15 +251,6 @@ def _dense_ints(attr) -> np.ndarray:
     return np.asarray(ir.DenseIntElementsAttr(attr), dtype=np.int64)
 
 
-def _functions(module: ir.Module) -> dict[str, ir.Operation]:
-    out = {}
-    for op in module.body.operations:
-        op = op.operation
-        if op.name == "func.func":
-            out[ir.StringAttr(op.attributes["sym_name"]).value] = op
-    return out
-
-
 def _walk_calls(fn: ir.Operation, functions: dict, depth: int = 0):
     """Ops of `fn` in program order, nested regions included, entering each
     called function at its call site."""
@@ -306,7 +297,7 @@ def module_collectives(module: ir.Module) -> list[Collective]:
     """Every collective of the per-device program @main, in program order."""
     with module.context:
         mesh = mir.module_mesh(module)
-        functions = _functions(module)
+        functions = mir.functions(module)
         entry = mir.entry_function(module)
         out = []
         for op in _walk_calls(entry, functions):

@@ -47,15 +47,6 @@ def shift_attributes(op: ir.Operation) -> tuple[int, int, bool]:
     return k, offset, wrap
 
 
-def _functions(module: ir.Module) -> dict[str, ir.Operation]:
-    out = {}
-    for op in module.body.operations:
-        op = op.operation
-        if op.name == "func.func":
-            out[ir.StringAttr(op.attributes["sym_name"]).value] = op
-    return out
-
-
 def _clone_into(op: ir.Operation, mapping: dict) -> ir.Operation:
     from mtfc.passes.partition.common import clone_region
 
@@ -74,7 +65,7 @@ def inline_composites(module: ir.Module) -> None:
     """Every ``stablehlo.composite`` in @main becomes the ops of its
     decomposition (which keep their dims and locations); decompositions
     left unused are erased."""
-    functions = _functions(module)
+    functions = mir.functions(module)
     fn = mir.entry_function(module)
     for op in list(mir.body_ops(fn)):
         if op.name != "stablehlo.composite":
@@ -99,7 +90,7 @@ def inline_composites(module: ir.Module) -> None:
 def erase_unused_decompositions(module: ir.Module) -> None:
     """Erase the private functions of the module that @main does not reach
     (through composites' decompositions and calls)."""
-    functions = _functions(module)
+    functions = mir.functions(module)
     reached, stack = set(), [mir.ENTRY]
     while stack:
         name = stack.pop()
