@@ -25,12 +25,10 @@ from jax.extend.mlir.dialects import stablehlo as hlo
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import Mesh, shard_index
+from mtfc.passes import op_rules
 
 Axes = tuple[str, ...]
 
-REDUCER_OPS = {"sum": hlo.AddOp, "max": hlo.MaxOp, "min": hlo.MinOp, "and": hlo.AndOp, "or": hlo.OrOp}
-REDUCER_OF_OP = {"stablehlo.add": "sum", "stablehlo.maximum": "max", "stablehlo.minimum": "min",
-                 "stablehlo.and": "and", "stablehlo.or": "or"}
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,9 @@ class Emitter:
         scalar = self.tensor_type([], x.element_type)
         block = op.regions[0].blocks.append(scalar, scalar)
         with ir.InsertionPoint(block):
-            hlo.ReturnOp([REDUCER_OPS[kind](block.arguments[0], block.arguments[1]).result])
+            combine = ir.Operation.create(op_rules.REDUCERS[kind], results=[scalar],
+                                          operands=[block.arguments[0], block.arguments[1]])
+            hlo.ReturnOp([combine.results[0]])
         return replace(x, value=self.tag(op, x.dims))
 
     def all_gather(self, x: Local, dim: int, axes: Axes) -> Local:

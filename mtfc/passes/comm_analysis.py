@@ -53,11 +53,11 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.mesh import Mesh
-from mtfc.passes import hlo_text
+from mtfc.passes import hlo_text, op_rules
 
-KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute", "collective_broadcast")
-
-_STABLEHLO_KINDS = {f"stablehlo.{k}": k for k in KINDS}
+# The collectives' kinds: op_rules' collective family, in its order, without "stablehlo.".
+_STABLEHLO_KINDS = {n: n.removeprefix("stablehlo.") for n in op_rules.ordered(family="collective")}
+KINDS = tuple(_STABLEHLO_KINDS.values())
 _HLO_KINDS = {k.replace("_", "-"): k for k in KINDS}
 
 

@@ -14,12 +14,10 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import Mesh
+from mtfc.passes import op_rules
 
 # Ops whose result is their first operand moved between layouts: same dims.
-_SAME_DIMS_AS_OPERAND = {
-    "stablehlo.all_reduce", "stablehlo.all_gather", "stablehlo.all_to_all", "stablehlo.reduce_scatter",
-    "stablehlo.collective_permute", "stablehlo.dynamic_slice", "stablehlo.copy", "stablehlo.optimization_barrier",
-}
+_SAME_DIMS_AS_OPERAND = op_rules.names(result_dims_of_operand=True)
 
 # (location, result ranks) -> (result dims, global result shapes) of the
 # global program's op there; None when two such ops differ.

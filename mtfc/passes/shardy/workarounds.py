@@ -120,46 +120,22 @@ def check_supported(fn: ir.Operation, layouts: mir.Layouts) -> None:
 # ------------------------------------------------------------ whole along cut dims
 # Ops that read or write across shard boundaries along some dims ("cut" dims)
 # are computed whole along them where they are split: their operands are
-# resharded (`sdy.reshard` -> all_gather) and, but for gather, the result is
-# computed whole along them and resharded to its layout right after (a local
-# slice).
-def _gather_cut(op: ir.Operation) -> list[int]:
-    shape = ir.RankedTensorType(op.operands[0].type).shape
-    sizes = list(ir.DenseI64ArrayAttr(op.attributes["slice_sizes"]))
-    return [i for i, (n, k) in enumerate(zip(shape, sizes)) if k < n]
-
-
-def _slice_cut(op: ir.Operation) -> list[int]:
-    shape = ir.RankedTensorType(op.operands[0].type).shape
-    start, limit, strides = (list(ir.DenseI64ArrayAttr(op.attributes[k]))
-                             for k in ("start_indices", "limit_indices", "strides"))
-    return [i for i in range(len(shape)) if start[i] != 0 or limit[i] != shape[i] or strides[i] != 1]
-
-
-def _pad_cut(op: ir.Operation) -> list[int]:
-    low, high, interior = (list(ir.DenseI64ArrayAttr(op.attributes[k]))
-                           for k in ("edge_padding_low", "edge_padding_high", "interior_padding"))
-    return [i for i in range(len(low)) if low[i] or high[i] or interior[i]]
-
-
-def _concatenate_cut(op: ir.Operation) -> list[int]:
-    return [ir.IntegerAttr(op.attributes["dimension"]).value]
-
-
-@dataclass(frozen=True)
-class _Cut:
-    dims: Callable[[ir.Operation], list[int]]  # the op's cut dims
-    all_operands: bool  # every operand has them (else only operand 0)
-    result_too: bool  # the result is computed whole along them too
-
-
-# op -> how it cuts
-CUT_DIMS: dict[str, _Cut] = {
-    "stablehlo.gather": _Cut(_gather_cut, False, False),
-    "stablehlo.slice": _Cut(_slice_cut, False, True),
-    "stablehlo.pad": _Cut(_pad_cut, False, True),
-    "stablehlo.concatenate": _Cut(_concatenate_cut, True, True),
-}
+# resharded (`sdy.reshard` -> all_gather) and, where the result has cut dims
+# too (not a gather's), the result is computed whole along them and resharded
+# to its layout right after (a local slice).  The cut dims come from the op's
+# factors (op_rules): its window factors (slice, pad, concatenate) or, for a
+# lookup, its looked-up (sum) factor.  Which ops need it is not an op list
+# but the workarounds registered below, one per op Shardy gets wrong.
+def cut_dims(op: ir.Operation) -> tuple[dict[int, list[int]], list[int]]:
+    """Per operand index, the dims of that operand `op` cuts (operands with
+    none left out), and the result's cut dims."""
+    rule = op_rules.rule_of(op.name)
+    factors = op_rules.factors_of(op)
+    kind = op_rules.SUM if rule is not None and rule.family == "lookup" else op_rules.WINDOW
+    cut = set(factors.of_kind(kind))
+    operands = {i: [d for d, f in enumerate(dims) if f in cut] for i, dims in enumerate(factors.operands)}
+    return ({i: dims for i, dims in operands.items() if dims},
+            [d for d, f in enumerate(factors.results[0]) if f in cut])
 
 
 def _whole(layout: TensorLayout, cut: list[int]) -> TensorLayout:
@@ -169,22 +145,21 @@ def _whole(layout: TensorLayout, cut: list[int]) -> TensorLayout:
 
 def whole_along_cut_dims(op: ir.Operation, layouts: mir.Layouts, sdy_mesh: SdyMesh) -> None:
     """Make `op` (gather, slice, pad, concatenate) whole along the dims it cuts, where they are split."""
-    how = CUT_DIMS[op.name]
-    cut = how.dims(op)
-    indices = range(len(op.operands)) if how.all_operands else [0]
-    operand_layouts = {i: value_layout(op.operands[i], layouts, f"operand of {mir.describe_op(op)}") for i in indices}
-    if not any(l.axes[c] for l in operand_layouts.values() for c in cut):
+    operand_cuts, result_cut = cut_dims(op)
+    operand_layouts = {i: value_layout(op.operands[i], layouts, f"operand of {mir.describe_op(op)}")
+                       for i in operand_cuts}
+    if not any(operand_layouts[i].axes[c] for i, cut in operand_cuts.items() for c in cut):
         return
     for i, x_layout in operand_layouts.items():
         x = op.operands[i]
         with op.location, ir.InsertionPoint(op):
-            op.operands[i] = reshard(x, mir.value_dims(x), _whole(x_layout, cut), sdy_mesh).results[0]
-    if not how.result_too:
+            op.operands[i] = reshard(x, mir.value_dims(x), _whole(x_layout, operand_cuts[i]), sdy_mesh).results[0]
+    if not result_cut:
         return
     dims = mir.op_result_dims(op)[0]
     result = op.results[0]
     layout = value_layout(result, layouts, f"value of {mir.describe_op(op)}")
-    op.attributes[SDY_SHARDING] = ir.Attribute.parse(sdy_mesh.op_sharding([_whole(layout, cut)]))
+    op.attributes[SDY_SHARDING] = ir.Attribute.parse(sdy_mesh.op_sharding([_whole(layout, result_cut)]))
     with op.location, ir.InsertionPoint.after(op):
         back = reshard(result, dims, layout, sdy_mesh)
     result.replace_all_uses_except(back.results[0], back)
