@@ -72,11 +72,26 @@ def test_prediction_can_differ_from_the_fused_program():
     assert prediction != comm_analysis.summarize(comm_analysis.module_collectives(module))
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "lit_tests" / "partition").glob("*.mlir")), ids=lambda p: p.name)
+def test_prediction_equals_partition_on_its_lit_inputs(path):
+    # the windows (halos, window exchanges), all_to_alls, gathers and reshapes of the partition lit tests
+    module = mir.parse_module(path.read_text(), mir.new_context())
+    with module.context:
+        prediction = layout_cost.predict(module)
+    run_passes(module, ["partition"])
+    assert [(c.kind, c.axes, c.bytes, c.n) for c in prediction.collectives] == \
+        [(c.kind, c.axes, c.bytes, c.n) for c in comm_analysis.module_collectives(module)]
+
+
 def test_refusals_are_one_line():
-    text = (ROOT / "lit_tests" / "shardy" / "workaround-whole-slice.mlir").read_text()
+    text = (ROOT / "lit_tests" / "shardy" / "errors.mlir").read_text()
     module = mir.parse_module(text, mir.new_context())
-    with pytest.raises(MtfcError, match=r"^layout-cost: cannot predict stablehlo.slice at .* with split values"):
+    with pytest.raises(MtfcError, match=r"^layout-cost: cannot predict stablehlo.reduce_window at .* with split values"):
         layout_cost.predict(module)
+    text = (ROOT / "lit_tests" / "verify-names" / "wrong-rank.mlir").read_text()
+    with pytest.raises(MtfcError) as e:
+        layout_cost.predict(mir.parse_module(text, mir.new_context()))
+    assert len(str(e.value).splitlines()) == 1
     module = _global("mlp.py", "d_hidden:cols", None, False)
     run_passes(module, ["partition"])
     with pytest.raises(MtfcError, match="already partitioned"):

@@ -15,9 +15,15 @@ layout) reuse.  Each op yields `PredictedCollective` records:
                         looked-up dim;
 ``all_gather``          a dim an op needs whole (or on fewer axes) that is split;
 ``all_to_all``          an axis moving from one dim to another;
-``collective_permute``  -- not predicted: a split window factor (slice, pad,
-                        concatenate, shift along a split dim) is refused in
-                        one line (`MtfcError`), never guessed.
+``collective_permute``  a split window factor: the halos of a shift (the
+                        ``mtfc.shift`` composite, ``slice(pad(x))``) and the
+                        window exchanges of a slice, pad or concatenate along
+                        a dim split alike in operands and result
+                        (`window_plan`, `window_distances`, `window_pairs`,
+                        `shift_pairs` in `partition/windows.py`).
+
+An op with split values that no rule covers is refused in one line
+(`MtfcError`), as the partitioner refuses it; nothing is guessed.
 
 **What is predicted: the partitioner's output before `fuse-collectives`**
 (the program `mtfc opt --passes verify-names,partition` writes; equal to
@@ -47,6 +53,9 @@ from mtfc.passes.collectives import Axes, plan_reshard
 from mtfc.passes.partition.contraction import dot_targets
 from mtfc.passes.partition.gather import gather_targets
 from mtfc.passes.partition.local import broadcast_target, reshape_plan, transpose_target
+from mtfc.passes.partition.windows import (shift_pairs, window_distances, window_of, window_pairs, window_plan,
+                                           _whole_along)
+from mtfc.passes.composites import SHIFT, composite_name, shift_attributes
 
 
 @dataclass
@@ -114,6 +123,16 @@ class _Predictor:
     def local_bytes(self, x: _Value) -> int:
         return math.prod(s // self.factor(a) for s, a in zip(x.shape, x.axes)) * x.element_bytes
 
+    def local_bytes_with(self, x: _Value, k: int, length: int) -> int:
+        """Bytes of `x`'s block with dim `k` cut to `length`."""
+        shape = [s // self.factor(a) for s, a in zip(x.shape, x.axes)]
+        shape[k] = length
+        return math.prod(shape) * x.element_bytes
+
+    def permute(self, pairs, size: int, dim: str, reason: str) -> None:
+        self.record("collective_permute", tuple(comm_analysis.axes_of_pairs(self.mesh, pairs) or ()), size, [dim],
+                    reason)
+
     def record(self, kind: str, axes: Axes, size: int, dims: list[str], reason: str) -> None:
         n = self.factor(axes)
         self.out.collectives.append(PredictedCollective(
@@ -155,6 +174,65 @@ class _Predictor:
             self.record("all_reduce", axes, self.local_bytes(x), dims,
                         f"{kind} over dim{'s' if len(dims) > 1 else ''} {', '.join(repr(d) for d in dims)} "
                         f"split over {'+'.join(axes)}")
+
+    # ----------------------------------------------------------- windows
+    def window_exchange(self, sources, k: int, shape, axes) -> None:
+        """`partition.windows.window_exchange`: each source resharded to the
+        result's layout (dim k on the first source's axes), then the windows
+        `fetch_window` permutes, one collective_permute per block distance."""
+        first_axes = sources[0][0].axes[k]
+        c = shape[k] // self.factor(first_axes)
+        for x, t in sources:
+            x = self.reshard(x, [tuple(axes[i]) if i != k else first_axes for i in range(len(axes))])
+            groups = self.mesh.groups(list(x.axes[k]))
+            L = x.shape[k] // self.factor(x.axes[k])
+            for delta in window_distances(len(groups[0]), L, x.shape[k], lambda j, t=t: j * c + t, c):
+                if delta:
+                    self.permute(window_pairs(groups, delta), self.local_bytes_with(x, k, c), x.dims[k],
+                                 f"window of dim {x.dims[k]!r} from {abs(delta)} block(s) "
+                                 f"{'after' if delta > 0 else 'before'}")
+
+    def shift_exchange(self, x: _Value, k: int, t: int, wrap: bool, axes) -> _Value:
+        """`partition.windows.shift_exchange`: at most two halos permuted."""
+        x = self.reshard(x, [axes[i] if i != k else x.axes[k] for i in range(len(axes))])
+        groups = self.mesh.groups(list(x.axes[k]))
+        block = x.shape[k] // self.factor(x.axes[k])
+        q, r = divmod(t, block)
+        for shift, width in [(q, block - r)] + ([(q + 1, r)] if r else []):
+            if shift:
+                self.permute(shift_pairs(groups, shift, wrap), self.local_bytes_with(x, k, width), x.dims[k],
+                             f"halo of dim {x.dims[k]!r} ({width} wide) shifted by {shift} block(s)")
+        return x
+
+    def windowed(self, op: ir.Operation, env: dict, args: list, dims, shape, axes):
+        """The result axes of a slice, pad, concatenate or composite (the
+        explicit rules' paths), or False for a pad/concatenate partitioned
+        with the slice that reads it."""
+        if op.name in ("stablehlo.pad", "stablehlo.concatenate"):
+            users = [u.owner for u in op.results[0].uses]
+            if len(users) == 1 and window_of(self, users[0].operation, env) is not None:
+                return False
+        if op.name == "stablehlo.slice" and window_of(self, op, env) is not None:
+            x, k, t, wrap, _ = window_of(self, op, env)
+            return self.shift_exchange(x, k, t, wrap, axes).axes
+        if op.name == "stablehlo.composite":
+            if composite_name(op) != SHIFT:
+                return None
+            k, offset, wrap = shift_attributes(op)
+            if axes[k]:
+                t = (-offset) % shape[k] if wrap else -offset
+                return self.shift_exchange(args[0], k, t, wrap, axes).axes
+            return self.reshard(args[0], axes).axes
+        sources, k, cut = window_plan(op, args, axes)
+        if sources is not None:
+            self.window_exchange(sources, k, shape, axes)
+            return axes
+        if op.name == "stablehlo.concatenate":
+            target = tuple(() if i in cut else a for i, a in enumerate(axes))
+            for x in args:
+                self.reshard(x, target)
+            return target
+        return self.reshard(args[0], _whole_along(args[0], cut)).axes
 
     # --------------------------------------------------------------- ops
     def run(self, module: ir.Module) -> Prediction:
@@ -219,10 +297,14 @@ class _Predictor:
                     self.reshard(x, axes)
         elif op.name in ("stablehlo.constant", "stablehlo.iota"):
             pass  # made or cut locally
+        elif op.name in ("stablehlo.slice", "stablehlo.pad", "stablehlo.concatenate", "stablehlo.composite") and (
+                (out_axes := self.windowed(op, env, args, dims, shape, axes)) is not None):
+            if out_axes is False:
+                env[result] = None  # partitioned with the slice that reads it
+                return
         elif any(a for x in args for a in x.axes) or any(axes):
-            raise MtfcError(f"layout-cost: cannot predict {mir.describe_op(op)} with split values "
-                            f"(no prediction for {family or 'this op'} ops yet); use `mtfc inspect` on the "
-                            "partitioned module")
+            raise MtfcError(f"layout-cost: cannot predict {mir.describe_op(op)} with split values: "
+                            "the explicit partitioner has no rule for it")
         else:
             out_axes = tuple(() for _ in shape)  # copied whole
         env[result] = self.reshard(self.value(dims, shape, out_axes, ebytes), axes)
@@ -235,6 +317,9 @@ def _element_bytes(value: ir.Value) -> int:
 def predict(module: ir.Module, layouts: mir.Layouts | None = None) -> Prediction:
     """The collectives `partition` will emit for `module` (global, not yet
     partitioned) under `layouts` (default: the module's own mesh and rules)."""
+    from mtfc.passes.verify_names import verify_module
+
+    verify_module(module)  # the IR contract: a bad module is one line, not a traceback
     kind = mir.partitioning(module)
     if kind not in ("none", "gspmd"):
         raise MtfcError(f"layout-cost: the module is already partitioned ({kind}); predict from the global module")
