@@ -221,6 +221,9 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, allow_unused_
 @click.option("--compare", is_flag=True,
               help="Also compile the global program through every partitioner (mtfc explicit, shardy, XLA GSPMD) "
                    "and show their collectives side by side.")
+@click.option("--predict", is_flag=True,
+              help="Also predict, from the global program alone, the collectives the explicit partitioner emits "
+                   "(before fuse-collectives), and show them beside the measured explicit program's.")
 @click.option("--no-xla", is_flag=True, help="Do not compile a gspmd module to read XLA's collectives and memory.")
 @click.option("--backend", default="cpu", type=click.Choice(["cpu", "gpu", "tpu"]), show_default=True,
               help="The PJRT backend that compiles for the XLA figures.")
@@ -228,14 +231,14 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, allow_unused_
               help="Place the mesh on N processes (process-major) and show which collectives cross them "
                    "and the bytes that cross.")
 @_handle_errors
-def inspect(module_file, as_json, compare, no_xla, backend, processes):
+def inspect(module_file, as_json, compare, predict, no_xla, backend, processes):
     """Show a module's values, collectives and per-device memory."""
     from mtfc import ir as mir
     from mtfc.files.modules import read_module
     from mtfc.tools.report import inspect_module, render_text
 
     report = inspect_module(read_module(module_file, mir.new_context()), xla=not no_xla, compare=compare, backend=backend,
-                            source=module_file, processes=processes)
+                            source=module_file, processes=processes, predict=predict)
     click.echo(json.dumps(report, indent=2) if as_json else render_text(report))
 
 

@@ -25,12 +25,10 @@ from jax.extend.mlir.dialects import stablehlo as hlo
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import Mesh, shard_index
+from mtfc.passes import op_rules
 
 Axes = tuple[str, ...]
 
-REDUCER_OPS = {"sum": hlo.AddOp, "max": hlo.MaxOp, "min": hlo.MinOp, "and": hlo.AndOp, "or": hlo.OrOp}
-REDUCER_OF_OP = {"stablehlo.add": "sum", "stablehlo.maximum": "max", "stablehlo.minimum": "min",
-                 "stablehlo.and": "and", "stablehlo.or": "or"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,36 @@ class Local:
     @property
     def local_shape(self) -> tuple[int, ...]:
         return tuple(ir.RankedTensorType(self.value.type).shape)
+
+
+def plan_reshard(have: Sequence[Axes], target: Sequence[Axes]) -> list[tuple]:
+    """The steps that move a value laid out as `have` to `target` (mesh axes
+    per dim), in order: ``("all_to_all", axes, from_dim, to_dim)``,
+    ``("all_gather", dim, axes)``, ``("slice", dim, axes)`` (local).
+
+    For each dim, the axes that are not a prefix shared with the target are
+    dropped (gathered) and the target's remaining axes added (sliced); an
+    axis group dropped whole from one dim and added whole at the end of
+    another travels by one all_to_all instead.  Pure: `Emitter.reshard`
+    carries the steps out, `mtfc.passes.layout_cost` predicts their cost."""
+    keep = []
+    for h, w in zip(have, target):
+        p = 0
+        while p < min(len(h), len(w)) and h[p] == w[p]:
+            p += 1
+        keep.append(p)
+    drop = {i: tuple(have[i][keep[i]:]) for i in range(len(target)) if have[i][keep[i]:]}
+    add = {i: tuple(target[i][keep[i]:]) for i in range(len(target)) if target[i][keep[i]:]}
+    steps: list[tuple] = []
+    for i in list(drop):
+        for j in list(add):
+            if i != j and j not in drop and drop.get(i) and add.get(j) == drop[i]:
+                steps.append(("all_to_all", drop[i], i, j))
+                del drop[i], add[j]
+                break
+    steps += [("all_gather", i, axes) for i, axes in drop.items()]
+    steps += [("slice", i, axes) for i, axes in add.items()]
+    return steps
 
 
 def groups_attr(mesh: Mesh, axes: Sequence[str]) -> ir.DenseIntElementsAttr:
@@ -121,7 +149,9 @@ class Emitter:
         scalar = self.tensor_type([], x.element_type)
         block = op.regions[0].blocks.append(scalar, scalar)
         with ir.InsertionPoint(block):
-            hlo.ReturnOp([REDUCER_OPS[kind](block.arguments[0], block.arguments[1]).result])
+            combine = ir.Operation.create(op_rules.REDUCERS[kind], results=[scalar],
+                                          operands=[block.arguments[0], block.arguments[1]])
+            hlo.ReturnOp([combine.results[0]])
         return replace(x, value=self.tag(op, x.dims))
 
     def all_gather(self, x: Local, dim: int, axes: Axes) -> Local:
@@ -193,24 +223,12 @@ class Emitter:
                 raise MtfcError(
                     f"{what}: dim {x.dims[i]!r} of size {x.shape[i]} is not divisible by mesh axes {'+'.join(axes)}"
                 )
-        keep = []
-        for have, want in zip(x.axes, target):
-            p = 0
-            while p < min(len(have), len(want)) and have[p] == want[p]:
-                p += 1
-            keep.append(p)
-        drop = {i: x.axes[i][keep[i]:] for i in range(len(target)) if x.axes[i][keep[i]:]}
-        add = {i: target[i][keep[i]:] for i in range(len(target)) if target[i][keep[i]:]}
-        # An axis group dropped whole from dim i and added whole to dim j: all_to_all.
-        for i in list(drop):
-            for j in list(add):
-                if i != j and j not in drop and drop.get(i) and add.get(j) == drop[i]:
-                    x = self.all_to_all(x, drop[i], i, j)
-                    del drop[i], add[j]
-                    break
-        for i, axes in drop.items():
-            x = self.all_gather(x, i, axes)
-        for i, axes in add.items():
-            x = self.local_slice(x, i, axes)
+        for step in plan_reshard(x.axes, target):
+            if step[0] == "all_to_all":
+                x = self.all_to_all(x, step[1], step[2], step[3])
+            elif step[0] == "all_gather":
+                x = self.all_gather(x, step[1], step[2])
+            else:
+                x = self.local_slice(x, step[1], step[2])
         assert x.axes == target, (x.axes, target)
         return x

@@ -9,7 +9,7 @@ records (`Collective`):
   ``collective_broadcast`` reachable from @main (calls are followed, once per
   call site; the nested ``module @mtfc.reference`` is not looked at);
 * `hlo_collectives` reads XLA's HLO text (``hlo_modules()[0].to_string()`` of
-  a compiled executable): ``all-reduce``, ``all-gather``, ``reduce-scatter``,
+  a compiled executable, parsed by `mtfc.passes.hlo_text`): ``all-reduce``, ``all-gather``, ``reduce-scatter``,
   ``all-to-all``, ``collective-permute`` and their async ``-start`` forms,
   each logical collective counted once (``-done`` halves and the
   ``async-start``/``async-done`` wrappers are not counted; the collective
@@ -53,10 +53,11 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.mesh import Mesh
+from mtfc.passes import hlo_text, op_rules
 
-KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute", "collective_broadcast")
-
-_STABLEHLO_KINDS = {f"stablehlo.{k}": k for k in KINDS}
+# The collectives' kinds: op_rules' collective family, in its order, without "stablehlo.".
+_STABLEHLO_KINDS = {n: n.removeprefix("stablehlo.") for n in op_rules.ordered(family="collective")}
+KINDS = tuple(_STABLEHLO_KINDS.values())
 _HLO_KINDS = {k.replace("_", "-"): k for k in KINDS}
 
 
@@ -309,238 +310,27 @@ def module_collectives(module: ir.Module) -> list[Collective]:
 
 # ------------------------------------------------------------ HLO reader
 
-# HLO element types: the number is the width in bits (c64: two f32).
-def hlo_element_bytes(dtype: str) -> int:
-    if dtype == "pred":
-        return 1
-    if dtype == "token":
-        return 0
-    m = re.search(r"(\d+)", dtype)
-    return max(1, math.ceil(int(m.group(1)) / 8)) if m else 4
-
-
-_ARRAY_SHAPE = re.compile(r"([a-z][a-z0-9]*)\[([0-9,]*)\](?:\{[^}]*\})?")
-
-
-def hlo_shape_bytes(shape: str) -> int:
-    """Bytes of an HLO shape: ``f32[8,32]{1,0}`` or a tuple ``(f32[2], s32[])``."""
-    total = 0
-    for dtype, dims in _ARRAY_SHAPE.findall(shape):
-        sizes = [int(d) for d in dims.split(",") if d]
-        total += math.prod(sizes) * hlo_element_bytes(dtype)
-    return total
-
-
-def _hlo_shape_text(shape: str) -> str:
-    return ", ".join(f"{d}[{s}]" for d, s in _ARRAY_SHAPE.findall(shape))
-
-
-# `%name = SHAPE opcode(operands), attributes`; SHAPE may be a tuple.
-_INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<shape>\((?:[^()]|\([^()]*\))*\)|[a-z][a-z0-9]*\[[0-9,]*\](?:\{[^}]*\})?)\s+"
-    r"(?P<opcode>[a-z][\w\-]*)\((?P<operands>[^)]*)\)(?P<attrs>.*)$"
-)
-
-
-def _split_top(text: str, sep: str = ",") -> list[str]:
-    """Split at `sep` outside brackets."""
-    out, depth, cur = [], 0, []
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch == sep and depth == 0:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if "".join(cur).strip():
-        out.append("".join(cur))
-    return out
-
-
-def _attr(attrs: str, name: str) -> str | None:
-    """The raw text of attribute `name` in an instruction's attribute list."""
-    m = re.search(r"(?:^|[\s,])" + re.escape(name) + r"=", attrs)
-    if not m:
-        return None
-    start = m.end()
-    depth = 0
-    i = start
-    while i < len(attrs):
-        ch = attrs[i]
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth < 0:
-                break
-        elif ch == "," and depth == 0:
-            break
-        i += 1
-    value = attrs[start:i].strip()
-    # The mesh form runs past a comma: mesh[...], device_ids=(...) {'axis'}.
-    if value.startswith("mesh["):
-        rest = attrs[start:]
-        m2 = re.match(_MESH_GROUPS, rest)
-        if m2:
-            value = m2.group(0)
-    return value
-
-
-# mesh['axis_0'=2,'axis_1'=4], device_ids=([2,4]T(1,0)) {'axis_1'}
-_MESH_GROUPS = (r"mesh\[(?P<axes>[^\]]*)\](?:,\s*device_ids=\((?P<ids>(?:[^()]|\([^()]*\))*)\))?"
-                r"\s*\{(?P<sel>[^}]*)\}")
-
-
-def _iota_list(dims: list[int], perm: list[int] | None) -> np.ndarray:
-    ids = np.arange(math.prod(dims)).reshape(dims)
-    if perm is not None:
-        ids = ids.transpose(perm)
-    return ids.reshape(-1)
-
-
-def parse_replica_groups(text: str | None, num_devices: int) -> list[list[int]] | None:
-    """Replica groups from HLO text, in any of XLA's spellings:
-
-    ``{{0,1},{2,3}}``; the iota form ``[2,4]<=[8]`` / ``[4,2]<=[2,4]T(1,0)``;
-    the mesh form ``mesh['axis_0'=2,'axis_1'=4] {'axis_1'}`` (optionally with
-    ``device_ids=([2,4]T(1,0))``).  None when the text cannot be read; ``[]``
-    for ``{}`` (one group of every device)."""
-    if text is None:
-        return []
-    text = text.strip()
-    if text.startswith("{"):
-        inner = text[1:-1].strip()
-        if not inner:
-            return []
-        return [[int(x) for x in re.findall(r"-?\d+", g)] for g in re.findall(r"\{([^{}]*)\}", inner)]
-    m = re.match(r"\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?$", text)
-    if m:
-        shape = [int(x) for x in m.group(1).split(",")]
-        dims = [int(x) for x in m.group(2).split(",")]
-        perm = [int(x) for x in m.group(3).split(",")] if m.group(3) else None
-        ids = _iota_list(dims, perm)
-        return ids.reshape(shape[0], -1).tolist()
-    m = re.match(_MESH_GROUPS + "$", text)
-    if m:
-        axes = re.findall(r"'([^']+)'\s*=\s*(\d+)", m.group("axes"))
-        if not axes or ":" in m.group("sel"):
-            return None  # sub-axes: not read
-        names = [a for a, _ in axes]
-        sizes = [int(s) for _, s in axes]
-        ids_text = (m.group("ids") or "").strip()
-        if not ids_text:
-            ids = np.arange(math.prod(sizes))
-        else:
-            im = re.match(r"\[([\d,]+)\](?:T\(([\d,]+)\))?$", ids_text)
-            if im:
-                ids = _iota_list([int(x) for x in im.group(1).split(",")],
-                                 [int(x) for x in im.group(2).split(",")] if im.group(2) else None)
-            else:
-                ids = np.array([int(x) for x in re.findall(r"\d+", ids_text)])
-        if len(ids) != math.prod(sizes):
-            return None
-        selected = re.findall(r"'([^']+)'", m.group("sel"))
-        if any(s not in names for s in selected):
-            return None
-        grid = ids.reshape(sizes)
-        order = [i for i, a in enumerate(names) if a not in selected] + [names.index(s) for s in selected]
-        size = math.prod(sizes[names.index(s)] for s in selected)
-        return grid.transpose(order).reshape(-1, size).tolist()
-    return None
-
-
-def _parse_pairs(text: str | None) -> list[list[int]]:
-    if not text:
-        return []
-    return [[int(a), int(b)] for a, b in re.findall(r"\{\s*(-?\d+)\s*,\s*(-?\d+)\s*\}", text)]
-
-
-def _stack_frames(text: str) -> dict[int, tuple[str, int]]:
-    """stack frame id -> (file, line), from the ``FileNames``/``FileLocations``/
-    ``StackFrames`` tables newer XLA prints after the computations."""
-    tables: dict[str, dict[int, str]] = {}
-    current = None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
-            current = tables.setdefault(stripped, {})
-            continue
-        if current is None:
-            continue
-        m = re.match(r"^(\d+)\s+(.*)$", stripped)
-        if m:
-            current[int(m.group(1))] = m.group(2)
-        elif stripped:
-            current = None
-    files = {k: v.strip('"') for k, v in tables.get("FileNames", {}).items()}
-    locations = {}
-    for k, v in tables.get("FileLocations", {}).items():
-        f, ln = re.search(r"file_name_id=(\d+)", v), re.search(r"\bline=(\d+)", v)
-        if f and ln:
-            locations[k] = (files.get(int(f.group(1)), "?"), int(ln.group(1)))
-    frames = {}
-    for k, v in tables.get("StackFrames", {}).items():
-        loc = re.search(r"file_location_id=(\d+)", v)
-        if loc and int(loc.group(1)) in locations:
-            frames[k] = locations[int(loc.group(1))]
-    return frames
-
-
-def _hlo_location(name: str, attrs: str, frames: dict[int, tuple[str, int]]) -> str:
-    op_name = re.search(r'op_name="([^"]*)"', attrs)
-    where = op_name.group(1) if op_name else f"%{name}"
-    source = re.search(r'source_file="([^"]*)"\s+source_line=(\d+)', attrs)
-    frame = re.search(r"stack_frame_id=(\d+)", attrs)
-    if source:
-        where += f"({source.group(1).rsplit('/', 1)[-1]}:{source.group(2)})"
-    elif frame and int(frame.group(1)) in frames:
-        file, line = frames[int(frame.group(1))]
-        where += f"({file.rsplit('/', 1)[-1]}:{line})"
-    return where
-
 
 def hlo_collectives(text: str, mesh: Mesh) -> list[Collective]:
     """Every collective of an HLO module's text (``HloModule.to_string()``)."""
-    shapes: dict[str, str] = {}
-    frames = _stack_frames(text)
-    instructions = []
-    for line in text.splitlines():
-        m = _INSTRUCTION.match(line)
-        if not m:
-            continue
-        shapes[m.group("name")] = m.group("shape")
-        instructions.append(m)
+    found, shapes = hlo_text.instructions(text)
+    frames = hlo_text.stack_frames(text)
     out = []
-    for m in instructions:
-        opcode = m.group("opcode")
-        if opcode.endswith("-done"):
+    for ins in found:
+        if ins.opcode.endswith("-done"):
             continue
-        base = opcode[: -len("-start")] if opcode.endswith("-start") else opcode
+        base = ins.opcode[: -len("-start")] if ins.opcode.endswith("-start") else ins.opcode
         kind = _HLO_KINDS.get(base)
         if kind is None:
             continue
-        attrs = m.group("attrs")
-        operand_names = []
-        for operand in _split_top(m.group("operands")):
-            operand = operand.strip()
-            # `f32[8]{0} %x` (operand shapes printed) or `%x`
-            name = re.search(r"%?([\w.\-]+)\s*$", operand)
-            if name:
-                operand_names.append((operand, name.group(1)))
-        operand_shapes = []
-        for raw, name in operand_names:
-            printed = _ARRAY_SHAPE.search(raw)
-            operand_shapes.append(raw.rsplit(" ", 1)[0] if printed and " " in raw else shapes.get(name, ""))
-        operand_bytes = sum(hlo_shape_bytes(s) for s in operand_shapes)
+        operand_shapes = ins.operand_shapes(shapes)
+        operand_bytes = sum(hlo_text.shape_bytes(s) for s in operand_shapes)
         if kind == "collective_permute":
-            pairs = _parse_pairs(_attr(attrs, "source_target_pairs"))
+            pairs = hlo_text.parse_pairs(hlo_text.attr(ins.attrs, "source_target_pairs"))
             axes = axes_of_pairs(mesh, pairs)
             n, groups, size = _permute_n(mesh, axes, pairs), pairs, operand_bytes
         else:
-            groups = parse_replica_groups(_attr(attrs, "replica_groups"), mesh.size)
+            groups = hlo_text.parse_replica_groups(hlo_text.attr(ins.attrs, "replica_groups"), mesh.size)
             if groups is None:
                 axes, groups, n = None, [], 0
             else:
@@ -549,14 +339,14 @@ def hlo_collectives(text: str, mesh: Mesh) -> list[Collective]:
             if kind == "all_gather":
                 # S is the gathered buffer: n operands' worth (an all-gather-start's
                 # result is the tuple (operand, gathered)).
-                result = _ARRAY_SHAPE.findall(m.group("shape"))
-                size = operand_bytes * n if n else hlo_shape_bytes("%s[%s]" % result[-1])
+                result = hlo_text.ARRAY_SHAPE.findall(ins.shape)
+                size = operand_bytes * n if n else hlo_text.shape_bytes("%s[%s]" % result[-1])
             else:
                 size = operand_bytes
         out.append(Collective(
-            kind=kind, op=opcode, location=_hlo_location(m.group("name"), attrs, frames), axes=axes, n=n,
+            kind=kind, op=ins.opcode, location=hlo_text.location(ins.name, ins.attrs, frames), axes=axes, n=n,
             bytes=size, bus_bytes=bus_bytes(kind, n, size),
-            shape=", ".join(_hlo_shape_text(s) for s in operand_shapes), groups=groups,
+            shape=", ".join(hlo_text.shape_text(s) for s in operand_shapes), groups=groups,
             spans=spanned_axes(mesh, groups) if axes is None and groups and kind != "collective_permute" else None,
         ))
     return out

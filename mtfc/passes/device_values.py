@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 from jax.extend.mlir import ir
 
+# Not an op list: each entry is an op's integer semantics in NumPy (this is an
+# interpreter, and op_rules holds no semantics); every key is an elementwise
+# op of op_rules (tests/test_op_rules.py checks it).
 _BINARY = {
     "stablehlo.add": np.add,
     "stablehlo.subtract": np.subtract,

@@ -32,14 +32,12 @@ import numpy as np
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
+from mtfc.passes import op_rules
 from mtfc.passes.device_values import per_device_value
 from mtfc.passes.manager import register_pass
 from mtfc.passes.partition.common import clone_region
 
-COLLECTIVES = {
-    "stablehlo.all_reduce", "stablehlo.all_gather", "stablehlo.all_to_all",
-    "stablehlo.reduce_scatter", "stablehlo.collective_permute",
-}
+COLLECTIVES = op_rules.names(family="collective")
 
 
 def _groups(op: ir.Operation) -> np.ndarray:

@@ -103,7 +103,11 @@ class OpRule:
                     the result under the same name (verify-names checks it);
     shardy       -- Shardy (jaxlib 0.10) partitions it correctly with split
                     values (possibly thanks to a workaround of
-                    `mtfc/passes/shardy`); sdy-partition refuses the others.
+                    `mtfc/passes/shardy`); sdy-partition refuses the others;
+    result_dims_of_operand -- its (one) result has its first operand's dims,
+                    whatever its shape (a collective, a per-device slice, a
+                    copy, a barrier): how sdy-partition names the ops Shardy
+                    inserts.
     """
 
     name: str
@@ -111,6 +115,7 @@ class OpRule:
     factors: Callable[[ir.Operation], OpFactors] | None = None
     size_keeping: bool = False
     shardy: bool = False
+    result_dims_of_operand: bool = False
 
 
 RULES: dict[str, OpRule] = {}
@@ -128,7 +133,7 @@ def rule_of(op_name: str) -> OpRule | None:
 
 
 def names(*, family: str | Iterable[str] | None = None, size_keeping: bool | None = None,
-          shardy: bool | None = None) -> frozenset[str]:
+          shardy: bool | None = None, result_dims_of_operand: bool | None = None) -> frozenset[str]:
     """Op names whose rule matches every given filter."""
     families = {family} if isinstance(family, str) else (set(family) if family is not None else None)
     return frozenset(
@@ -136,7 +141,14 @@ def names(*, family: str | Iterable[str] | None = None, size_keeping: bool | Non
         if (families is None or r.family in families)
         and (size_keeping is None or r.size_keeping == size_keeping)
         and (shardy is None or r.shardy == shardy)
+        and (result_dims_of_operand is None or r.result_dims_of_operand == result_dims_of_operand)
     )
+
+
+def ordered(**filters) -> tuple[str, ...]:
+    """`names` (same filters) in registration order."""
+    chosen = names(**filters)
+    return tuple(n for n in RULES if n in chosen)
 
 
 def factors_of(op: ir.Operation) -> OpFactors | None:
@@ -177,7 +189,8 @@ _ELEMENTWISE = (
 ).split()
 for _name in _ELEMENTWISE:
     register(OpRule(f"stablehlo.{_name}", "elementwise", elementwise_factors, size_keeping=True, shardy=True))
-register(OpRule("stablehlo.optimization_barrier", "control", elementwise_factors, size_keeping=True, shardy=True))
+register(OpRule("stablehlo.optimization_barrier", "control", elementwise_factors, size_keeping=True, shardy=True,
+                result_dims_of_operand=True))
 
 
 # --------------------------------------------------------- shape-moving ops
@@ -355,8 +368,8 @@ register(OpRule("stablehlo.iota", "creation", creation_factors, shardy=True))
 # --------------------------------------- per-device ops (partitioned programs)
 for _name in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute",
               "collective_broadcast"):
-    register(OpRule(f"stablehlo.{_name}", "collective"))
+    register(OpRule(f"stablehlo.{_name}", "collective", result_dims_of_operand=True))
 for _name in ("replica_id", "partition_id", "dynamic_slice", "dynamic_update_slice", "copy"):
-    register(OpRule(f"stablehlo.{_name}", "device"))
+    register(OpRule(f"stablehlo.{_name}", "device", result_dims_of_operand=_name in ("dynamic_slice", "copy")))
 register(OpRule("stablehlo.return", "control"))
 register(OpRule("func.return", "control"))

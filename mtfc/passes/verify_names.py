@@ -45,6 +45,7 @@ from mtfc import ir as mir
 from mtfc import initializers
 from mtfc.errors import MtfcError
 from mtfc.mesh import LayoutRules
+from mtfc.passes import op_rules
 from mtfc.passes.manager import register_pass
 
 KINDS = ("none", "gspmd", "explicit", "shardy")
@@ -57,15 +58,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 # Ops whose operands' dims keep their sizes in the result (so a dim name has
 # one size over operands and results); slice, pad, concatenate, windows and
 # collectives change a dim's size under the same name.
-_SIZE_KEEPING = {
-    f"stablehlo.{name}"
-    for name in (
-        "abs add and compare convert cosine divide exponential exponential_minus_one floor ceil log "
-        "log_plus_one logistic maximum minimum multiply negate not or power remainder round_nearest_even "
-        "rsqrt select sign sine sqrt subtract tanh xor clamp is_finite optimization_barrier "
-        "dot_general reduce transpose"
-    ).split()
-}
+_SIZE_KEEPING = op_rules.names(size_keeping=True)
 
 # Initializer kinds and how many numbers each takes (docs/IR.md; runtime/synthetic.py).
 def _check_dims(dims: list[str], value_type: ir.Type, what: str) -> None:

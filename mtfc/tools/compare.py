@@ -94,6 +94,37 @@ def partitioner_collectives(module: ir.Module, pipeline: str, *, backend: str = 
     return comm_analysis.module_collectives(module)
 
 
+def prediction_rows(module: ir.Module) -> list[dict]:
+    """`mtfc inspect --predict`: the collectives `layout_cost.predict` expects
+    of the global program, beside those the explicit partitioner emits before
+    `fuse-collectives` (what is predicted) and after it; each row as in
+    `compare_partitioners` (the predicted row's records also name the dims
+    that cause each collective and why)."""
+    from mtfc.passes import layout_cost
+    from mtfc.passes.manager import PIPELINES, run_passes
+
+    text = global_program_text(module)
+    rows = []
+    for name, passes in (("predicted", None), ("mtfc explicit, unfused", ["verify-names", "partition"]),
+                         ("mtfc explicit", PIPELINES["explicit"])):
+        row = {"partitioner": name, "source": "global module" if passes is None else "StableHLO", "error": None}
+        try:
+            clone = ir.Module.parse(text, module.context)
+            with module.context:
+                if passes is None:
+                    collectives = layout_cost.predict(clone).collectives
+                else:
+                    run_passes(clone, passes)
+                    collectives = comm_analysis.module_collectives(clone)
+        except MtfcError as e:
+            row.update({"error": str(e), "by_kind": {}, "total": None, "collectives": []})
+        else:
+            row.update(comm_analysis.summarize(collectives))
+            row["collectives"] = [c.as_dict() for c in collectives]
+        rows.append(row)
+    return rows
+
+
 def compare_partitioners(module: ir.Module, *, backend: str = "cpu") -> list[dict]:
     """One row per available partitioner: its collectives, their totals per
     kind, and the total -- or the error that stopped it."""

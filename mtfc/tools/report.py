@@ -62,11 +62,14 @@ def _dim_sizes(module: ir.Module) -> dict[str, int]:
 
 
 def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False, backend: str = "cpu",
-                   source: str | None = None, processes: int | None = None) -> dict:
+                   source: str | None = None, processes: int | None = None, predict: bool = False) -> dict:
     """The inspection report of `module` (see the module docstring).
 
     `xla`: compile a ``gspmd`` module to read XLA's collectives and memory;
     `compare`: also run the global program through every partitioner;
+    `predict`: also predict the explicit partitioner's collectives from the
+    global program (`layout_cost`) beside the measured ones (key
+    ``"prediction"``, present only then);
     `processes`: also place the mesh on that many processes and say which
     collectives cross them -- an error (naming ``--processes``) below 1, when
     it does not divide the mesh, for an unpartitioned module, or for a
@@ -194,6 +197,10 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
         from mtfc.tools.compare import compare_partitioners
 
         report["comparison"] = compare_partitioners(module, backend=backend)
+    if predict:
+        from mtfc.tools.compare import prediction_rows
+
+        report["prediction"] = prediction_rows(module)
     return report
 
 
@@ -338,9 +345,24 @@ def _memory_text(report: dict) -> list[str]:
 
 
 def _comparison_text(report: dict) -> list[str]:
-    rows_in = report["comparison"]
+    return _side_by_side(report["comparison"], "partitioners side by side (the same global program, mesh and layout; "
+                         "count and bus bytes per device per step):")
+
+
+def _prediction_text(report: dict) -> list[str]:
+    rows = report["prediction"]
+    out = _side_by_side(rows, "predicted from the global program (layout-cost: the explicit partitioner before "
+                        "fuse-collectives) beside the measured explicit program, count and bus bytes per device per step:")
+    if not rows[0].get("error"):
+        out += ["", "predicted collectives, and why:"]
+        out += [f"  {c['kind']} over {'+'.join(c['axes'])} ({c['bytes']} B): {c['reason']} at {c['location']}"
+                for c in rows[0]["collectives"]] or ["  (none)"]
+    return out
+
+
+def _side_by_side(rows_in: list[dict], title: str) -> list[str]:
     kinds = [k for k in comm_analysis.KINDS if any(k in (r.get("by_kind") or {}) for r in rows_in)]
-    out = ["partitioners side by side (the same global program, mesh and layout; count and bus bytes per device per step):"]
+    out = [title]
     header = ["partitioner", "read from"]
     for k in kinds:
         header += [k, "bus bytes"]
@@ -385,5 +407,7 @@ def render_text(report: dict) -> str:
     out += [""] + _memory_text(report)
     if report.get("comparison") is not None:
         out += [""] + _comparison_text(report)
+    if report.get("prediction") is not None:
+        out += [""] + _prediction_text(report)
     out += ["", f"parameters per device: {report['parameter_bytes_per_device']} bytes"]
     return "\n".join(out)

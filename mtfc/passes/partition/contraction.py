@@ -12,21 +12,19 @@ from mtfc.passes.op_rules import reducer_of_body
 from mtfc.passes.partition.common import i64s, local_result, rule
 
 
-@rule("stablehlo.dot_general")
-def dot_general(p, op, args, dims, shape):
-    """Local dot of local blocks.  Batch and free dims of both operands take
-    the result's layout; the contracting dims keep the lhs's axes (minus any
-    the result uses) and the rhs follows; a split contracting dim leaves
-    partial sums: all_reduce over its axes."""
-    lhs, rhs = args
+def dot_targets(op: ir.Operation, lhs_axes, out_axes) -> tuple[list, list, list[int]]:
+    """The layouts a dot_general's operands are resharded to, and its lhs
+    contracting dims: batch and free dims take the result's axes; each
+    contracting dim keeps the prefix of the lhs's axes the result does not
+    use, and the rhs follows."""
     numbers = hlo.DotDimensionNumbers(op.attributes["dot_dimension_numbers"])
     lb, rb = list(numbers.lhs_batching_dimensions), list(numbers.rhs_batching_dimensions)
     lc, rc = list(numbers.lhs_contracting_dimensions), list(numbers.rhs_contracting_dimensions)
-    lfree = [i for i in range(len(lhs.shape)) if i not in lb + lc]
-    rfree = [i for i in range(len(rhs.shape)) if i not in rb + rc]
-    out_axes = p.axes_of(dims, shape, mir.describe_op(op))
+    lhs_rank, rhs_rank = (ir.RankedTensorType(x.type).rank for x in op.operands)
+    lfree = [i for i in range(lhs_rank) if i not in lb + lc]
+    rfree = [i for i in range(rhs_rank) if i not in rb + rc]
     used = {a for axes in out_axes for a in axes}
-    lhs_target, rhs_target = [()] * len(lhs.shape), [()] * len(rhs.shape)
+    lhs_target, rhs_target = [()] * lhs_rank, [()] * rhs_rank
     for k, i in enumerate(lb):
         lhs_target[i] = rhs_target[rb[k]] = out_axes[k]
     for k, i in enumerate(lfree):
@@ -35,12 +33,22 @@ def dot_general(p, op, args, dims, shape):
         rhs_target[i] = out_axes[len(lb) + len(lfree) + k]
     for li, ri in zip(lc, rc):
         keep = []
-        for a in lhs.axes[li]:
+        for a in lhs_axes[li]:
             if a in used:
                 break  # keep a prefix: the axes after one the result uses are gathered too
             keep.append(a)
             used.add(a)
         lhs_target[li] = rhs_target[ri] = tuple(keep)
+    return lhs_target, rhs_target, lc
+
+
+@rule("stablehlo.dot_general")
+def dot_general(p, op, args, dims, shape):
+    """Local dot of local blocks, operands resharded to `dot_targets`; a split
+    contracting dim leaves partial sums: all_reduce over its axes."""
+    lhs, rhs = args
+    out_axes = p.axes_of(dims, shape, mir.describe_op(op))
+    lhs_target, rhs_target, lc = dot_targets(op, lhs.axes, out_axes)
     lhs = p.emit.reshard(lhs, lhs_target, mir.describe_op(op))
     rhs = p.emit.reshard(rhs, rhs_target, mir.describe_op(op))
     t = p.local_type(shape, out_axes, ir.RankedTensorType(op.results[0].type).element_type)

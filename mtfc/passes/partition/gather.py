@@ -10,6 +10,22 @@ from mtfc.errors import MtfcError
 from mtfc.passes.partition.common import local_result, rule, zero_attr
 
 
+def gather_targets(table_axes, axis: int, n_idx: int, axes) -> tuple[list, tuple]:
+    """The table's layout for a lookup along `axis` whose result (index dims,
+    then the table's other dims) is laid out as `axes`, and the looked-up
+    dim's axes: the prefix of the table's that the result does not use."""
+    out_used = {a for ax in axes for a in ax}
+    keep = 0
+    while keep < len(table_axes[axis]) and table_axes[axis][keep] not in out_used:
+        keep += 1
+    vocab_axes = tuple(table_axes[axis][:keep])
+    table_target = [()] * len(table_axes)
+    table_target[axis] = vocab_axes
+    for k, i in enumerate(i for i in range(len(table_axes)) if i != axis):
+        table_target[i] = axes[n_idx + k]
+    return table_target, vocab_axes
+
+
 @rule("stablehlo.gather")
 def gather(p, op, args, dims, shape):
     """Embedding lookup ``table[indices]``.  With the looked-up dim split, each
@@ -28,18 +44,7 @@ def gather(p, op, args, dims, shape):
                         "(the DSL's gather) are supported")
     axis = collapsed[0]
     axes = p.axes_of(dims, shape, mir.describe_op(op))
-    rest = [i for i in range(len(table.shape)) if i != axis]
-    out_used = {a for ax in axes for a in ax}
-    vocab_axes = tuple(a for a in table.axes[axis] if a not in out_used)
-    # the looked-up dim keeps only a prefix of its axes that the result does not use
-    keep = 0
-    while keep < len(table.axes[axis]) and table.axes[axis][keep] in vocab_axes:
-        keep += 1
-    vocab_axes = table.axes[axis][:keep]
-    table_target = [()] * len(table.shape)
-    table_target[axis] = vocab_axes
-    for k, i in enumerate(rest):
-        table_target[i] = axes[n_idx + k]
+    table_target, vocab_axes = gather_targets(table.axes, axis, n_idx, axes)
     table = p.emit.reshard(table, table_target, mir.describe_op(op))
     indices = p.emit.reshard(indices, axes[:n_idx], mir.describe_op(op))
     sizes = list(table.local_shape)

@@ -9,7 +9,7 @@ from jax.extend.mlir.dialects import stablehlo as hlo
 
 from mtfc import ir as mir
 from mtfc.passes.collectives import Axes
-from mtfc.passes.partition.common import i64s, local_result, rule
+from mtfc.passes.partition.common import i64s, local_result, rule, shape_of
 
 
 def replicated(p, op, args, dims, shape):
@@ -59,15 +59,29 @@ def iota(p, op, args, dims, shape):
     return local_result(p, value, dims, shape, axes)
 
 
+def broadcast_target(op: ir.Operation, axes) -> list:
+    """The operand layout of a broadcast whose result is laid out as `axes`."""
+    x, shape = shape_of(op.operands[0]), shape_of(op.results[0])
+    positions = i64s(op.attributes["broadcast_dimensions"])
+    return [axes[j] if x[i] == shape[j] else () for i, j in enumerate(positions)]
+
+
+def transpose_target(op: ir.Operation, axes) -> list:
+    """The operand layout of a transpose whose result is laid out as `axes`."""
+    perm = i64s(op.attributes["permutation"])
+    target = [()] * len(perm)
+    for k, src in enumerate(perm):
+        target[src] = axes[k]
+    return target
+
+
 @rule("stablehlo.broadcast_in_dim")
 def broadcast_in_dim(p, op, args, dims, shape):
     """Each operand dim takes the layout of the result dim it becomes; size-1
     dims broadcast along a split dim are whole."""
     (x,) = args
     axes = p.axes_of(dims, shape, mir.describe_op(op))
-    positions = i64s(op.attributes["broadcast_dimensions"])
-    target = [axes[j] if x.shape[i] == shape[j] else () for i, j in enumerate(positions)]
-    x = p.emit.reshard(x, target, mir.describe_op(op))
+    x = p.emit.reshard(x, broadcast_target(op, axes), mir.describe_op(op))
     t = p.local_type(shape, axes, x.element_type)
     return local_result(p, p.clone(op, [x.value], t, dims), dims, shape, axes)
 
@@ -76,11 +90,7 @@ def broadcast_in_dim(p, op, args, dims, shape):
 def transpose(p, op, args, dims, shape):
     (x,) = args
     axes = p.axes_of(dims, shape, mir.describe_op(op))
-    perm = i64s(op.attributes["permutation"])
-    target = [()] * len(perm)
-    for k, src in enumerate(perm):
-        target[src] = axes[k]
-    x = p.emit.reshard(x, target, mir.describe_op(op))
+    x = p.emit.reshard(x, transpose_target(op, axes), mir.describe_op(op))
     t = p.local_type(shape, axes, x.element_type)
     return local_result(p, p.clone(op, [x.value], t, dims), dims, shape, axes)
 
@@ -103,6 +113,22 @@ def reshape_segments(a: list[int], b: list[int]) -> list[tuple[list[int], list[i
     return segments
 
 
+def reshape_plan(x_shape: list[int], shape: list[int], axes, factor) -> tuple[list, list]:
+    """(the operand's layout, the local reshape's result layout) of a reshape
+    whose result is laid out as `axes`: a run of dims keeps the axes of its
+    leading result dim when the run's other result dims are whole."""
+    target_in: list[Axes] = [()] * len(x_shape)
+    middle: list[Axes] = [()] * len(shape)
+    for si, sj in reshape_segments(x_shape, shape):
+        if not si or not sj:
+            continue
+        lead = axes[sj[0]]
+        if all(not axes[j] for j in sj[1:]) and x_shape[si[0]] % factor(lead) == 0:
+            target_in[si[0]] = lead
+            middle[sj[0]] = lead
+    return target_in, middle
+
+
 @rule("stablehlo.reshape")
 def reshape(p, op, args, dims, shape):
     """Row-major reshape, run of dims by run of dims: a run whose result is split
@@ -111,16 +137,7 @@ def reshape(p, op, args, dims, shape):
     before and cut after."""
     (x,) = args
     axes = p.axes_of(dims, shape, mir.describe_op(op))
-    target_in: list[Axes] = [()] * len(x.shape)
-    middle: list[Axes] = [()] * len(shape)
-    for si, sj in reshape_segments(list(x.shape), list(shape)):
-        if not si or not sj:
-            continue
-        lead = axes[sj[0]]
-        pullable = all(not axes[j] for j in sj[1:]) and x.shape[si[0]] % p.emit.factor(lead) == 0
-        if pullable:
-            target_in[si[0]] = lead
-            middle[sj[0]] = lead
+    target_in, middle = reshape_plan(list(x.shape), list(shape), axes, p.emit.factor)
     x = p.emit.reshard(x, target_in, mir.describe_op(op))
     t = p.local_type(shape, middle, x.element_type)
     value = p.emit.tag(hlo.ReshapeOp(t, x.value), dims)

@@ -31,17 +31,74 @@ def _same_split(x: Local, out_axes, k: int) -> bool:
         x.axes[i] == tuple(out_axes[i]) or not x.axes[i] for i in range(len(out_axes)) if i != k)
 
 
+def window_plan(op: ir.Operation, args, axes) -> tuple[list | None, int | None, list[int]]:
+    """How a slice, pad or concatenate is partitioned, from its operands'
+    layouts (`args`: anything with ``axes`` and ``shape``) and its result's
+    `axes`: (window sources ``[(x, t)]`` for `window_exchange`, the windowed
+    dim k, the cut dims) when one cut dim is split over the same axes in
+    operands and result; else (None, None, the cut dims, gathered first)."""
+    x = args[0]
+    if op.name == "stablehlo.concatenate":
+        d = ir.IntegerAttr(op.attributes["dimension"]).value
+        if not all(_same_split(a, axes, d) for a in args):
+            return None, None, [d]
+        sources, offset = [], 0
+        for a in args:
+            sources.append((a, -offset))
+            offset += a.shape[d]
+        return sources, d, [d]
+    if op.name == "stablehlo.slice":
+        start, limit = i64s(op.attributes["start_indices"]), i64s(op.attributes["limit_indices"])
+        strides = i64s(op.attributes["strides"])
+        cut = [i for i in range(len(x.shape)) if start[i] != 0 or limit[i] != x.shape[i] or strides[i] != 1]
+        if len(cut) == 1 and strides[cut[0]] == 1 and _same_split(x, axes, cut[0]):
+            return [(x, start[cut[0]])], cut[0], cut
+        return None, None, cut
+    low, high = i64s(op.attributes["edge_padding_low"]), i64s(op.attributes["edge_padding_high"])
+    interior = i64s(op.attributes["interior_padding"])
+    cut = [i for i in range(len(x.shape)) if low[i] or high[i] or interior[i]]
+    if len(cut) == 1 and not interior[cut[0]] and low[cut[0]] >= 0 and _same_split(x, axes, cut[0]):
+        return [(x, -low[cut[0]])], cut[0], cut
+    return None, None, cut
+
+
+def window_distances(K: int, L: int, n: int, start: Callable[[int], int], length: int) -> list[int]:
+    """The block distances ``delta`` (receiver j reads block ``j + delta``)
+    that `fetch_window` serves, sorted."""
+    distances = set()
+    for j in range(K):
+        lo, hi = max(start(j), 0), min(start(j) + length, n)
+        if lo < hi:
+            distances.update(range(lo // L - j, (hi - 1) // L - j + 1))
+    return sorted(distances)
+
+
+def window_pairs(groups, delta: int) -> list[tuple[int, int]]:
+    """(source, target) pairs: position ``j + delta`` sends to ``j``, within each group."""
+    K = len(groups[0])
+    return [(group[j + delta], group[j]) for group in groups for j in range(K) if 0 <= j + delta < K]
+
+
+def shift_pairs(groups, shift: int, wrap: bool) -> list[tuple[int, int]]:
+    """(source, target) pairs: position ``j + shift`` (cyclically, with `wrap`) sends to ``j``."""
+    count, pairs = len(groups[0]), []
+    for group in groups:
+        for j, dst in enumerate(group):
+            src = (j + shift) % count if wrap else j + shift
+            if 0 <= src < count:
+                pairs.append((group[src], dst))
+    return pairs
+
+
 @rule("stablehlo.slice")
 def slice_(p, op, args, dims, shape):
     """Slice locally along whole dims; a sliced dim that is split is gathered first."""
     (x,) = args
     start, limit = i64s(op.attributes["start_indices"]), i64s(op.attributes["limit_indices"])
-    strides = i64s(op.attributes["strides"])
-    cut = [i for i in range(len(x.shape)) if start[i] != 0 or limit[i] != x.shape[i] or strides[i] != 1]
     axes = p.axes_of(dims, shape, mir.describe_op(op))
-    if len(cut) == 1 and strides[cut[0]] == 1 and _same_split(x, axes, cut[0]):
-        k = cut[0]
-        return window_exchange(p, op, [(x, start[k])], k, None, dims, shape, axes)
+    sources, k, cut = window_plan(op, args, axes)
+    if sources is not None:
+        return window_exchange(p, op, sources, k, None, dims, shape, axes)
     x = p.emit.reshard(x, _whole_along(x, cut), mir.describe_op(op))
     local = x.local_shape
     start = [s if i in cut else 0 for i, s in enumerate(start)]
@@ -57,13 +114,10 @@ def slice_(p, op, args, dims, shape):
 def pad(p, op, args, dims, shape):
     """Pad locally along whole dims; a padded dim that is split is gathered first."""
     x, value = args
-    low, high = i64s(op.attributes["edge_padding_low"]), i64s(op.attributes["edge_padding_high"])
-    interior = i64s(op.attributes["interior_padding"])
-    padded = [i for i in range(len(x.shape)) if low[i] or high[i] or interior[i]]
     axes = p.axes_of(dims, shape, mir.describe_op(op))
-    if len(padded) == 1 and not interior[padded[0]] and low[padded[0]] >= 0 and _same_split(x, axes, padded[0]):
-        k = padded[0]
-        return window_exchange(p, op, [(x, -low[k])], k, value, dims, shape, axes)
+    sources, k, padded = window_plan(op, args, axes)
+    if sources is not None:
+        return window_exchange(p, op, sources, k, value, dims, shape, axes)
     x = p.emit.reshard(x, _whole_along(x, padded), mir.describe_op(op))
     t = p.local_type(shape, x.axes, x.element_type)
     return local_result(p, p.clone(op, [x.value, value.value], t, dims), dims, shape, x.axes)
@@ -73,12 +127,8 @@ def pad(p, op, args, dims, shape):
 def concatenate(p, op, args, dims, shape):
     """Concatenate locally when the concat dim is whole; gather it first otherwise."""
     axes = p.axes_of(dims, shape, mir.describe_op(op))
-    d = ir.IntegerAttr(op.attributes["dimension"]).value
-    if all(_same_split(x, axes, d) for x in args):
-        sources, offset = [], 0
-        for x in args:
-            sources.append((x, -offset))
-            offset += x.shape[d]
+    sources, _, (d,) = window_plan(op, args, axes)
+    if sources is not None:
         return window_exchange(p, op, sources, d, None, dims, shape, axes)
     target = [() if i == d else a for i, a in enumerate(axes)]
     parts = [p.emit.reshard(x, target, mir.describe_op(op)) for x in args]
@@ -148,11 +198,7 @@ def fetch_window(p: Partitioner, x: Local, k: int, start: Callable[[int], int], 
         base = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(out_type, zero_attr(x.element_type))), dims)
     value = base
     # the blocks each receiver j reads: positions [start(j), start(j) + length) within [0, n)
-    distances = set()
-    for j in range(K):
-        lo, hi = max(start(j), 0), min(start(j) + length, n)
-        if lo < hi:
-            distances.update(range(lo // L - j, (hi - 1) // L - j + 1))
+    distances = window_distances(K, L, n, start, length)
     if not distances:
         return value
     # g = the source position each element of the window reads
@@ -167,7 +213,7 @@ def fetch_window(p: Partitioner, x: Local, k: int, start: Callable[[int], int], 
     padded = e.tag(hlo.PadOp(x.value, zero_scalar, lows, highs, [0] * len(out_shape)), dims)
     sizes = list(x.local_shape)
     sizes[k] = length
-    for delta in sorted(distances):
+    for delta in distances:
         # sender s serves receiver j = s - delta: its part starts at start(j) - s*L (+ the padding)
         starts = []
         for dev in range(p.mesh.size):
@@ -178,8 +224,7 @@ def fetch_window(p: Partitioner, x: Local, k: int, start: Callable[[int], int], 
         start_values = [device_table(p, starts) if i == k else zero_index for i in range(len(out_shape))]
         part = e.tag(hlo.DynamicSliceOp(padded, start_values, sizes), dims)
         if delta:
-            pairs = [(group[j + delta], group[j]) for group in groups for j in range(K) if 0 <= j + delta < K]
-            part = e.collective_permute(part, dims, pairs)
+            part = e.collective_permute(part, dims, window_pairs(groups, delta))
         # keep it where the source position lies in block (j + delta), inside [0, n)
         lo = full(device_table(p, [max((position[d] + delta) * L, 0) for d in range(p.mesh.size)]))
         hi = full(device_table(p, [min((position[d] + delta + 1) * L, n) for d in range(p.mesh.size)]))
@@ -275,7 +320,6 @@ def shift_exchange(p: Partitioner, op: ir.Operation, x: Local, k: int, t: int, w
     x = e.reshard(x, [axes[i] if i != k else x.axes[k] for i in range(len(axes))], mir.describe_op(op))
     dim_axes = x.axes[k]
     groups = p.mesh.groups(list(dim_axes))
-    count = len(groups[0])
     local = list(x.local_shape)
     block = local[k]
     q, r = divmod(t, block)
@@ -289,13 +333,7 @@ def shift_exchange(p: Partitioner, op: ir.Operation, x: Local, k: int, t: int, w
         """`value` as computed by the device `shift` positions further along the dim."""
         if shift == 0:
             return value
-        pairs = []
-        for group in groups:
-            for j, dst in enumerate(group):
-                src = (j + shift) % count if wrap else j + shift
-                if 0 <= src < count:
-                    pairs.append((group[src], dst))
-        return e.collective_permute(value, x.dims, pairs)
+        return e.collective_permute(value, x.dims, shift_pairs(groups, shift, wrap))
 
     # the halo travels, not the block: slice first, then permute
     parts = [fetch(cut(r, block), q)]

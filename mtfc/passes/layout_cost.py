@@ -1,0 +1,328 @@
+"""Analysis `layout-cost`: the collectives the explicit partitioner will emit
+for a layout, predicted from the *global* module, without writing the
+per-device program -- what a layout search calls once per candidate.
+
+`predict(module, layouts)` walks @main as the frontend emits it (before any
+partitioning) with the explicit partitioner's own decisions, which are pure
+functions of layouts: `op_rules` factors, the rules' operand targets
+(`dot_targets`, `gather_targets`, `broadcast_target`, `transpose_target`,
+`reshape_plan` in `mtfc/passes/partition/`) and the reshard plan
+(`collectives.plan_reshard`), with the emitter's one-reshard-per-(value,
+layout) reuse.  Each op yields `PredictedCollective` records:
+
+``all_reduce``          a split ``sum`` factor: a dot's contracting dim, a
+                        reduced dim (with the reduce's reducer), a lookup's
+                        looked-up dim;
+``all_gather``          a dim an op needs whole (or on fewer axes) that is split;
+``all_to_all``          an axis moving from one dim to another;
+``collective_permute``  a split window factor: the halos of a shift (the
+                        ``mtfc.shift`` composite, ``slice(pad(x))``) and the
+                        window exchanges of a slice, pad or concatenate along
+                        a dim split alike in operands and result
+                        (`window_plan`, `window_distances`, `window_pairs`,
+                        `shift_pairs` in `partition/windows.py`).
+
+An op with split values that no rule covers is refused in one line
+(`MtfcError`), as the partitioner refuses it; nothing is guessed.
+
+**What is predicted: the partitioner's output before `fuse-collectives`**
+(the program `mtfc opt --passes verify-names,partition` writes; equal to
+`comm_analysis.module_collectives` of it, kind by kind, in count and bytes).
+Fusion only merges or rewrites these (all_reduce + slice -> reduce_scatter,
+independent all_reduces merged), so the prediction is an upper bound on the
+fused program's counts.
+
+Requires: a global module (``mtfc.partitioning`` ``none`` or ``gspmd``) with
+the IR contract (`verify-names`).  Read-only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import stablehlo as hlo
+
+from mtfc import ir as mir
+from mtfc.errors import MtfcError
+from mtfc.mesh import Mesh
+from mtfc.passes import comm_analysis, op_rules
+from mtfc.passes.collectives import Axes, plan_reshard
+from mtfc.passes.partition.contraction import dot_targets
+from mtfc.passes.partition.gather import gather_targets
+from mtfc.passes.partition.local import broadcast_target, reshape_plan, transpose_target
+from mtfc.passes.partition.windows import (shift_pairs, window_distances, window_of, window_pairs, window_plan,
+                                           _whole_along)
+from mtfc.passes.composites import SHIFT, composite_name, shift_attributes
+
+
+@dataclass
+class PredictedCollective:
+    """One collective the explicit partitioner will emit, per device."""
+
+    kind: str                 # a comm_analysis kind
+    axes: list[str]           # the mesh axes it communicates over
+    n: int                    # group size
+    bytes: int                # S, per device (comm_analysis's convention)
+    bus_bytes: float
+    op: str                   # the global op it is emitted for ("func.return" for a result)
+    location: str             # that op's location
+    dims: list[str]           # the dims that cause it (summed, gathered, or moved from -> to)
+    reason: str               # one line: why
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Prediction:
+    """Every predicted collective, in program order, and their totals."""
+
+    mesh: Mesh
+    collectives: list[PredictedCollective] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """`comm_analysis.summarize` of the records: by kind and in total."""
+        return comm_analysis.summarize(self.collectives)
+
+    def lines(self) -> list[str]:
+        """One line per collective: what, over which axes, how many bytes, why."""
+        return [f"{c.kind} over {'+'.join(c.axes)} ({c.bytes} B): {c.reason} at {c.location}"
+                for c in self.collectives]
+
+
+@dataclass(frozen=True)
+class _Value:
+    """A per-device value as the partitioner holds it: global dims and shape, axes per dim."""
+
+    id: int
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    axes: tuple[Axes, ...]
+    element_bytes: int
+
+
+class _Predictor:
+    def __init__(self, module: ir.Module, layouts: mir.Layouts):
+        self.layouts = layouts
+        self.mesh = layouts.mesh
+        self.out = Prediction(self.mesh)
+        self._ids = itertools.count()
+        self._reshards: dict[tuple, _Value] = {}
+        self.where = ("", "")  # (op name, location) being predicted
+
+    # ------------------------------------------------------------ values
+    def factor(self, axes: Axes) -> int:
+        return math.prod(self.mesh.axis_size(a) for a in axes)
+
+    def value(self, dims, shape, axes, element_bytes) -> _Value:
+        return _Value(next(self._ids), tuple(dims), tuple(shape), tuple(tuple(a) for a in axes), element_bytes)
+
+    def local_bytes(self, x: _Value) -> int:
+        return math.prod(s // self.factor(a) for s, a in zip(x.shape, x.axes)) * x.element_bytes
+
+    def local_bytes_with(self, x: _Value, k: int, length: int) -> int:
+        """Bytes of `x`'s block with dim `k` cut to `length`."""
+        shape = [s // self.factor(a) for s, a in zip(x.shape, x.axes)]
+        shape[k] = length
+        return math.prod(shape) * x.element_bytes
+
+    def permute(self, pairs, size: int, dim: str, reason: str) -> None:
+        self.record("collective_permute", tuple(comm_analysis.axes_of_pairs(self.mesh, pairs) or ()), size, [dim],
+                    reason)
+
+    def record(self, kind: str, axes: Axes, size: int, dims: list[str], reason: str) -> None:
+        n = self.factor(axes)
+        self.out.collectives.append(PredictedCollective(
+            kind, list(axes), n, size, comm_analysis.bus_bytes(kind, n, size), self.where[0], self.where[1],
+            dims, reason))
+
+    # ----------------------------------------------------------- reshard
+    def reshard(self, x: _Value, target) -> _Value:
+        """`collectives.Emitter.reshard`, recording instead of emitting."""
+        target = tuple(tuple(a) for a in target)
+        if target == x.axes:
+            return x
+        key = (x.id, x.axes, target)
+        if key not in self._reshards:
+            y = x
+            for step in plan_reshard(x.axes, target):
+                axes = list(y.axes)
+                if step[0] == "all_to_all":
+                    _, moved, i, j = step
+                    axes[i] = y.axes[i][: len(y.axes[i]) - len(moved)]
+                    axes[j] = y.axes[j] + moved
+                    self.record("all_to_all", moved, self.local_bytes(y), [y.dims[i], y.dims[j]],
+                                f"axis {'+'.join(moved)} moves from dim {y.dims[i]!r} to dim {y.dims[j]!r}")
+                elif step[0] == "all_gather":
+                    _, i, moved = step
+                    axes[i] = y.axes[i][: len(y.axes[i]) - len(moved)]
+                    gathered = self.local_bytes(y) * self.factor(moved)
+                    self.record("all_gather", moved, gathered, [y.dims[i]],
+                                f"dim {y.dims[i]!r} is needed without {'+'.join(moved)}")
+                else:
+                    _, i, added = step
+                    axes[i] = y.axes[i] + added
+                y = self.value(y.dims, y.shape, axes, y.element_bytes)
+            self._reshards[key] = y
+        return self._reshards[key]
+
+    def all_reduce(self, x: _Value, axes: Axes, kind: str, dims: list[str]) -> None:
+        if axes:
+            self.record("all_reduce", axes, self.local_bytes(x), dims,
+                        f"{kind} over dim{'s' if len(dims) > 1 else ''} {', '.join(repr(d) for d in dims)} "
+                        f"split over {'+'.join(axes)}")
+
+    # ----------------------------------------------------------- windows
+    def window_exchange(self, sources, k: int, shape, axes) -> None:
+        """`partition.windows.window_exchange`: each source resharded to the
+        result's layout (dim k on the first source's axes), then the windows
+        `fetch_window` permutes, one collective_permute per block distance."""
+        first_axes = sources[0][0].axes[k]
+        c = shape[k] // self.factor(first_axes)
+        for x, t in sources:
+            x = self.reshard(x, [tuple(axes[i]) if i != k else first_axes for i in range(len(axes))])
+            groups = self.mesh.groups(list(x.axes[k]))
+            L = x.shape[k] // self.factor(x.axes[k])
+            for delta in window_distances(len(groups[0]), L, x.shape[k], lambda j, t=t: j * c + t, c):
+                if delta:
+                    self.permute(window_pairs(groups, delta), self.local_bytes_with(x, k, c), x.dims[k],
+                                 f"window of dim {x.dims[k]!r} from {abs(delta)} block(s) "
+                                 f"{'after' if delta > 0 else 'before'}")
+
+    def shift_exchange(self, x: _Value, k: int, t: int, wrap: bool, axes) -> _Value:
+        """`partition.windows.shift_exchange`: at most two halos permuted."""
+        x = self.reshard(x, [axes[i] if i != k else x.axes[k] for i in range(len(axes))])
+        groups = self.mesh.groups(list(x.axes[k]))
+        block = x.shape[k] // self.factor(x.axes[k])
+        q, r = divmod(t, block)
+        for shift, width in [(q, block - r)] + ([(q + 1, r)] if r else []):
+            if shift:
+                self.permute(shift_pairs(groups, shift, wrap), self.local_bytes_with(x, k, width), x.dims[k],
+                             f"halo of dim {x.dims[k]!r} ({width} wide) shifted by {shift} block(s)")
+        return x
+
+    def windowed(self, op: ir.Operation, env: dict, args: list, dims, shape, axes):
+        """The result axes of a slice, pad, concatenate or composite (the
+        explicit rules' paths), or False for a pad/concatenate partitioned
+        with the slice that reads it."""
+        if op.name in ("stablehlo.pad", "stablehlo.concatenate"):
+            users = [u.owner for u in op.results[0].uses]
+            if len(users) == 1 and window_of(self, users[0].operation, env) is not None:
+                return False
+        if op.name == "stablehlo.slice" and window_of(self, op, env) is not None:
+            x, k, t, wrap, _ = window_of(self, op, env)
+            return self.shift_exchange(x, k, t, wrap, axes).axes
+        if op.name == "stablehlo.composite":
+            if composite_name(op) != SHIFT:
+                return None
+            k, offset, wrap = shift_attributes(op)
+            if axes[k]:
+                t = (-offset) % shape[k] if wrap else -offset
+                return self.shift_exchange(args[0], k, t, wrap, axes).axes
+            return self.reshard(args[0], axes).axes
+        sources, k, cut = window_plan(op, args, axes)
+        if sources is not None:
+            self.window_exchange(sources, k, shape, axes)
+            return axes
+        if op.name == "stablehlo.concatenate":
+            target = tuple(() if i in cut else a for i, a in enumerate(axes))
+            for x in args:
+                self.reshard(x, target)
+            return target
+        return self.reshard(args[0], _whole_along(args[0], cut)).axes
+
+    # --------------------------------------------------------------- ops
+    def run(self, module: ir.Module) -> Prediction:
+        fn = mir.entry_function(module)
+        env: dict[ir.Value, _Value] = {}
+        for arg, sig in zip(fn.regions[0].blocks[0].arguments, mir.arguments(module)):
+            env[arg] = self.value(sig.dims, sig.shape, self.layouts.of_signature(sig).axes, _element_bytes(arg))
+        for op in mir.body_ops(fn):
+            self.where = (op.name, mir.location_text(op.location))
+            if op.name == "func.return":
+                for v, sig in zip(op.operands, mir.results(module)):
+                    self.reshard(env[v], self.layouts.of_signature(sig).axes)
+                continue
+            self.op(op, env)
+        return self.out
+
+    def op(self, op: ir.Operation, env: dict) -> None:
+        all_dims = mir.op_result_dims(op)
+        if all_dims is None or len(op.results) != 1:
+            raise MtfcError(f"layout-cost: {mir.describe_op(op)} has no single result with {mir.DIMS}")
+        dims = all_dims[0]
+        result = op.results[0]
+        shape = tuple(ir.RankedTensorType(result.type).shape)
+        axes = self.layouts.of_value(dims, shape, cls=mir.op_class(op), what=f"value of {mir.describe_op(op)}").axes
+        args = [env[v] for v in op.operands]
+        ebytes = _element_bytes(result)
+        rule = op_rules.rule_of(op.name)
+        family = rule.family if rule is not None else None
+        out_axes = axes
+        if op.name == "stablehlo.dot_general":
+            lhs_target, rhs_target, lc = dot_targets(op, args[0].axes, axes)
+            lhs = self.reshard(args[0], lhs_target)
+            self.reshard(args[1], rhs_target)
+            summed = tuple(a for i in lc for a in lhs.axes[i])
+            self.all_reduce(self.value(dims, shape, axes, ebytes), summed, "sum",
+                            [lhs.dims[i] for i in lc if lhs.axes[i]])
+        elif op.name == "stablehlo.reduce":
+            x = args[0]
+            reduced = list(ir.DenseI64ArrayAttr(op.attributes["dimensions"]))
+            out_axes = tuple(x.axes[i] for i in range(len(x.shape)) if i not in reduced)
+            summed = tuple(a for i in reduced for a in x.axes[i])
+            self.all_reduce(self.value(dims, shape, out_axes, ebytes), summed,
+                            op_rules.reducer_of_body(op) or "sum", [x.dims[i] for i in reduced if x.axes[i]])
+        elif op.name == "stablehlo.gather":
+            table, indices = args
+            numbers = hlo.GatherDimensionNumbers(op.attributes["dimension_numbers"])
+            axis = list(numbers.collapsed_slice_dims)[0]
+            table_target, vocab_axes = gather_targets(table.axes, axis, len(indices.shape), axes)
+            self.reshard(table, table_target)
+            self.reshard(indices, axes[: len(indices.shape)])
+            self.all_reduce(self.value(dims, shape, axes, ebytes), vocab_axes, "sum", [table.dims[axis]])
+        elif op.name == "stablehlo.broadcast_in_dim":
+            self.reshard(args[0], broadcast_target(op, axes))
+        elif op.name == "stablehlo.transpose":
+            self.reshard(args[0], transpose_target(op, axes))
+        elif op.name == "stablehlo.reshape":
+            target_in, out_axes = reshape_plan(list(args[0].shape), list(shape), axes, self.factor)
+            self.reshard(args[0], target_in)
+        elif family in ("elementwise", "control"):
+            for x in args:
+                if x.shape:
+                    self.reshard(x, axes)
+        elif op.name in ("stablehlo.constant", "stablehlo.iota"):
+            pass  # made or cut locally
+        elif op.name in ("stablehlo.slice", "stablehlo.pad", "stablehlo.concatenate", "stablehlo.composite") and (
+                (out_axes := self.windowed(op, env, args, dims, shape, axes)) is not None):
+            if out_axes is False:
+                env[result] = None  # partitioned with the slice that reads it
+                return
+        elif any(a for x in args for a in x.axes) or any(axes):
+            raise MtfcError(f"layout-cost: cannot predict {mir.describe_op(op)} with split values: "
+                            "the explicit partitioner has no rule for it")
+        else:
+            out_axes = tuple(() for _ in shape)  # copied whole
+        env[result] = self.reshard(self.value(dims, shape, out_axes, ebytes), axes)
+
+
+def _element_bytes(value: ir.Value) -> int:
+    return comm_analysis.element_bytes(str(ir.RankedTensorType(value.type).element_type))
+
+
+def predict(module: ir.Module, layouts: mir.Layouts | None = None) -> Prediction:
+    """The collectives `partition` will emit for `module` (global, not yet
+    partitioned) under `layouts` (default: the module's own mesh and rules)."""
+    from mtfc.passes.verify_names import verify_module
+
+    verify_module(module)  # the IR contract: a bad module is one line, not a traceback
+    kind = mir.partitioning(module)
+    if kind not in ("none", "gspmd"):
+        raise MtfcError(f"layout-cost: the module is already partitioned ({kind}); predict from the global module")
+    layouts = layouts if layouts is not None else mir.module_layouts(module)
+    layouts.validate()
+    return _Predictor(module, layouts).run(module)
