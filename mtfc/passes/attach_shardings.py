@@ -17,6 +17,7 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
+from mtfc.passes.gspmd_conv import whole_spatial_convolutions
 from mtfc.passes.hlo_sharding import hlo_sharding
 from mtfc.passes.manager import register_pass
 
@@ -64,6 +65,7 @@ def attach_shardings(module: ir.Module, options) -> None:
             for d, r in zip(dims, op.results)
         ]
         op.attributes[SHARDING] = ir.StringAttr.get(texts[0] if len(texts) == 1 else "{" + ", ".join(texts) + "}")
+    whole_spatial_convolutions(fn, layouts)  # XLA miscomputes split spatial dims (mtfc/passes/gspmd_conv.py)
     module.operation.attributes["mhlo.num_partitions"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), mesh.size)
     module.operation.attributes["mhlo.num_replicas"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), 1)
     mir.set_partitioning(module, "gspmd")
