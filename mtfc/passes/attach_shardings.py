@@ -4,7 +4,9 @@ Requires: the IR contract (`verify-names`): a mesh, layout rules, and
 ``mtfc.dims`` on every argument, result and body op.
 Guarantees: every argument, result and body-op result of @main carries the
 ``mhlo.sharding`` its dims imply under the layout rules (see
-`hlo_sharding`), so XLA's SPMD partitioner reproduces exactly that layout;
+`hlo_sharding`), so XLA's SPMD partitioner reproduces exactly that layout
+(but a convolution, computed whole along its split spatial dims between
+``@Sharding`` constraints: `mtfc.passes.gspmd_conv`);
 the module carries ``mhlo.num_partitions`` = mesh size and
 ``mtfc.partitioning = "gspmd"``.  A value whose layout is impossible (an
 axis used by two of its dims, a dim not divisible by its axes) is an error
