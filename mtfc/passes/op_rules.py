@@ -355,7 +355,8 @@ def convolution_factors(op: ir.Operation) -> OpFactors:
     a sum factor over the rhs's positions whose window is the output's (the
     output spatial dim whole).  Grouped dims are whole: with feature groups
     the features and output features, with batch groups the batches and
-    output features."""
+    output features.  (A group index is no single dim's factor; the explicit
+    rule still keeps group-aligned splits of them local.)"""
     c = conv_numbers(op)
     lhs, rhs, out = _shape(op.operands[0]), _shape(op.operands[1]), _shape(op.results[0])
     lmap: list[int | None] = [None] * len(lhs)

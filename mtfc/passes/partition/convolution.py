@@ -21,7 +21,9 @@ A convolution partitions by its factors (`mtfc.passes.op_rules.convolution_facto
   `windows.fetch_window` cuts the window with per-device offsets.  Never an
   all_gather of the activation.  In the kernel-gradient view the partial
   kernels are summed by the same ``all_reduce`` as the features.
-* grouped dims are whole.
+* grouped convolutions (depthwise): when the output features are split over
+  axes whose size divides the groups, each device keeps whole groups and
+  convolves them alone (`_group_split`); otherwise grouped dims are whole.
 
 Sizes that do not divide the mesh axes are refused by the layout itself
 (``dim 'h' of size 9 is not divisible by mesh axes cols``); a split whose
@@ -71,6 +73,10 @@ def convolution(p, op, args, dims, shape):
     summed: tuple = ()
     if c.feature_groups == 1:
         summed = lhs_t[c.lhs[1]] = rhs_t[c.rhs[0]] = _sum_axes(lhs, c.lhs[1], used)
+    groups = _group_split(p, c, out_axes)
+    if groups:
+        axes, role = groups
+        lhs_t[c.lhs[role]] = rhs_t[c.rhs[1]] = compute[c.out[1]] = axes
     split = []  # (spatial index, axes, kernel-gradient view)
     for i, (li, ri, oi) in enumerate(zip(c.lhs[2], c.rhs[2], c.out[2])):
         if c.kernel_gradient_view(op, i):
@@ -99,8 +105,28 @@ def convolution(p, op, args, dims, shape):
         value, padding[i] = _halo(p, op, x, li, lambda j: j * block * step - lo, span, c.lhs_dilation[i])
     t = p.local_type(shape, compute, lhs.element_type)
     pads = ir.DenseIntElementsAttr.get(np.asarray(padding, dtype=np.int64).reshape(len(padding), 2))
-    result = local_result(p, p.clone(op, [value, rhs.value], t, dims, padding=pads), dims, shape, compute)
+    overrides = {"padding": pads}
+    if groups:
+        i64 = ir.IntegerType.get_signless(64)
+        key = "feature_group_count" if c.feature_groups > 1 else "batch_group_count"
+        count = max(c.feature_groups, c.batch_groups) // p.emit.factor(groups[0])
+        overrides[key] = ir.IntegerAttr.get(i64, count)
+    result = local_result(p, p.clone(op, [value, rhs.value], t, dims, **overrides), dims, shape, compute)
     return p.emit.all_reduce(result, summed, "sum")
+
+
+def _group_split(p, c, out_axes):
+    """Group-aligned blocks of a grouped convolution: with g feature (batch)
+    groups and the output features split over axes A of K devices, K | g,
+    each device holds whole groups -- its block of the lhs features (batch),
+    of the kernel's and the result's output features -- and convolves them
+    alone with g / K groups.  (axes, lhs role index) or None (grouped dims
+    whole)."""
+    g = max(c.feature_groups, c.batch_groups)
+    axes = out_axes[c.out[1]]
+    if g == 1 or not axes or g % p.emit.factor(axes):
+        return None
+    return tuple(axes), (1 if c.feature_groups > 1 else 0)
 
 
 def _halo(p, op, x: Local, k: int, start, span: int, ld: int) -> tuple[ir.Value, tuple[int, int]]:
