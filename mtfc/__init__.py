@@ -42,6 +42,7 @@ _LAZY = {
     **{name: "mtfc.frontend.model"
        for name in ("Entry", "Input", "entry", "get_variable", "init", "trace", "trainable_variables")},
     **{name: "mtfc.frontend.ops" for name in _OPS},
+    **{name: "mtfc.frontend.conv" for name in ("conv", "conv1d", "conv2d", "conv3d", "conv_transpose")},
 }
 _SUBMODULES = {"layers": "mtfc.frontend.layers"}
 

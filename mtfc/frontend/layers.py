@@ -18,6 +18,7 @@ from mtfc.frontend.dims import Dim, Shape, as_shape
 from mtfc.frontend.graph import FLOAT_DTYPES, Tensor, fail, scope
 from mtfc.frontend.model import get_variable, init
 from mtfc.frontend.moe import moe  # noqa: F401 - mtf.layers.moe (mixture of experts)
+from mtfc.frontend.conv_layers import conv1d, conv2d, conv3d, conv_transpose  # noqa: F401 - convolutions
 
 
 def _compute_dtype(x: Tensor) -> str | None:

@@ -4,7 +4,9 @@ Requires: the IR contract (`verify-names`): a mesh, layout rules, and
 ``mtfc.dims`` on every argument, result and body op.
 Guarantees: every argument, result and body-op result of @main carries the
 ``mhlo.sharding`` its dims imply under the layout rules (see
-`hlo_sharding`), so XLA's SPMD partitioner reproduces exactly that layout;
+`hlo_sharding`), so XLA's SPMD partitioner reproduces exactly that layout
+(but a convolution, computed whole along its split spatial dims between
+``@Sharding`` constraints: `mtfc.passes.gspmd_conv`);
 the module carries ``mhlo.num_partitions`` = mesh size and
 ``mtfc.partitioning = "gspmd"``.  A value whose layout is impossible (an
 axis used by two of its dims, a dim not divisible by its axes) is an error
@@ -17,6 +19,7 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
+from mtfc.passes.gspmd_conv import whole_spatial_convolutions
 from mtfc.passes.hlo_sharding import hlo_sharding
 from mtfc.passes.manager import register_pass
 
@@ -64,6 +67,7 @@ def attach_shardings(module: ir.Module, options) -> None:
             for d, r in zip(dims, op.results)
         ]
         op.attributes[SHARDING] = ir.StringAttr.get(texts[0] if len(texts) == 1 else "{" + ", ".join(texts) + "}")
+    whole_spatial_convolutions(fn, layouts)  # XLA miscomputes split spatial dims (mtfc/passes/gspmd_conv.py)
     module.operation.attributes["mhlo.num_partitions"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), mesh.size)
     module.operation.attributes["mhlo.num_replicas"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), 1)
     mir.set_partitioning(module, "gspmd")

@@ -312,6 +312,108 @@ register(OpRule("stablehlo.pad", "window", pad_factors, shardy=True))
 register(OpRule("stablehlo.concatenate", "window", concatenate_factors, shardy=True))
 
 
+# ------------------------------------------------------------ convolutions
+@dataclass(frozen=True)
+class ConvNumbers:
+    """A ``stablehlo.convolution``'s dims and window, read once (the
+    partitioner's rule reads it too).  ``lhs``: (batch, feature, spatial...)
+    positions in the input, ``rhs``: (in, out, spatial...) in the kernel,
+    ``out``: (batch, feature, spatial...) in the result; per spatial dim
+    ``strides``, ``padding`` (lo, hi) pairs, ``lhs_dilation``, ``rhs_dilation``."""
+
+    lhs: tuple
+    rhs: tuple
+    out: tuple
+    strides: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    lhs_dilation: tuple[int, ...]
+    rhs_dilation: tuple[int, ...]
+    feature_groups: int
+    batch_groups: int
+
+    def kernel_gradient_view(self, op: ir.Operation, i: int) -> bool:
+        """Spatial dim `i` is read from the kernel's side: the rhs spatial dim
+        is longer than the output's (a kernel gradient: the output gradient is
+        the window, the kernel-sized result is summed over its positions)."""
+        return _shape(op.operands[1])[self.rhs[2][i]] > _shape(op.results[0])[self.out[2][i]]
+
+
+def conv_numbers(op: ir.Operation) -> ConvNumbers:
+    from jax.extend.mlir.dialects import stablehlo as hlo
+    import numpy as np
+
+    d = hlo.ConvDimensionNumbers(op.attributes["dimension_numbers"])
+    n = len(list(d.input_spatial_dimensions))
+    attrs = op.attributes
+
+    def ints(name: str) -> tuple[int, ...]:
+        return tuple(ir.DenseI64ArrayAttr(attrs[name])) if name in attrs else (1,) * n
+
+    pads = (tuple(tuple(int(v) for v in row) for row in np.array(ir.DenseIntElementsAttr(attrs["padding"])).reshape(n, 2))
+            if "padding" in attrs else ((0, 0),) * n)
+    return ConvNumbers(
+        (d.input_batch_dimension, d.input_feature_dimension, tuple(d.input_spatial_dimensions)),
+        (d.kernel_input_feature_dimension, d.kernel_output_feature_dimension, tuple(d.kernel_spatial_dimensions)),
+        (d.output_batch_dimension, d.output_feature_dimension, tuple(d.output_spatial_dimensions)),
+        ints("window_strides"), pads, ints("lhs_dilation"), ints("rhs_dilation"),
+        ir.IntegerAttr(attrs["feature_group_count"]).value, ir.IntegerAttr(attrs["batch_group_count"]).value,
+    )
+
+
+def convolution_factors(op: ir.Operation) -> OpFactors:
+    """Batch: pass; output features: pass; input features: sum; each spatial
+    dim a window factor over the output (``Window(kernel, stride,
+    rhs_dilation, pad_lo, pad_hi, base_dilation=lhs_dilation)``; the kernel's
+    spatial dim whole) -- or, in a kernel gradient (`kernel_gradient_view`),
+    a sum factor over the rhs's positions whose window is the output's (the
+    output spatial dim whole).  Grouped dims are whole: with feature groups
+    the features and output features, with batch groups the batches and
+    output features.  (A group index is no single dim's factor; the explicit
+    rule still keeps group-aligned splits of them local.)"""
+    c = conv_numbers(op)
+    lhs, rhs, out = _shape(op.operands[0]), _shape(op.operands[1]), _shape(op.results[0])
+    lmap: list[int | None] = [None] * len(lhs)
+    rmap: list[int | None] = [None] * len(rhs)
+    omap: list[int | None] = [None] * len(out)
+    factors: list[Factor] = []
+
+    def add(kind, size, window=None, lhs_dim=None, rhs_dim=None, out_dim=None):
+        for table, dim in ((lmap, lhs_dim), (rmap, rhs_dim), (omap, out_dim)):
+            if dim is not None:
+                table[dim] = len(factors)
+        factors.append(Factor(kind, size, window))
+
+    grouped = c.feature_groups > 1 or c.batch_groups > 1
+    if c.batch_groups == 1:
+        add(PASS, out[c.out[0]], lhs_dim=c.lhs[0], out_dim=c.out[0])
+    if not grouped:
+        add(PASS, out[c.out[1]], rhs_dim=c.rhs[1], out_dim=c.out[1])
+    if c.feature_groups == 1:
+        add(SUM, lhs[c.lhs[1]], lhs_dim=c.lhs[1], rhs_dim=c.rhs[0])
+    for i, (li, ri, oi) in enumerate(zip(*(x[2] for x in (c.lhs, c.rhs, c.out)))):
+        lo, hi = c.padding[i]
+        if c.kernel_gradient_view(op, i):
+            window = Window(out[oi], c.rhs_dilation[i], c.strides[i], lo, hi, c.lhs_dilation[i])
+            add(SUM, rhs[ri], window, lhs_dim=li, rhs_dim=ri)
+        else:
+            window = Window(rhs[ri], c.strides[i], c.rhs_dilation[i], lo, hi, c.lhs_dilation[i])
+            add(WINDOW, out[oi], window, lhs_dim=li, out_dim=oi)
+    return OpFactors(tuple(factors), (tuple(lmap), tuple(rmap)), (tuple(omap),), reducer="sum")
+
+
+def reverse_factors(op: ir.Operation) -> OpFactors:
+    """The reversed dims are whole (block j would read block K-1-j); the others pass."""
+    factors, dims = _result_factors(op)
+    reversed_ = set(_i64s(op, "dimensions"))
+    mapped = tuple(None if i in reversed_ else i for i in dims)
+    return OpFactors(factors, (mapped,), (mapped,))
+
+
+# shardy: whole along spatial / reversed dims there (workarounds whole-convolution, whole-reverse)
+register(OpRule("stablehlo.convolution", "window", convolution_factors, shardy=True))
+register(OpRule("stablehlo.reverse", "transpose", reverse_factors, size_keeping=True, shardy=True))
+
+
 # --------------------------------------------------------------- composites
 def composite_factors(op: ir.Operation) -> OpFactors | None:
     """mtfc's composites (`mtfc.passes.composites`): ``mtfc.shift`` is a pass
