@@ -10,7 +10,8 @@ kernel gradient of a depthwise one) whose summed dim is split (``b:rows``:
 3x off).  So in gspmd mode a convolution is computed
 whole along its spatial dims: each operand split along one goes through a
 ``stablehlo.custom_call @Sharding`` (JAX's sharding constraint) that is whole
-along them (and along the summed batch when there are batch groups), the op's own ``mhlo.sharding`` is whole along them, and a second
+along them (and along the summed batch when there are batch groups), the
+op's own ``mhlo.sharding`` is whole along them, and a second
 ``@Sharding`` after it restores the result's layout.  The ops whose
 sharding leaves dims whole beyond their layout name them in ``mtfc.whole``
 (docs/IR.md), so verify-names can still check every sharding.  The other dims (batch,
