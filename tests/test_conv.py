@@ -49,6 +49,7 @@ CASES = [
     Case("depthwise", (4, 8, 6, 4), (3, 3, 1, 8), "b:rows,h:cols", groups=4),
     Case("depthwise-channels-split", (2, 8, 6, 4), (3, 2, 1, 8), "c:cols,o:cols,h:rows", groups=4, dilation=(2, 1)),
     Case("feature-split", (2, 6, 5, 8), (3, 3, 8, 4), "c:cols,o:rows"),
+    Case("halo-beyond-neighbour", (2, 4, 8, 3), (3, 5, 3, 4), "w:cols+rows", dilation=(1, 2)),
     Case("conv1d-1axis", (2, 16, 3), (5, 3, 4), "h:x", mesh="x:4", strides=2),
     Case("conv3d-3axis", (2, 4, 4, 6, 2), (3, 3, 2, 2, 4), "d:a,h:b,o:c", mesh="a:2,b:2,c:2"),
     Case("transpose-stride2", (2, 8, 4, 3), (3, 3, 3, 4), "h:cols", strides=(2, 1), dilation=(1, 2), transpose=True),

@@ -4,13 +4,23 @@
 // a convolution runs whole along its spatial dims: a @Sharding constraint
 // whole along h on the input, the op's own sharding whole along h, and a
 // @Sharding back to the layout after it.  Batch and features keep their split.
+// The ops sharded whole beyond their layout name those dims (mtfc.whole), so
+// verify-names accepts the module; stripping its partitioning (the explicit
+// partitioner's reference) drops the constraints again.
 // RUN: mtfc opt %s --passes attach-shardings --no-debug-info --layout "b:rows,h:cols" | FileCheck %s
 // RUN: mtfc opt %s --passes attach-shardings --no-debug-info --layout "b:rows,o:cols" | FileCheck %s --check-prefix=FEATURES
+// RUN: mtfc opt %s --passes attach-shardings --layout "b:rows,h:cols" -o %t.mlir
+// RUN: mtfc opt %t.mlir --passes verify-names,partition --no-debug-info | FileCheck %s --check-prefix=AGAIN
 
-// CHECK: %[[WHOLE:.*]] = stablehlo.custom_call @Sharding(%arg0) {mhlo.sharding = "{devices=[2,1,1,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["b", "h", "w", "c"]}
-// CHECK-NEXT: %[[Y:.*]] = stablehlo.convolution(%[[WHOLE]], %arg1) {{.*}}mhlo.sharding = "{devices=[2,1,1,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["b", "h", "w", "o"]}
+// CHECK: %[[WHOLE:.*]] = stablehlo.custom_call @Sharding(%arg0) {mhlo.sharding = "{devices=[2,1,1,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["b", "h", "w", "c"], mtfc.whole = ["h"]}
+// CHECK-NEXT: %[[Y:.*]] = stablehlo.convolution(%[[WHOLE]], %arg1) {{.*}}mhlo.sharding = "{devices=[2,1,1,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["b", "h", "w", "o"], mtfc.whole = ["h"]}
 // CHECK-NEXT: %[[BACK:.*]] = stablehlo.custom_call @Sharding(%[[Y]]) {mhlo.sharding = "{devices=[2,4,1,1]<=[8]}", mtfc.dims = ["b", "h", "w", "o"]}
 // CHECK-NEXT: return %[[BACK]]
+
+// AGAIN-NOT: custom_call
+// AGAIN: "stablehlo.collective_permute"
+// AGAIN-NOT: custom_call
+// AGAIN-NOT: mtfc.whole
 
 // FEATURES-NOT: @Sharding
 // FEATURES: stablehlo.convolution(%arg0, %arg1) {{.*}}mhlo.sharding = "{devices=[2,1,1,4]<=[8]}"

@@ -10,8 +10,11 @@ kernel gradient of a depthwise one) whose summed dim is split (``b:rows``:
 3x off).  So in gspmd mode a convolution is computed
 whole along its spatial dims: each operand split along one goes through a
 ``stablehlo.custom_call @Sharding`` (JAX's sharding constraint) that is whole
-along them (and along the summed batch when there are batch groups), the op's own ``mhlo.sharding`` is whole along them, and a second
-``@Sharding`` after it restores the result's layout.  The other dims (batch,
+along them (and along the summed batch when there are batch groups), the
+op's own ``mhlo.sharding`` is whole along them, and a second
+``@Sharding`` after it restores the result's layout.  The ops whose
+sharding leaves dims whole beyond their layout name them in ``mtfc.whole``
+(docs/IR.md), so verify-names can still check every sharding.  The other dims (batch,
 features) keep their layouts.  Explicit mode exchanges halos instead
 (`mtfc.passes.partition.convolution`).
 """
@@ -49,10 +52,20 @@ def value_layout(value: ir.Value, layouts: mir.Layouts, what: str) -> TensorLayo
     return layouts.of_value(mir.value_dims(value), shape, cls=cls, what=what)
 
 
-def _constrain(value: ir.Value, layout: TensorLayout, cls: str) -> ir.Operation:
-    """``custom_call @Sharding(value)`` with `layout`'s sharding, at the current insertion point."""
+def _mark_whole(op: ir.Operation, layout: TensorLayout, positions) -> None:
+    """``mhlo.sharding`` of `layout` whole at `positions`, and ``mtfc.whole``
+    naming those dims (verify-names checks the sharding against both)."""
+    op.attributes[SHARDING] = ir.StringAttr.get(hlo_sharding(_whole(layout, positions)))
+    op.attributes[mir.WHOLE] = mir.str_array([layout.dims[k] for k in positions if layout.axes[k]])
+
+
+def _constrain(value: ir.Value, layout: TensorLayout, cls: str, whole=()) -> ir.Operation:
+    """``custom_call @Sharding(value)`` with `layout`'s sharding (whole at
+    positions `whole`), at the current insertion point."""
     op = hlo.CustomCallOp([value.type], [value], "Sharding")
     op.attributes[SHARDING] = ir.StringAttr.get(hlo_sharding(layout))
+    if whole:
+        _mark_whole(op.operation, layout, whole)
     mir.set_op_result_dims(op.operation, [mir.value_dims(value)])
     if cls != "activation":
         op.operation.attributes[mir.CLASS] = ir.StringAttr.get(cls)
@@ -74,13 +87,13 @@ def whole_spatial_convolutions(fn: ir.Operation, layouts: mir.Layouts) -> None:
                 x = op.operands[i]
                 layout = value_layout(x, layouts, what)
                 if any(layout.axes[k] for k in spatial):
-                    op.operands[i] = _constrain(x, _whole(layout, spatial), cls).results[0]
+                    op.operands[i] = _constrain(x, layout, cls, spatial).results[0]
         result = op.results[0]
         layout = layouts.of_value(mir.op_result_dims(op)[0], ir.RankedTensorType(result.type).shape, cls=cls,
                                   what=f"value of {mir.describe_op(op)}")
         if not any(layout.axes[k] for k in c.out[2]):
             continue
-        op.attributes[SHARDING] = ir.StringAttr.get(hlo_sharding(_whole(layout, c.out[2])))
+        _mark_whole(op, layout, c.out[2])
         with op.location, ir.InsertionPoint.after(op):
             back = _constrain(result, layout, cls)
         result.replace_all_uses_except(back.results[0], back)

@@ -349,8 +349,10 @@ def conv_numbers(op: ir.Operation) -> ConvNumbers:
     def ints(name: str) -> tuple[int, ...]:
         return tuple(ir.DenseI64ArrayAttr(attrs[name])) if name in attrs else (1,) * n
 
-    pads = (tuple(tuple(int(v) for v in row) for row in np.array(ir.DenseIntElementsAttr(attrs["padding"])).reshape(n, 2))
-            if "padding" in attrs else ((0, 0),) * n)
+    pads = ((0, 0),) * n
+    if "padding" in attrs:
+        rows = np.array(ir.DenseIntElementsAttr(attrs["padding"])).reshape(n, 2)
+        pads = tuple((int(lo), int(hi)) for lo, hi in rows)
     return ConvNumbers(
         (d.input_batch_dimension, d.input_feature_dimension, tuple(d.input_spatial_dimensions)),
         (d.kernel_input_feature_dimension, d.kernel_output_feature_dimension, tuple(d.kernel_spatial_dimensions)),

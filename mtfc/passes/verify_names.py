@@ -263,14 +263,25 @@ def _check_shardings(fn: ir.Operation, kind: str, layouts: mir.Layouts,
         if SHARDING not in op.attributes or mir.DIMS not in op.attributes:
             continue
         what = mir.describe_op(op)
-        texts = [hlo_sharding(layouts.of_value(d, tuple(ir.RankedTensorType(r.type).shape), cls=mir.op_class(op),
-                                               what=f"value of {what}"))
+        whole = set(mir.read_str_array(op.attributes[mir.WHOLE])) if mir.WHOLE in op.attributes else set()
+        texts = [hlo_sharding(_without(layouts.of_value(d, tuple(ir.RankedTensorType(r.type).shape),
+                                                        cls=mir.op_class(op), what=f"value of {what}"), whole))
                  for d, r in zip(mir.op_result_dims(op), op.results)]
         expected = texts[0] if len(texts) == 1 else "{" + ", ".join(texts) + "}"
         text = _string_attr(op.attributes, SHARDING, what)
         if not _same_sharding(text, expected):
             raise MtfcError(f"{what}: mhlo.sharding {text} contradicts its dims under the layout, "
                             f"which give {expected}")
+
+
+def _without(layout, whole: set):
+    """`layout` with the dims named in `whole` unsplit (``mtfc.whole``)."""
+    if not whole:
+        return layout
+    from mtfc.mesh import TensorLayout
+
+    return TensorLayout(layout.dims, layout.sizes,
+                        tuple(() if d in whole else a for d, a in zip(layout.dims, layout.axes)), layout.mesh)
 
 
 def _check_layouts_apply(layouts: mir.Layouts, args: list[_Interface], results: list[_Interface]) -> None:
