@@ -42,6 +42,7 @@ _LAZY = {
     **{name: "mtfc.frontend.model"
        for name in ("Entry", "Input", "entry", "get_variable", "init", "trace", "trainable_variables")},
     **{name: "mtfc.frontend.ops" for name in _OPS},
+    **{name: "mtfc.frontend.pooling" for name in ("max_pool", "avg_pool", "sum_pool")},
 }
 _SUBMODULES = {"layers": "mtfc.frontend.layers"}
 
