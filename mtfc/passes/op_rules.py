@@ -328,7 +328,22 @@ def reduce_window_factors(op: ir.Operation) -> OpFactors:
     return OpFactors(f.factors, f.operands, tuple(f.results[0] for _ in op.results), reducer=reducer_of_body(op))
 
 
+def select_and_scatter_factors(op: ir.Operation) -> OpFactors:
+    """Max pooling's gradient (operands: operand, source, init): the factors of
+    its forward pool over the operand's (= the result's) dims; the source
+    indexes the window factors at the pooled positions; the scattered values
+    add up (reducer sum)."""
+    rank = len(_shape(op.operands[0]))
+    ones = [1] * rank
+    windows = pooling_windows(_i64s_or(op, "window_dimensions", rank), _i64s_or(op, "window_strides", rank),
+                              _padding(op, rank), ones, ones)
+    f = _windowed(op, windows, 2)
+    return OpFactors(f.factors, f.operands, f.results, reducer="sum")
+
+
+# shardy: Shardy (jaxlib 0.10) aborts on a split windowed dim; `mtfc.passes.shardy_windows` keeps them whole
 register(OpRule("stablehlo.reduce_window", "window", reduce_window_factors, shardy=True))
+register(OpRule("stablehlo.select_and_scatter", "window", select_and_scatter_factors, shardy=True))
 register(OpRule("stablehlo.slice", "window", slice_factors, shardy=True))
 register(OpRule("stablehlo.pad", "window", pad_factors, shardy=True))
 register(OpRule("stablehlo.concatenate", "window", concatenate_factors, shardy=True))

@@ -52,6 +52,7 @@ from jax.extend.mlir.dialects import stablehlo as hlo
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import Mesh, TensorLayout
+from mtfc.passes import shardy_windows
 from mtfc.passes.composites import inline_composites
 from mtfc.passes.manager import register_pass
 
@@ -189,6 +190,8 @@ def annotate(module: ir.Module, layouts: mir.Layouts, sdy_mesh: SdyMesh) -> None
     for op in list(mir.body_ops(fn)):
         if op.name in _CUT_DIMS:
             whole_along_cut_dims(op, layouts, sdy_mesh)
+        elif op.name in shardy_windows.WINDOW_OPS:
+            shardy_windows.whole_along_windows(op, layouts, sdy_mesh)
         elif op.name == "stablehlo.dot_general":
             contract_in_mesh_order(op, layouts, sdy_mesh)
     for op in list(module.body.operations):  # a stale mesh of the same name
@@ -453,7 +456,7 @@ SUPPORTED = {
         "select sign sine slice "
         "sqrt subtract tanh transpose xor"
     ).split()
-}
+} | shardy_windows.WINDOW_OPS  # whole along their windowed dims (shardy_windows)
 
 
 def check_supported(fn: ir.Operation, layouts: mir.Layouts) -> None:
