@@ -34,6 +34,7 @@ MESH = "mtfc.mesh"
 LAYOUT = "mtfc.layout"
 PARAM_LAYOUT = "mtfc.param_layout"
 CLASS = "mtfc.class"
+WHOLE_DIMS = "mtfc.whole_dims"  # gspmd workarounds: dims an op's value keeps whole (docs/IR.md)
 ALIAS = "tf.aliasing_output"  # on an argument: the result that reuses its buffer
 STEP = "mtfc.step"
 OPTIMIZER = "mtfc.optimizer"

@@ -123,6 +123,21 @@ def test_explicit_pooling_exchanges_halos_only():
     assert "stablehlo.composite" not in program
 
 
+def test_gspmd_workaround_passes_verify_names():
+    """The values gspmd_windows keeps whole say so (mtfc.whole_dims): the
+    partitioned module still verifies (as `mtfc run` checks it)."""
+    from mtfc.passes.manager import run_passes
+
+    def model(x):
+        y = mtf.max_pool(x, {"h": 3, "w": 3}, 1, "SAME")
+        return {"gx": mtf.grad(mtf.reduce_sum(y * y), [x])[0]}
+
+    module = compile_function(model, {"x": mtf.Input([mtf.Dim(n, s) for n, s in IMG])},
+                              mesh="rows:2,cols:4", layout="h:cols,b:rows", mode="gspmd")
+    assert 'mtfc.whole_dims = ["h"]' in str(module)
+    run_passes(module, ["verify-names"])
+
+
 def test_non_overlapping_pool_needs_no_communication():
     program = _program(lambda x: {"y": mtf.max_pool(x, {"h": 2, "w": 2})}, IMG, "rows:2,cols:4", "h:cols,w:rows")
     assert "collective_permute" not in program and "all_gather" not in program

@@ -2,15 +2,18 @@
 // split windowed dim with overlapping windows, so attach-shardings keeps
 // mtfc.select_and_scatter whole along its windowed dims (mtfc/passes/gspmd_windows.py):
 // its operands and its result pass through custom_call @Sharding with `d`
-// unsplit; `batch` (no window) keeps its split.
+// unsplit, each marked `mtfc.whole_dims = ["d"]` (verify-names accepts that
+// sharding); `batch` (no window) keeps its split.
+// RUN: mtfc opt %s --passes attach-shardings,verify-names --no-debug-info | FileCheck %s --check-prefix=VERIFIED
 // RUN: mtfc opt %s --passes attach-shardings --no-debug-info | FileCheck %s
 
 // CHECK-LABEL: func.func @main
-// CHECK: %[[X:.*]] = stablehlo.custom_call @Sharding(%arg0) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["batch", "d"]}
-// CHECK-NEXT: %[[G:.*]] = stablehlo.custom_call @Sharding(%arg1) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["batch", "d"]}
+// CHECK: %[[X:.*]] = stablehlo.custom_call @Sharding(%arg0) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["batch", "d"], mtfc.whole_dims = ["d"]}
+// CHECK-NEXT: %[[G:.*]] = stablehlo.custom_call @Sharding(%arg1) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["batch", "d"], mtfc.whole_dims = ["d"]}
 // CHECK-NEXT: %[[S:.*]] = stablehlo.composite "mtfc.select_and_scatter" %[[X]], %[[G]] {{.*}}mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}"
 // CHECK-NEXT: %[[Y:.*]] = stablehlo.custom_call @Sharding(%[[S]]) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}"
 // CHECK-NEXT: return %[[Y]]
+// VERIFIED: mtfc.partitioning = "gspmd"
 
 module @max_pool_grad attributes {mtfc.layout = "d:cols,batch:rows", mtfc.mesh = "rows:2,cols:4", mtfc.partitioning = "none"} {
   func.func @main(%arg0: tensor<2x16xf32> {mtfc.dims = ["batch", "d"], mtfc.init = "normal:1.0", mtfc.name = "x", mtfc.role = "input"}, %arg1: tensor<2x16xf32> {mtfc.dims = ["batch", "d"], mtfc.init = "normal:1.0", mtfc.name = "g", mtfc.role = "input"}) -> (tensor<2x16xf32> {mtfc.dims = ["batch", "d"], mtfc.name = "gx", mtfc.role = "output"}) {

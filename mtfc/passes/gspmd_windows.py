@@ -9,7 +9,9 @@ constraint, as JAX's) with those dims unsplit, and so does its result
 (XLA inlines the composite and would otherwise give the op its consumers'
 sharding); XLA gathers them, computes the op whole along them,
 and its consumers slice their blocks back out.  Dims without a window keep
-their layout.  (mtfc's explicit mode exchanges only the halo instead.)
+their layout.  Each value made whole says so: ``mtfc.whole_dims`` lists the
+dims it keeps whole against the layout (docs/IR.md), which verify-names
+honours.  (mtfc's explicit mode exchanges only the halo instead.)
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ def _whole(layout: TensorLayout, positions: list[int]) -> TensorLayout:
                         tuple(() if i in positions else a for i, a in enumerate(layout.axes)), layout.mesh)
 
 
-def _constraint(value: ir.Value, dims, sharding: str) -> ir.Value:
+def _constraint(value: ir.Value, dims, sharding: str, whole: list[str]) -> ir.Value:
     op = ir.Operation.create("stablehlo.custom_call", results=[value.type], operands=[value],
                              attributes={"call_target_name": ir.StringAttr.get("Sharding"),
                                          SHARDING: ir.StringAttr.get(sharding)})
     mir.set_op_result_dims(op, [list(dims)])
+    op.attributes[mir.WHOLE_DIMS] = mir.str_array(whole)
     return op.results[0]
 
 
@@ -57,14 +60,16 @@ def keep_windows_whole(fn: ir.Operation, layouts: mir.Layouts) -> None:
         layout = layouts.of_value(dims, shape, cls=mir.op_class(op), what=what)
         if not any(layout.axes[i] for i in windowed):
             continue
+        whole = [dims[i] for i in windowed if layout.axes[i]]
         op.attributes[SHARDING] = ir.StringAttr.get(hlo_sharding(_whole(layout, windowed)))
+        op.attributes[mir.WHOLE_DIMS] = mir.str_array(whole)
         with op.location, ir.InsertionPoint(op):
             for i, x in enumerate(list(op.operands)):
                 x_dims = mir.value_dims(x)
                 x_shape = tuple(ir.RankedTensorType(x.type).shape)
                 x_layout = layouts.of_value(x_dims, x_shape, cls=mir.op_class(op), what=what)
-                op.operands[i] = _constraint(x, x_dims, hlo_sharding(_whole(x_layout, windowed)))
+                op.operands[i] = _constraint(x, x_dims, hlo_sharding(_whole(x_layout, windowed)), whole)
         result = op.results[0]
         with op.location, ir.InsertionPoint.after(op):
-            pinned = _constraint(result, dims, hlo_sharding(_whole(layout, windowed)))
+            pinned = _constraint(result, dims, hlo_sharding(_whole(layout, windowed)), whole)
         result.replace_all_uses_except(pinned, pinned.owner.operation)
