@@ -98,6 +98,26 @@ def test_avg_pool_count_include_pad():
     run_case(IMG, "avg", {"h": 3, "w": 3}, 1, "SAME", "rows:2,cols:4", "h:cols,w:rows", include_pad=True)
 
 
+def test_bf16_pools_sum_in_f32():
+    """bf16 in, bf16 out; the window sums accumulate in f32 (as reduce_sum)."""
+    import ml_dtypes
+
+    dims = [mtf.Dim(n, s) for n, s in IMG]
+
+    def model(x):
+        return {"a": mtf.avg_pool(x, {"h": 3, "w": 3}, 1, "SAME"), "m": mtf.max_pool(x, {"h": 3}, 2, "SAME")}
+
+    sharded, unsharded, data = run_model(model, {"x": mtf.Input(dims, "bf16")}, layout="h:cols,w:rows",
+                                         mode="explicit")
+    x = np.asarray(data["x"]).astype(np.float32)
+    names = [n for n, _ in IMG]
+    for name, want in (("a", lax_pool("avg", x, names, {"h": 3, "w": 3}, 1, "SAME")),
+                       ("m", lax_pool("max", x, names, {"h": 3}, 2, "SAME"))):
+        assert np.asarray(sharded[name]).dtype == ml_dtypes.bfloat16
+        assert_close(sharded[name], np.asarray(want).astype(ml_dtypes.bfloat16), "bf16")
+        assert_close(unsharded[name], np.asarray(want).astype(ml_dtypes.bfloat16), "bf16")
+
+
 def test_max_pool_gradient_goes_to_the_first_maximum():
     """Ties (small integers): the gradient goes to the first maximum of each
     window, as XLA's select_and_scatter, also across block boundaries."""

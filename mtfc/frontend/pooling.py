@@ -81,10 +81,20 @@ def max_pool(x: Tensor, window, strides=None, padding="VALID", *, name: str = "m
     return bind1("reduce_window", [x], kind="max", windows=wins, what="max_pool", name=name)
 
 
+def _window_sum(x: Tensor, wins, what: str, name: str) -> Tensor:
+    """The window sum; bf16 / f16 values are summed in f32 (as `reduce_sum`)."""
+    from mtfc.frontend import ops
+
+    if x.dtype in ops.LOW_PRECISION:
+        total = bind1("reduce_window", [ops.cast(x, "f32")], kind="sum", windows=wins, what=what, name=name)
+        return ops.cast(total, x.dtype)
+    return bind1("reduce_window", [x], kind="sum", windows=wins, what=what, name=name)
+
+
 def sum_pool(x: Tensor, window, strides=None, padding="VALID", *, name: str = "sum_pool") -> Tensor:
-    """The sum of each window (``stablehlo.reduce_window`` with add)."""
-    wins = pool_windows(x, window, strides, padding, "sum_pool")
-    return bind1("reduce_window", [x], kind="sum", windows=wins, what="sum_pool", name=name)
+    """The sum of each window (``stablehlo.reduce_window`` with add; bf16 and
+    f16 windows are summed in f32)."""
+    return _window_sum(x, pool_windows(x, window, strides, padding, "sum_pool"), "sum_pool", name)
 
 
 def avg_pool(x: Tensor, window, strides=None, padding="VALID", *, count_include_pad: bool = False,
@@ -97,7 +107,7 @@ def avg_pool(x: Tensor, window, strides=None, padding="VALID", *, count_include_
     if not ops.is_float(x):
         raise fail(f"avg_pool: {x.dtype} input; cast it to a float dtype first")
     wins = pool_windows(x, window, strides, padding, "avg_pool")
-    total = bind1("reduce_window", [x], kind="sum", windows=wins, what="avg_pool", name=name)
+    total = _window_sum(x, wins, "avg_pool", name)
     if count_include_pad or all(w.lo == 0 and w.hi == 0 for w in wins):
         return total * (1.0 / math.prod(w.size for w in wins))
     # the count of real elements is separable: a product of per-dim counts
