@@ -34,7 +34,8 @@ def whole_along_windows(op: ir.Operation, layouts: mir.Layouts, sdy_mesh) -> Non
 
     cut = windowed_dims(op)
     what = f"operand of {mir.describe_op(op)}"
-    tensors = [i for i, x in enumerate(op.operands) if ir.RankedTensorType(x.type).rank == len(op.results[0].type.shape)]
+    rank = ir.RankedTensorType(op.results[0].type).rank
+    tensors = [i for i, x in enumerate(op.operands) if ir.RankedTensorType(x.type).rank == rank]  # not the init
     operand_layouts = {i: value_layout(op.operands[i], layouts, what) for i in tensors}
     result = op.results[0]
     layout = value_layout(result, layouts, f"value of {mir.describe_op(op)}")

@@ -29,7 +29,7 @@ from jax.extend.mlir.dialects import stablehlo as hlo
 
 from mtfc.frontend.dims import Dim, Shape
 from mtfc.frontend.graph import FLOAT_DTYPES, fail
-from mtfc.frontend.primitives.base import Primitive, register
+from mtfc.frontend.primitives.base import Primitive, bind1, register
 
 KINDS = {"sum": hlo.AddOp, "max": hlo.MaxOp}
 
@@ -123,8 +123,6 @@ class ReduceWindow(Primitive):
         (g,), x = output_grads, op.inputs[0]
         if x.dtype not in FLOAT_DTYPES:
             return [None]
-        from mtfc.frontend.primitives.base import bind1
-
         windows = op.params["windows"]
         if op.params["kind"] == "max":
             if any(w.base_dilation != 1 for w in windows):
@@ -156,7 +154,7 @@ class SelectAndScatter(Primitive):
         return [(x.shape, x.dtype)]
 
     def lower(self, lx, op, args):
-        (x, g), out = op.inputs, op.outputs[0]
+        x, out = op.inputs[0], op.outputs[0]
         a = window_attributes(x.shape, op.params["windows"])
         names, dtype = out.shape.names, x.dtype
 
