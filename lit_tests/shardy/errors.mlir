@@ -1,6 +1,6 @@
 // sdy-partition refuses, in one line naming the op, what Shardy (jaxlib 0.10)
 // cannot take: an op it is not known to handle with split values (here a
-// reverse; a reduce_window with a split window dim, on which its lowering
+// reduce_precision; a reduce_window with a split window dim, on which its lowering
 // aborts the process, is computed whole along it instead:
 // reduce-window-whole.mlir), and a module that is already partitioned.
 //
@@ -9,7 +9,7 @@
 // RUN: mtfc opt %s --passes sdy-partition --layout "" -o %t.mlir
 // RUN: not mtfc opt %t.mlir --passes sdy-partition 2>&1 | FileCheck %s --check-prefix=TWICE
 
-// OP: error: sdy-partition: stablehlo.reverse at reverse(model.py:8:1) has split values ([batch, d], [batch, d]) and is not known to go through Shardy
+// OP: error: sdy-partition: stablehlo.reduce_precision at precision(model.py:8:1) has split values ([batch, d], [batch, d]) and is not known to go through Shardy
 // OP-NOT: Traceback
 // With no split value it goes through.
 // WHOLE: mtfc.partitioning = "shardy"
@@ -25,9 +25,9 @@ module @rw attributes {mtfc.layout = "d:cols", mtfc.mesh = "rows:2,cols:4", mtfc
       %c = stablehlo.add %a, %b : tensor<f32>
       stablehlo.return %c : tensor<f32>
     }) {mtfc.dims = ["batch", "d"]} : (tensor<8x16xf32>, tensor<f32>) -> tensor<8x16xf32> loc(#window)
-    %1 = stablehlo.reverse %0, dims = [1] {mtfc.dims = ["batch", "d"]} : tensor<8x16xf32> loc(#reverse)
+    %1 = stablehlo.reduce_precision %0, format = e5m10 {mtfc.dims = ["batch", "d"]} : tensor<8x16xf32> loc(#precision)
     return %1 : tensor<8x16xf32>
   }
 }
 #window = loc("window"("model.py":7:1))
-#reverse = loc("reverse"("model.py":8:1))
+#precision = loc("precision"("model.py":8:1))
