@@ -34,7 +34,6 @@ MESH = "mtfc.mesh"
 LAYOUT = "mtfc.layout"
 PARAM_LAYOUT = "mtfc.param_layout"
 CLASS = "mtfc.class"
-WHOLE_DIMS = "mtfc.whole_dims"  # gspmd workarounds: dims an op's value keeps whole (docs/IR.md)
 ALIAS = "tf.aliasing_output"  # on an argument: the result that reuses its buffer
 STEP = "mtfc.step"
 OPTIMIZER = "mtfc.optimizer"
@@ -329,7 +328,8 @@ def parse_module(text: str | bytes, context: ir.Context, *, source: str = "<modu
     return module
 
 
-PARTITIONING_ATTRS = ("mhlo.sharding", "sdy.sharding")
+WHOLE = "mtfc.whole"  # gspmd: dims an op's mhlo.sharding leaves whole beyond its layout (docs/IR.md)
+PARTITIONING_ATTRS = ("mhlo.sharding", "sdy.sharding", WHOLE)
 MODULE_PARTITIONING_ATTRS = ("mhlo.num_partitions", "mhlo.num_replicas", "sdy.mesh")
 
 
@@ -344,6 +344,12 @@ def walk(op: ir.Operation):
 
 def _drop(attrs: ir.DictAttr, names) -> ir.DictAttr:
     return ir.DictAttr.get({a.name: a.attr for a in attrs if a.name not in names})
+
+
+def is_sharding_constraint(op: ir.Operation) -> bool:
+    """``stablehlo.custom_call @Sharding`` (gspmd mode's constraint: the value itself)."""
+    return (op.name == "stablehlo.custom_call" and "call_target_name" in op.attributes
+            and ir.StringAttr(op.attributes["call_target_name"]).value == "Sharding")
 
 
 def strip_partitioning_text(module: ir.Module) -> str:
@@ -367,8 +373,8 @@ def strip_partitioning_in_place(clone: ir.Module) -> None:
     for op in list(clone.body.operations):  # Shardy's mesh (sdy-shardings)
         if op.operation.name == "sdy.mesh":
             op.operation.erase()
-    for op in list(walk(clone.operation)):  # Shardy's reshards: the value itself
-        if op.name == "sdy.reshard":
+    for op in list(walk(clone.operation)):  # Shardy's reshards, XLA's constraints: the value itself
+        if op.name == "sdy.reshard" or is_sharding_constraint(op):
             op.results[0].replace_all_uses_with(op.operands[0])
             op.erase()
     for op in walk(clone.operation):

@@ -144,7 +144,7 @@ def test_explicit_pooling_exchanges_halos_only():
 
 
 def test_gspmd_workaround_passes_verify_names():
-    """The values gspmd_windows keeps whole say so (mtfc.whole_dims): the
+    """The values gspmd_windows keeps whole say so (mtfc.whole): the
     partitioned module still verifies (as `mtfc run` checks it)."""
     from mtfc.passes.manager import run_passes
 
@@ -154,7 +154,7 @@ def test_gspmd_workaround_passes_verify_names():
 
     module = compile_function(model, {"x": mtf.Input([mtf.Dim(n, s) for n, s in IMG])},
                               mesh="rows:2,cols:4", layout="h:cols,b:rows", mode="gspmd")
-    assert 'mtfc.whole_dims = ["h"]' in str(module)
+    assert 'mtfc.whole = ["h"]' in str(module)
     run_passes(module, ["verify-names"])
 
 

@@ -2,14 +2,14 @@
 // split windowed dim with overlapping windows, so attach-shardings keeps
 // mtfc.select_and_scatter whole along its windowed dims (mtfc/passes/gspmd_windows.py):
 // its operands and its result pass through custom_call @Sharding with `d`
-// unsplit, each marked `mtfc.whole_dims = ["d"]` (verify-names accepts that
+// unsplit, each marked `mtfc.whole = ["d"]` (verify-names accepts that
 // sharding); `batch` (no window) keeps its split.
 // RUN: mtfc opt %s --passes attach-shardings,verify-names --no-debug-info | FileCheck %s --check-prefix=VERIFIED
 // RUN: mtfc opt %s --passes attach-shardings --no-debug-info | FileCheck %s
 
 // CHECK-LABEL: func.func @main
-// CHECK: %[[X:.*]] = stablehlo.custom_call @Sharding(%arg0) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["batch", "d"], mtfc.whole_dims = ["d"]}
-// CHECK-NEXT: %[[G:.*]] = stablehlo.custom_call @Sharding(%arg1) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["batch", "d"], mtfc.whole_dims = ["d"]}
+// CHECK: %[[X:.*]] = stablehlo.custom_call @Sharding(%arg0) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["batch", "d"], mtfc.whole = ["d"]}
+// CHECK-NEXT: %[[G:.*]] = stablehlo.custom_call @Sharding(%arg1) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}", mtfc.dims = ["batch", "d"], mtfc.whole = ["d"]}
 // CHECK-NEXT: %[[S:.*]] = stablehlo.composite "mtfc.select_and_scatter" %[[X]], %[[G]] {{.*}}mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}"
 // CHECK-NEXT: %[[Y:.*]] = stablehlo.custom_call @Sharding(%[[S]]) {mhlo.sharding = "{devices=[2,1,4]<=[8] last_tile_dim_replicate}"
 // CHECK-NEXT: return %[[Y]]

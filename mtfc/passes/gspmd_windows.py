@@ -9,7 +9,7 @@ constraint, as JAX's) with those dims unsplit, and so does its result
 (XLA inlines the composite and would otherwise give the op its consumers'
 sharding); XLA gathers them, computes the op whole along them,
 and its consumers slice their blocks back out.  Dims without a window keep
-their layout.  Each value made whole says so: ``mtfc.whole_dims`` lists the
+their layout.  Each value made whole says so: ``mtfc.whole`` lists the
 dims it keeps whole against the layout (docs/IR.md), which verify-names
 honours.  (mtfc's explicit mode exchanges only the halo instead.)
 """
@@ -42,7 +42,7 @@ def _constraint(value: ir.Value, dims, sharding: str, whole: list[str]) -> ir.Va
                              attributes={"call_target_name": ir.StringAttr.get("Sharding"),
                                          SHARDING: ir.StringAttr.get(sharding)})
     mir.set_op_result_dims(op, [list(dims)])
-    op.attributes[mir.WHOLE_DIMS] = mir.str_array(whole)
+    op.attributes[mir.WHOLE] = mir.str_array(whole)
     return op.results[0]
 
 
@@ -62,7 +62,7 @@ def keep_windows_whole(fn: ir.Operation, layouts: mir.Layouts) -> None:
             continue
         whole = [dims[i] for i in windowed if layout.axes[i]]
         op.attributes[SHARDING] = ir.StringAttr.get(hlo_sharding(_whole(layout, windowed)))
-        op.attributes[mir.WHOLE_DIMS] = mir.str_array(whole)
+        op.attributes[mir.WHOLE] = mir.str_array(whole)
         with op.location, ir.InsertionPoint(op):
             for i, x in enumerate(list(op.operands)):
                 x_dims = mir.value_dims(x)

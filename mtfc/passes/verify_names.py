@@ -243,16 +243,6 @@ def _same_sharding(text: str, expected: str) -> bool:
         return False
 
 
-def _whole(layout, dims: set[str]):
-    """`layout` with the dims named in `dims` unsplit (an op's ``mtfc.whole_dims``)."""
-    if not dims:
-        return layout
-    from mtfc.mesh import TensorLayout
-
-    axes = tuple(() if d in dims else a for d, a in zip(layout.dims, layout.axes))
-    return TensorLayout(layout.dims, layout.sizes, axes, layout.mesh)
-
-
 def _check_shardings(fn: ir.Operation, kind: str, layouts: mir.Layouts,
                      args: list[_Interface], results: list[_Interface]) -> None:
     from mtfc.passes.hlo_sharding import hlo_sharding
@@ -280,15 +270,25 @@ def _check_shardings(fn: ir.Operation, kind: str, layouts: mir.Layouts,
         if SHARDING not in op.attributes or mir.DIMS not in op.attributes:
             continue
         what = mir.describe_op(op)
-        whole = set(mir.read_str_array(op.attributes[mir.WHOLE_DIMS])) if mir.WHOLE_DIMS in op.attributes else set()
-        texts = [hlo_sharding(_whole(layouts.of_value(d, tuple(ir.RankedTensorType(r.type).shape),
-                                                      cls=mir.op_class(op), what=f"value of {what}"), whole))
+        whole = set(mir.read_str_array(op.attributes[mir.WHOLE])) if mir.WHOLE in op.attributes else set()
+        texts = [hlo_sharding(_without(layouts.of_value(d, tuple(ir.RankedTensorType(r.type).shape),
+                                                        cls=mir.op_class(op), what=f"value of {what}"), whole))
                  for d, r in zip(mir.op_result_dims(op), op.results)]
         expected = texts[0] if len(texts) == 1 else "{" + ", ".join(texts) + "}"
         text = _string_attr(op.attributes, SHARDING, what)
         if not _same_sharding(text, expected):
             raise MtfcError(f"{what}: mhlo.sharding {text} contradicts its dims under the layout, "
                             f"which give {expected}")
+
+
+def _without(layout, whole: set):
+    """`layout` with the dims named in `whole` unsplit (``mtfc.whole``)."""
+    if not whole:
+        return layout
+    from mtfc.mesh import TensorLayout
+
+    return TensorLayout(layout.dims, layout.sizes,
+                        tuple(() if d in whole else a for d, a in zip(layout.dims, layout.axes)), layout.mesh)
 
 
 def _check_layouts_apply(layouts: mir.Layouts, args: list[_Interface], results: list[_Interface]) -> None:
