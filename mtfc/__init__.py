@@ -43,6 +43,7 @@ _LAZY = {
        for name in ("Entry", "Input", "entry", "get_variable", "init", "trace", "trainable_variables")},
     **{name: "mtfc.frontend.ops" for name in _OPS},
     **{name: "mtfc.frontend.conv" for name in ("conv", "conv1d", "conv2d", "conv3d", "conv_transpose")},
+    **{name: "mtfc.frontend.pooling" for name in ("max_pool", "avg_pool", "sum_pool")},
 }
 _SUBMODULES = {"layers": "mtfc.frontend.layers"}
 

@@ -1,14 +1,15 @@
 // sdy-partition refuses, in one line naming the op, what Shardy (jaxlib 0.10)
-// cannot take: an op it is not known to handle with split values (its
-// lowering aborts the process on a reduce_window with a split window dim),
-// and a module that is already partitioned.
+// cannot take: an op it is not known to handle with split values (here a
+// reduce_precision; a reduce_window with a split window dim, on which its lowering
+// aborts the process, is computed whole along it instead:
+// workaround-whole-reduce-window.mlir), and a module that is already partitioned.
 //
 // RUN: not mtfc opt %s --passes sdy-partition 2>&1 | FileCheck %s --check-prefix=OP
 // RUN: mtfc opt %s --passes sdy-partition --layout "" --no-debug-info | FileCheck %s --check-prefix=WHOLE
 // RUN: mtfc opt %s --passes sdy-partition --layout "" -o %t.mlir
 // RUN: not mtfc opt %t.mlir --passes sdy-partition 2>&1 | FileCheck %s --check-prefix=TWICE
 
-// OP: error: sdy-partition: stablehlo.reduce_window at window(model.py:7:1) has split values ([batch, d], [batch, d]) and is not known to go through Shardy
+// OP: error: sdy-partition: stablehlo.reduce_precision at precision(model.py:8:1) has split values ([batch, d], [batch, d]) and is not known to go through Shardy
 // OP-NOT: Traceback
 // With no split value it goes through.
 // WHOLE: mtfc.partitioning = "shardy"
@@ -24,7 +25,9 @@ module @rw attributes {mtfc.layout = "d:cols", mtfc.mesh = "rows:2,cols:4", mtfc
       %c = stablehlo.add %a, %b : tensor<f32>
       stablehlo.return %c : tensor<f32>
     }) {mtfc.dims = ["batch", "d"]} : (tensor<8x16xf32>, tensor<f32>) -> tensor<8x16xf32> loc(#window)
-    return %0 : tensor<8x16xf32>
+    %1 = stablehlo.reduce_precision %0, format = e5m10 {mtfc.dims = ["batch", "d"]} : tensor<8x16xf32> loc(#precision)
+    return %1 : tensor<8x16xf32>
   }
 }
 #window = loc("window"("model.py":7:1))
+#precision = loc("precision"("model.py":8:1))

@@ -57,7 +57,8 @@ class Lowerer:
     def composite(self, name: str, operands: list[ir.Value], result_type: ir.Type, dims, attributes: dict,
                   decompose) -> ir.Value:
         """``stablehlo.composite name(operands)`` with ``composite_attributes``
-        from `attributes` (int, bool), its result tagged `dims`.  Its
+        from `attributes` (int, bool, or a list of ints: an i64 array), its
+        result tagged `dims`.  Its
         decomposition, a private function appended to the module, is what
         ``decompose(lx, *arguments)`` emits (tagged ops; it returns the
         result value).  Consumers that do not know the composite inline it
@@ -74,7 +75,8 @@ class Lowerer:
             with ir.InsertionPoint(block):
                 func.ReturnOp([decompose(self, *block.arguments)])
         i64, i1 = ir.IntegerType.get_signless(64), ir.IntegerType.get_signless(1)
-        attrs = {key: ir.IntegerAttr.get(i1 if isinstance(v, bool) else i64, int(v)) for key, v in attributes.items()}
+        attrs = {key: ir.DenseI64ArrayAttr.get([int(e) for e in v]) if isinstance(v, (list, tuple))
+                 else ir.IntegerAttr.get(i1 if isinstance(v, bool) else i64, int(v)) for key, v in attributes.items()}
         op = hlo.CompositeOp([result_type], operands, name, symbol, composite_attributes=ir.DictAttr.get(attrs))
         return self.tag(op, dims)
 

@@ -11,6 +11,9 @@ the module carries ``mhlo.num_partitions`` = mesh size and
 ``mtfc.partitioning = "gspmd"``.  A value whose layout is impossible (an
 axis used by two of its dims, a dim not divisible by its axes) is an error
 naming the value, its dims and the op's location -- never a replication.
+Where XLA's partitioner is known to get an op wrong under a layout (max
+pooling's gradient with a split windowed dim), that op is constrained whole
+along the dims concerned (`mtfc.passes.gspmd_windows`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.passes.gspmd_conv import whole_spatial_convolutions
+from mtfc.passes.gspmd_windows import keep_windows_whole
 from mtfc.passes.hlo_sharding import hlo_sharding
 from mtfc.passes.manager import register_pass
 
@@ -68,6 +72,7 @@ def attach_shardings(module: ir.Module, options) -> None:
         ]
         op.attributes[SHARDING] = ir.StringAttr.get(texts[0] if len(texts) == 1 else "{" + ", ".join(texts) + "}")
     whole_spatial_convolutions(fn, layouts)  # XLA miscomputes split spatial dims (mtfc/passes/gspmd_conv.py)
+    keep_windows_whole(fn, layouts)  # XLA mis-partitions some split windows (mtfc/passes/gspmd_windows.py)
     module.operation.attributes["mhlo.num_partitions"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), mesh.size)
     module.operation.attributes["mhlo.num_replicas"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), 1)
     mir.set_partitioning(module, "gspmd")

@@ -6,6 +6,15 @@ partitioner, each with a decomposition into plain StableHLO.
 ``y[i] = x[i - offset]`` along operand dim ``dim``; zeros where ``i - offset``
 is outside the dim, or ``x[(i - offset) mod n]`` when ``wrap``.
 
+``mtfc.select_and_scatter`` -- ``composite_attributes = {window_dimensions,
+window_strides, padding_low, padding_high}`` (i64 arrays, one entry per
+operand dim), operands ``(operand, source)``: max pooling's gradient.  For
+each window of `operand` (padded by ``padding_low/high``; padded positions
+are never chosen), the window's value of `source` (the pooled shape) is
+added at the window's first maximum; the result has the operand's shape.
+Its decomposition is one ``stablehlo.select_and_scatter`` (select ``GE``,
+scatter add, init 0).
+
 `inline_composites` replaces every composite of @main by its decomposition
 (for the consumers that do not know it: XLA's and Shardy's partitioners);
 `erase_unused_decompositions` drops decompositions nothing calls any more.
@@ -19,18 +28,26 @@ from mtfc import ir as mir
 from mtfc.errors import MtfcError
 
 SHIFT = "mtfc.shift"
-KNOWN = (SHIFT,)
+SELECT_AND_SCATTER = "mtfc.select_and_scatter"
+KNOWN = (SHIFT, SELECT_AND_SCATTER)
 
 
 def composite_name(op: ir.Operation) -> str:
     return ir.StringAttr(op.attributes["name"]).value
 
 
-def composite_attributes(op: ir.Operation) -> dict[str, int]:
-    """The composite's attributes as Python ints (booleans as 0/1)."""
+def composite_attributes(op: ir.Operation) -> dict[str, int | list[int]]:
+    """The composite's attributes as Python ints (booleans as 0/1) and lists
+    of ints (i64 arrays)."""
     if "composite_attributes" not in op.attributes:
         return {}
-    return {a.name: ir.IntegerAttr(a.attr).value for a in ir.DictAttr(op.attributes["composite_attributes"])}
+
+    def value(attr):
+        if isinstance(attr, ir.DenseI64ArrayAttr):
+            return list(attr)
+        return ir.IntegerAttr(attr).value
+
+    return {a.name: value(a.attr) for a in ir.DictAttr(op.attributes["composite_attributes"])}
 
 
 def shift_attributes(op: ir.Operation) -> tuple[int, int, bool]:
@@ -45,6 +62,33 @@ def shift_attributes(op: ir.Operation) -> tuple[int, int, bool]:
     if not 0 <= k < rank:
         raise MtfcError(f"{mir.describe_op(op)}: mtfc.shift dim {k} is not a dim of its rank-{rank} operand")
     return k, offset, wrap
+
+
+def select_and_scatter_attributes(op: ir.Operation) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(window_dimensions, window_strides, padding_low, padding_high) of an
+    ``mtfc.select_and_scatter``, checked against its operand's rank."""
+    attrs = composite_attributes(op)
+    keys = ("window_dimensions", "window_strides", "padding_low", "padding_high")
+    missing = [k for k in keys if k not in attrs]
+    if missing:
+        raise MtfcError(f"{mir.describe_op(op)}: mtfc.select_and_scatter needs composite_attributes "
+                        f"{', '.join(keys)} ({missing[0]} is missing)")
+    rank = ir.RankedTensorType(op.operands[0].type).rank
+    values = tuple(list(attrs[k]) for k in keys)
+    for k, v in zip(keys, values):
+        if len(v) != rank:
+            raise MtfcError(f"{mir.describe_op(op)}: mtfc.select_and_scatter {k} has {len(v)} entries "
+                            f"for a rank-{rank} operand")
+    return values
+
+
+def select_and_scatter_windows(op: ir.Operation) -> dict:
+    """The nontrivial `op_rules.Window` of each windowed operand dim (by position)."""
+    from mtfc.passes.op_rules import pooling_windows
+
+    sizes, strides, lows, highs = select_and_scatter_attributes(op)
+    ones = [1] * len(sizes)
+    return pooling_windows(sizes, strides, list(zip(lows, highs)), ones, ones)
 
 
 def _clone_into(op: ir.Operation, mapping: dict) -> ir.Operation:

@@ -14,7 +14,8 @@ factor that indexes it.  Each factor has a kind:
             `OpFactors.reducer` (a ``reduce_scatter`` when the result is
             split);
 ``window``  result position ``o`` reads operand positions around
-            ``o * stride`` (`Window`: convolution and pooling spatial dims,
+            ``o * stride`` (`Window`: convolution and pooling spatial dims
+            -- ``reduce_window``, ``mtfc.select_and_scatter`` --,
             slice / pad / concatenate along a dim): split, each block needs a
             halo from its neighbours, fetched by ``collective_permute``;
 ``whole``   the op needs the dim unsplit (it is gathered first).
@@ -307,6 +308,55 @@ def concatenate_factors(op: ir.Operation) -> OpFactors:
     return _windowed(op, {d: Window(1)}, len(op.operands))
 
 
+def _padding(op: ir.Operation, rank: int) -> list[tuple[int, int]]:
+    if "padding" not in op.attributes:
+        return [(0, 0)] * rank
+    flat = [int(v) for v in ir.DenseIntElementsAttr(op.attributes["padding"])]
+    return list(zip(flat[0::2], flat[1::2]))
+
+
+def _i64s_or(op: ir.Operation, name: str, rank: int, default: int = 1) -> list[int]:
+    return _i64s(op, name) if name in op.attributes else [default] * rank
+
+
+def pooling_windows(sizes, strides, padding, base_dilations, window_dilations) -> dict[int, Window]:
+    """The nontrivial `Window`s of a window op, by dim position."""
+    windows = {}
+    for i, (w, s, (lo, hi), b, d) in enumerate(zip(sizes, strides, padding, base_dilations, window_dilations)):
+        window = Window(w, stride=s, dilation=d, pad_lo=lo, pad_hi=hi, base_dilation=b)
+        if window != Window():
+            windows[i] = window
+    return windows
+
+
+def reduce_window_factors(op: ir.Operation) -> OpFactors:
+    """Pooling: dims with a nontrivial window (size, stride, padding,
+    dilations) are window factors, the others pass; the init values map to
+    nothing; `reducer` is the body's (add: a sum pool, maximum: a max pool)."""
+    rank = len(_shape(op.operands[0]))
+    windows = pooling_windows(_i64s(op, "window_dimensions"), _i64s_or(op, "window_strides", rank),
+                              _padding(op, rank), _i64s_or(op, "base_dilations", rank),
+                              _i64s_or(op, "window_dilations", rank))
+    f = _windowed(op, windows, len(op.operands) // 2)
+    return OpFactors(f.factors, f.operands, tuple(f.results[0] for _ in op.results), reducer=reducer_of_body(op))
+
+
+def select_and_scatter_factors(op: ir.Operation) -> OpFactors:
+    """Max pooling's gradient (operands: operand, source, init): the factors of
+    its forward pool over the operand's (= the result's) dims; the source
+    indexes the window factors at the pooled positions; the scattered values
+    add up (reducer sum)."""
+    rank = len(_shape(op.operands[0]))
+    ones = [1] * rank
+    windows = pooling_windows(_i64s_or(op, "window_dimensions", rank), _i64s_or(op, "window_strides", rank),
+                              _padding(op, rank), ones, ones)
+    f = _windowed(op, windows, 2)
+    return OpFactors(f.factors, f.operands, f.results, reducer="sum")
+
+
+# shardy: Shardy (jaxlib 0.10) aborts on a split windowed dim; workarounds whole-reduce-window, whole-select-and-scatter keep them whole
+register(OpRule("stablehlo.reduce_window", "window", reduce_window_factors, shardy=True))
+register(OpRule("stablehlo.select_and_scatter", "window", select_and_scatter_factors, shardy=True))
 register(OpRule("stablehlo.slice", "window", slice_factors, shardy=True))
 register(OpRule("stablehlo.pad", "window", pad_factors, shardy=True))
 register(OpRule("stablehlo.concatenate", "window", concatenate_factors, shardy=True))
@@ -419,10 +469,19 @@ register(OpRule("stablehlo.reverse", "transpose", reverse_factors, size_keeping=
 # --------------------------------------------------------------- composites
 def composite_factors(op: ir.Operation) -> OpFactors | None:
     """mtfc's composites (`mtfc.passes.composites`): ``mtfc.shift`` is a pass
-    factor per dim but the shifted one, a window ``y[o] = x[o - offset]``."""
-    from mtfc.passes.composites import SHIFT, composite_name, shift_attributes
+    factor per dim but the shifted one, a window ``y[o] = x[o - offset]``;
+    ``mtfc.select_and_scatter`` (max pooling's gradient) has the factors of
+    its forward pool over the operand's (= the result's) dims -- windowed
+    dims are window factors, which the source (the pooled gradient) indexes
+    at the pooled positions -- and sums the scattered values (reducer sum)."""
+    from mtfc.passes.composites import SELECT_AND_SCATTER, SHIFT, composite_name, select_and_scatter_windows
+    from mtfc.passes.composites import shift_attributes
 
-    if composite_name(op) != SHIFT:
+    name = composite_name(op)
+    if name == SELECT_AND_SCATTER:
+        f = _windowed(op, select_and_scatter_windows(op), 2)
+        return OpFactors(f.factors, f.operands, f.results, reducer="sum")
+    if name != SHIFT:
         return None
     k, offset, _ = shift_attributes(op)
     return _windowed(op, {k: Window(1, pad_lo=offset, pad_hi=-offset)}, 1)

@@ -9,7 +9,7 @@ from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.passes import op_rules
 from mtfc.passes.collectives import Axes, Emitter, Local
-from mtfc.passes.partition import contraction, convolution, gather, local, windows  # noqa: F401 - their rules register on import
+from mtfc.passes.partition import contraction, convolution, gather, local, pooling, windows  # noqa: F401 - their rules register on import
 from mtfc.passes.partition.common import RULES, clone_region
 from mtfc.passes.partition.local import elementwise, replicated
 from mtfc.passes.partition.windows import halo_exchange, window_of

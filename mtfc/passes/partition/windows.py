@@ -1,6 +1,9 @@
 """Rules for ops that read across block boundaries along a dim -- slice, pad,
 concatenate and the shift ``slice(pad(x))`` -- by exchanging windows and
-halos with ``collective_permute``, never gathering the dim."""
+halos with ``collective_permute``, never gathering the dim; and the halo
+helpers of pooling (`mtfc.passes.partition.pooling`): `halo_window` (each
+block extended by its neighbours' edge rows) and `scatter_window_add` (its
+mirror: rows written past a block's edges sent back and added)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from jax.extend.mlir.dialects import stablehlo as hlo
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.passes.collectives import Axes, Local
-from mtfc.passes.composites import SHIFT, composite_name, shift_attributes
+from mtfc.passes.composites import SELECT_AND_SCATTER, SHIFT, composite_name, shift_attributes
 from mtfc.passes.partition.common import i64s, is_zero_constant, local_result, rule, shape_of, zero_attr
 
 if TYPE_CHECKING:
@@ -364,10 +367,15 @@ def shift_exchange(p: Partitioner, op: ir.Operation, x: Local, k: int, t: int, w
 
 @rule("stablehlo.composite")
 def composite(p, op, args, dims, shape):
-    """mtfc's composites (`mtfc.passes.composites`): ``mtfc.shift``."""
+    """mtfc's composites (`mtfc.passes.composites`): ``mtfc.shift`` (here) and
+    ``mtfc.select_and_scatter`` (`mtfc.passes.partition.pooling`)."""
     name = composite_name(op)
     if name == SHIFT:
         return shift_rule(p, op, args, dims, shape)
+    if name == SELECT_AND_SCATTER:
+        from mtfc.passes.partition.pooling import select_and_scatter_rule
+
+        return select_and_scatter_rule(p, op, args, dims, shape)
     axes = p.axes_of(dims, shape, mir.describe_op(op))
     if any(a for x in args for a in x.axes) or any(axes):
         raise MtfcError(f"partition: no rule splits the composite {name!r} ({mir.describe_op(op)})")
@@ -407,3 +415,134 @@ def shift_rule(p, op, args, dims, shape):
         padded = e.tag(hlo.PadOp(x.value, zero, low, high, [0] * rank), dims)
         value = e.tag(hlo.SliceOp(padded, start, limit, [1] * rank), dims)
     return Local(value, tuple(dims), tuple(shape), x.axes)
+
+
+# ---------------------------------------------------------- pooling halos
+def _halo_widths(p: Partitioner, x: Local, k: int, start: Callable[[int], int], length: int, what: str):
+    """(groups, position, K, L, offsets, HL, HR) of the windows
+    ``[start(j), start(j) + length)`` along dim k of `x` (split over
+    ``x.axes[k]`` into K blocks of L): ``offsets[j] = start(j) - j*L``; HL
+    (HR) rows are needed from the block before (after), the most any block
+    needs -- one collective_permute has one shape.  A window reaching past
+    the neighbouring block is an error naming the dim and its mesh axes."""
+    A = x.axes[k]
+    groups, position = group_positions(p, A)
+    K, L = len(groups[0]), x.local_shape[k]
+    offsets = [start(j) - j * L for j in range(K)]
+    hl = max([0] + [-a for a in offsets])
+    hr = max([0] + [a + length - L for a in offsets])
+    if hl > L or hr > L:
+        raise MtfcError(f"{what}: the window along dim {x.dims[k]!r} reaches {max(hl, hr)} rows past a block of "
+                        f"{L} (dim split over mesh axes {'+'.join(A)}); use fewer devices along it")
+    return groups, position, K, L, offsets, hl, hr
+
+
+def _cut(p: Partitioner, value: ir.Value, dims, k: int, begin: int, end: int) -> ir.Value:
+    shape = shape_of(value)
+    starts, limits = [0] * len(shape), list(shape)
+    starts[k], limits[k] = begin, end
+    return p.emit.tag(hlo.SliceOp(value, starts, limits, [1] * len(shape)), dims)
+
+
+def _neighbour_pairs(groups, step: int) -> list[tuple[int, int]]:
+    """(source, target) pairs: each device sends to the one `step` further along its group."""
+    return [(g[j], g[j + step]) for g in groups for j in range(len(g)) if 0 <= j + step < len(g)]
+
+
+def _per_device_starts(p: Partitioner, position, k: int, rank: int, offset_of) -> list[ir.Value]:
+    e = p.emit
+    zero = e.scalar_i32(0)
+    table = device_table(p, [offset_of(position[d]) for d in range(p.mesh.size)])
+    return [table if i == k else zero for i in range(rank)]
+
+
+def halo_window(p: Partitioner, x: Local, k: int, start: Callable[[int], int], length: int,
+                fill: ir.Value | None, what: str) -> ir.Value:
+    """The window ``x[start(j) : start(j) + length]`` along dim `k` on the
+    device at position j of the groups splitting dim k -- its block extended
+    by exactly the HL rows before and HR rows after it that some block needs
+    (`_halo_widths`), each fetched from the neighbour by one
+    collective_permute, then cut at this block's offset.  Positions outside
+    ``[0, n)`` (only at the global edges) hold `fill` (a scalar; None: zero).
+    Contract as `fetch_window`: x's other dims stay as they are; the result
+    has x's local shape with dim k of size `length`."""
+    e = p.emit
+    groups, position, K, L, offsets, hl, hr = _halo_widths(p, x, k, start, length, what)
+    if not hl and not hr and length == L and not any(offsets):
+        return x.value
+    dims, rank = x.dims, len(x.local_shape)
+    parts = []
+    if hl:
+        parts.append(e.collective_permute(_cut(p, x.value, dims, k, L - hl, L), dims, _neighbour_pairs(groups, 1)))
+    parts.append(x.value)
+    if hr:
+        parts.append(e.collective_permute(_cut(p, x.value, dims, k, 0, hr), dims, _neighbour_pairs(groups, -1)))
+    extended = parts[0] if len(parts) == 1 else e.tag(hlo.ConcatenateOp(parts, k), dims)
+    ext_shape = shape_of(extended)
+    if fill is not None and (hl or hr):
+        # rows before 0 (block 0) and past n (block K-1) are padding: `fill`
+        i32 = ir.IntegerType.get_signless(32)
+        index_type = ir.RankedTensorType.get(ext_shape, i32)
+        pred = ir.RankedTensorType.get(ext_shape, ir.IntegerType.get_signless(1))
+        direction = hlo.ComparisonDirectionAttr.get
+
+        def full(v):
+            return e.tag(hlo.BroadcastInDimOp(index_type, v, []), dims)
+
+        g = e.tag(hlo.AddOp(e.tag(hlo.IotaOp(index_type, k), dims),
+                            full(device_table(p, [position[d] * L - hl for d in range(p.mesh.size)]))), dims)
+        inside = e.tag(hlo.AndOp(
+            e.tag(hlo.CompareOp(g, full(e.scalar_i32(0)), direction("GE"), results=[pred]), dims),
+            e.tag(hlo.CompareOp(g, full(e.scalar_i32(x.shape[k])), direction("LT"), results=[pred]), dims)), dims)
+        padding = e.tag(hlo.BroadcastInDimOp(extended.type, fill, []), dims)
+        extended = e.tag(hlo.SelectOp(inside, extended, padding), dims)
+    if hl + L + hr == length and not any(a + hl for a in offsets):
+        return extended
+    sizes = list(ext_shape)
+    sizes[k] = length
+    starts = _per_device_starts(p, position, k, rank, lambda j: hl + offsets[j])
+    return e.tag(hlo.DynamicSliceOp(extended, starts, sizes), dims)
+
+
+def scatter_window_add(p: Partitioner, x: Local, value: ir.Value, k: int, start: Callable[[int], int],
+                       length: int, what: str) -> ir.Value:
+    """The mirror of `halo_window`: `value` holds, on the device at position
+    j, contributions to the rows ``[start(j), start(j) + length)`` along dim
+    `k` of a tensor laid out as `x` (split over ``x.axes[k]`` into blocks of
+    L); the result is this device's block (dim k of size L) of their sum
+    over all devices.  The HL (HR) rows written before (after) the block
+    are sent to the neighbour owning them by one collective_permute each
+    and added there; rows outside ``[0, n)`` (padding) are dropped."""
+    e = p.emit
+    groups, position, K, L, offsets, hl, hr = _halo_widths(p, x, k, start, length, what)
+    if not hl and not hr and length == L and not any(offsets):
+        return value
+    dims = x.dims
+    local = shape_of(value)
+    rank = len(local)
+    buffer_shape = list(local)
+    buffer_shape[k] = hl + L + hr
+    element = ir.RankedTensorType(value.type).element_type
+    if hl + L + hr == length and not any(a + hl for a in offsets):
+        buffer = value
+    else:
+        zeros = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(
+            ir.RankedTensorType.get(buffer_shape, element), zero_attr(element))), dims)
+        starts = _per_device_starts(p, position, k, rank, lambda j: hl + offsets[j])
+        buffer = e.tag(hlo.DynamicUpdateSliceOp(zeros, value, starts), dims)
+    total = _cut(p, buffer, dims, k, hl, hl + L)
+    zero_scalar = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(
+        ir.RankedTensorType.get([], element), zero_attr(element))), [])
+
+    def placed(part: ir.Value, low: int, high: int) -> ir.Value:
+        lows, highs = [0] * rank, [0] * rank
+        lows[k], highs[k] = low, high
+        return e.tag(hlo.PadOp(part, zero_scalar, lows, highs, [0] * rank), dims)
+
+    if hl:  # rows before the block belong to the previous device: its last hl rows
+        sent = e.collective_permute(_cut(p, buffer, dims, k, 0, hl), dims, _neighbour_pairs(groups, -1))
+        total = e.tag(hlo.AddOp(total, placed(sent, L - hl, 0)), dims)
+    if hr:  # rows after it belong to the next device: its first hr rows
+        sent = e.collective_permute(_cut(p, buffer, dims, k, hl + L, hl + L + hr), dims, _neighbour_pairs(groups, 1))
+        total = e.tag(hlo.AddOp(total, placed(sent, 0, L - hr)), dims)
+    return total

@@ -220,6 +220,37 @@ def whole_along_spatial_dims(op: ir.Operation, layouts: mir.Layouts, sdy_mesh: S
     result.replace_all_uses_except(back.results[0], back)
 
 
+def whole_along_windows(op: ir.Operation, layouts: mir.Layouts, sdy_mesh: SdyMesh) -> None:
+    """Make a pooling op (reduce_window, select_and_scatter) whole along its
+    windowed dims (its window factors) where its operands or result split
+    them; batch and channel dims stay split (Shardy partitions those)."""
+    factors = op_rules.factors_of(op)
+    cut = [i for i, f in enumerate(factors.factors) if f.kind == op_rules.WINDOW]
+    rank = ir.RankedTensorType(op.results[0].type).rank
+    tensors = [i for i, x in enumerate(op.operands) if ir.RankedTensorType(x.type).rank == rank]  # not the init
+    operand_layouts = {i: value_layout(op.operands[i], layouts, f"operand of {mir.describe_op(op)}")
+                       for i in tensors}
+    result = op.results[0]
+    layout = value_layout(result, layouts, f"value of {mir.describe_op(op)}")
+    if not any(lay.axes[c] for lay in [*operand_layouts.values(), layout] for c in cut):
+        return
+    for i, x_layout in operand_layouts.items():
+        x = op.operands[i]
+        with op.location, ir.InsertionPoint(op):
+            op.operands[i] = reshard(x, mir.value_dims(x), _whole(x_layout, cut), sdy_mesh).results[0]
+    op.attributes[SDY_SHARDING] = ir.Attribute.parse(sdy_mesh.op_sharding([_whole(layout, cut)]))
+    with op.location, ir.InsertionPoint.after(op):
+        back = reshard(result, mir.op_result_dims(op)[0], layout, sdy_mesh)
+    result.replace_all_uses_except(back.results[0], back)
+
+
+for _name in ("reduce_window", "select_and_scatter"):
+    workaround(f"whole-{_name.replace('_', '-')}", "annotate",
+               f"a {_name} (pooling) along a split windowed dim: `sdy-convert-global-to-local` fails an internal "
+               "CHECK and aborts the whole process; so it is computed whole along its windowed dims (operands "
+               "resharded whole, the result resharded back); batch and channels stay split")(
+        _each_op(f"stablehlo.{_name}", whole_along_windows))
+
 workaround("whole-convolution", "annotate",
            "a convolution with a split spatial dim: Shardy partitions it as if each block were the whole image "
            "(no halo: relative error 0.3-1.1 under `h:cols`, forward and both gradients); so it is computed whole "
