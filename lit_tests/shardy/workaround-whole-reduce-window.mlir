@@ -5,6 +5,10 @@
 // back to its layout.
 // RUN: mtfc opt %s --passes sdy-shardings --no-debug-info | FileCheck %s
 // RUN: mtfc opt %s --passes sdy-partition --no-debug-info | FileCheck %s --check-prefix=PART
+// Skipped, Shardy's sdy-convert-global-to-local fails a CHECK and aborts the process.
+// RUN: env MTFC_SDY_SKIP_WORKAROUNDS=whole-reduce-window mtfc opt %s --passes sdy-partition > %t.SKIP 2>&1 || true
+// RUN: FileCheck %s --check-prefix=SKIP --input-file %t.SKIP
+// SKIP: In op stablehlo.reduce_window dimension 1 is sharded but is not a pass-through dimension
 
 // CHECK-LABEL: func.func @main
 // CHECK: %[[X:.*]] = sdy.reshard %arg0 <@mesh, [{}, {}]> {mtfc.dims = ["batch", "d"]}
