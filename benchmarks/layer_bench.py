@@ -219,11 +219,13 @@ def measure(subjects: list, *, size: str, layout: str, rules: str, train: bool, 
 # ------------------------------------------------------------------ table and command line
 def table(rows: list[dict], columns: list[tuple[str, object]]) -> str:
     """A Markdown table: ``(header, row -> text)`` per column; a refused row
-    shows its message after the configuration and the subject."""
+    shows its message (its first 70 characters) after the configuration and
+    the subject."""
     lines = ["| " + " | ".join(h for h, _ in columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     for r in rows:
         if r["status"] == "refused":
-            cells = [r["size"], r["layout"], r["step"], r["subject"], f"refused: {r['note']}"]
+            note = r["note"] if len(r["note"]) <= 70 else r["note"][:70] + "..."
+            cells = [r["size"], r["layout"], r["step"], r["subject"], f"refused: {note}"]
             cells += ["-"] * (len(columns) - len(cells))
         else:
             cells = [text(r) for _, text in columns]
@@ -274,10 +276,16 @@ def main(argv, *, prog: str, doc: str, sizes: dict, layouts: dict, run, columns)
                 print("\n".join(table(new, columns).splitlines()[2:]), flush=True)
     print()
     print(table(rows, columns))
+    failed = [r for r in rows if r.get("gate_ok") is False]
+    refused = sorted({f"{r['subject']}: {r['note']}" for r in rows if r["status"] == "refused"})
+    for line in refused:
+        print(f"refused: {line}")
+    print("gate: every subject matches the reference" if not failed else "gate FAILED: " + ", ".join(
+        f"{r['subject']} {r['size']}/{r['layout']}/{r['step']} ({r['gate_error']:.1e})" for r in failed))
     if args.json:
         machine = {"cpu_count": os.cpu_count(), "jax": jax.__version__, "loadavg_start": load_start,
                    "loadavg_end": os.getloadavg()}
         with open(args.json, "w") as f:
             json.dump({"mesh": MESH, "machine": machine, "repeats": repeats,
                        "seconds": time.perf_counter() - started, "rows": rows}, f, indent=1)
-    return 0 if all(r.get("gate_ok", True) for r in rows) else 1
+    return 1 if failed else 0
