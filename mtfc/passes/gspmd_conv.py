@@ -34,6 +34,21 @@ def _whole(layout: TensorLayout, positions) -> TensorLayout:
                         tuple(() if i in positions else a for i, a in enumerate(layout.axes)), layout.mesh)
 
 
+def value_layout(value: ir.Value, layouts: mir.Layouts, what: str) -> TensorLayout:
+    """The layout of an SSA value of @main: a function argument's by its role,
+    an op result's by its op's class (docs/IR.md, "Parameter layouts")."""
+    shape = ir.RankedTensorType(value.type).shape
+    if isinstance(value, ir.BlockArgument):
+        arg = ir.BlockArgument(value)
+        attrs = ir.DictAttr(ir.ArrayAttr(arg.owner.owner.attributes["arg_attrs"])[arg.arg_number])
+        role = ir.StringAttr(attrs[mir.ROLE]).value if mir.ROLE in attrs else "input"
+        cls = "param" if role in mir.STATE_ROLES else "activation"
+    else:
+        owner = ir.OpResult(value).owner
+        cls = mir.op_class(owner.operation if hasattr(owner, "operation") else owner)
+    return layouts.of_value(mir.value_dims(value), shape, cls=cls, what=what)
+
+
 def _constrain(value: ir.Value, layout: TensorLayout, cls: str) -> ir.Operation:
     """``custom_call @Sharding(value)`` with `layout`'s sharding, at the current insertion point."""
     op = hlo.CustomCallOp([value.type], [value], "Sharding")
@@ -57,7 +72,7 @@ def whole_spatial_convolutions(fn: ir.Operation, layouts: mir.Layouts) -> None:
             for i, spatial in ((0, c.lhs[2] + ((c.lhs[1],) if grouped else ())),
                                (1, c.rhs[2] + ((c.rhs[0],) if grouped else ()))):
                 x = op.operands[i]
-                layout = layouts.of_value(mir.value_dims(x), ir.RankedTensorType(x.type).shape, cls=cls, what=what)
+                layout = value_layout(x, layouts, what)
                 if any(layout.axes[k] for k in spatial):
                     op.operands[i] = _constrain(x, _whole(layout, spatial), cls).results[0]
         result = op.results[0]

@@ -395,8 +395,9 @@ def reverse_factors(op: ir.Operation) -> OpFactors:
     return OpFactors(factors, (mapped,), (mapped,))
 
 
-register(OpRule("stablehlo.convolution", "window", convolution_factors))
-register(OpRule("stablehlo.reverse", "transpose", reverse_factors, size_keeping=True))
+# shardy: whole along spatial / reversed dims there (mtfc/passes/shardy_conv.py)
+register(OpRule("stablehlo.convolution", "window", convolution_factors, shardy=True))
+register(OpRule("stablehlo.reverse", "transpose", reverse_factors, size_keeping=True, shardy=True))
 
 
 # --------------------------------------------------------------- composites

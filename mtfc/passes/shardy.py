@@ -54,6 +54,7 @@ from mtfc.errors import MtfcError
 from mtfc.mesh import Mesh, TensorLayout
 from mtfc.passes.composites import inline_composites
 from mtfc.passes.manager import register_pass
+from mtfc.passes import shardy_conv
 
 SDY_SHARDING = "sdy.sharding"
 MESH_NAME = "mesh"
@@ -191,6 +192,8 @@ def annotate(module: ir.Module, layouts: mir.Layouts, sdy_mesh: SdyMesh) -> None
             whole_along_cut_dims(op, layouts, sdy_mesh)
         elif op.name == "stablehlo.dot_general":
             contract_in_mesh_order(op, layouts, sdy_mesh)
+        elif op.name in shardy_conv.OPS:  # Shardy ignores halos (mtfc/passes/shardy_conv.py)
+            shardy_conv.whole_spatial(op, layouts, sdy_mesh)
     for op in list(module.body.operations):  # a stale mesh of the same name
         if op.operation.name == "sdy.mesh":
             op.operation.erase()
@@ -450,7 +453,7 @@ SUPPORTED = {
         "abs add and broadcast_in_dim ceil clamp compare concatenate constant convert cosine divide dot_general "
         "exponential exponential_minus_one floor gather iota is_finite log log_plus_one logistic maximum minimum "
         "multiply negate not optimization_barrier or pad power reduce remainder reshape round_nearest_even rsqrt "
-        "select sign sine slice "
+        "select sign sine slice convolution reverse "
         "sqrt subtract tanh transpose xor"
     ).split()
 }
