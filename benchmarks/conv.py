@@ -14,9 +14,12 @@ no momentum).  The subjects compute the same thing from the same data on the
 
 * ``mtfc explicit``, ``mtfc gspmd`` and ``mtfc shardy``: the model compiled
   by mtfc (a mode that refuses the model gets a "refused" row with its
-  message; gspmd runs a convolution whose spatial dims are split whole along
-  them, `mtfc.passes.gspmd_conv`, a workaround for XLA bugs: its rows say
-  how many convolutions ran that way, "whole: n/m");
+  message).  Explicit exchanges halos by collective_permute; gspmd and
+  shardy run a convolution whose spatial dims are split whole along them
+  (`mtfc.passes.gspmd_conv`, `mtfc.passes.shardy_conv`: workarounds for
+  XLA's and Shardy's wrong numbers), and their rows say how many
+  convolutions of the program ran that way ("whole: n/m convs",
+  `whole_convolutions`);
 * ``jax``: the same model written with `jax.lax.conv_general_dilated`, jitted
   with `NamedSharding` in/out shardings from the same layout rules and
   `with_sharding_constraint` on every activation ``[batch, h, w, f_i]``
@@ -84,15 +87,31 @@ def mtfc_model(size: dict, train: bool):
 
 
 def whole_convolutions(module) -> tuple[int, int]:
-    """(convolutions gspmd mode runs whole along their spatial dims -- those
-    with an operand or result through a ``@Sharding`` custom_call of
-    `mtfc.passes.gspmd_conv` --, all convolutions) of `module`."""
+    """(convolutions that gspmd or shardy mode runs whole along their spatial
+    dims, all convolutions) of `module`.  gspmd (`mtfc.passes.gspmd_conv`,
+    a global module): an operand or the result goes through a ``@Sharding``
+    custom_call.  shardy (`mtfc.passes.shardy_conv`; the module is the
+    per-device program Shardy made): an operand is all_gathered (through
+    reshapes and transposes) or the result is cut back to the block by a
+    ``dynamic_slice``."""
     from jax.extend.mlir import ir
 
     from mtfc import ir as mir
 
-    def sharding_call(op) -> bool:
+    def producer(value):
+        while not isinstance(value.owner, ir.Block):
+            op = value.owner.operation
+            if op.name not in ("stablehlo.reshape", "stablehlo.transpose"):
+                return op
+            value = op.operands[0]
+        return None
+
+    def marks_whole(op) -> bool:
+        if op is None:
+            return False
         op = op.operation
+        if op.name in ("stablehlo.all_gather", "stablehlo.dynamic_slice"):
+            return True
         return (op.name == "stablehlo.custom_call"
                 and ir.StringAttr(op.attributes["call_target_name"]).value == "Sharding")
 
@@ -102,21 +121,20 @@ def whole_convolutions(module) -> tuple[int, int]:
             if op.name != "stablehlo.convolution":
                 continue
             total += 1
-            producers = [v.owner for v in op.operands if not isinstance(v.owner, ir.Block)]
-            users = [u.owner for u in op.results[0].uses]
-            whole += any(sharding_call(o) for o in producers + users)
+            near = [producer(v) for v in op.operands] + [u.owner for u in op.results[0].uses]
+            whole += any(marks_whole(o) for o in near)
     return whole, total
 
 
 def mtfc_subject(size: dict, layout: str, mode: str, train: bool):
-    """`benchmarks.layer_bench.mtfc_subject` of the model; gspmd's note says
-    how many convolutions run whole (module docstring)."""
+    """`benchmarks.layer_bench.mtfc_subject` of the model; gspmd's and
+    shardy's notes say how many convolutions run whole (module docstring)."""
     from benchmarks.layer_bench import Refused
     from benchmarks.layer_bench import mtfc_subject as subject
 
     model, inputs = mtfc_model(size, train)
     s = subject(model, inputs, layout=layout, mode=mode, train=train, optimizer=OPTIMIZER, name="convs")
-    if mode == "gspmd" and not isinstance(s, Refused):
+    if mode in ("gspmd", "shardy") and not isinstance(s, Refused):
         whole, total = whole_convolutions(s.module)
         s.note = f"whole: {whole}/{total} convs" if whole else ""
     return s
