@@ -152,7 +152,8 @@ def test_xla_miscomputes_split_spatial_with_split_output_features():
 
     want = np.asarray(jax.jit(conv2d)(x, k), np.float64)
     h, features = NamedSharding(mesh, P(None, "rows")), NamedSharding(mesh, P(None, None, None, "cols"))
-    split = jax.jit(conv2d, in_shardings=(h, features), out_shardings=NamedSharding(mesh, P(None, "rows", None, "cols")))
+    out = NamedSharding(mesh, P(None, "rows", None, "cols"))
+    split = jax.jit(conv2d, in_shardings=(h, features), out_shardings=out)
     got = np.asarray(split(x, k), np.float64)
     assert relative_error(got, want) > 1.0
     assert np.allclose(got, 4 * want, rtol=1e-4, atol=1e-3)
