@@ -160,8 +160,10 @@ def gate(subject, reference: dict) -> float:
 
 
 def _ratio(a, b):
-    if a is None or b is None or b == 0:
-        return None if a != b else 1.0
+    if a is None or b is None:
+        return None
+    if b == 0:
+        return 1.0 if a == 0 else None
     return a / b
 
 
