@@ -202,19 +202,19 @@ def _stablehlo_permutes(r: dict) -> str:
 
 
 def _columns():
-    from benchmarks.layer_bench import gate_text, ratio_text
+    from benchmarks.layer_bench import gate_text, key_columns, ratio_text
 
-    return [("size", lambda r: r["size"]), ("layout", lambda r: r["layout"]), ("step", lambda r: r["step"]),
-            ("subject", lambda r: r["subject"]), ("ms/step", lambda r: f"{r['step_ms']:.2f}"),
-            ("xJAX", lambda r: ratio_text(r, "step_ms")), ("cpu ms", lambda r: f"{r['cpu_ms']:.2f}"),
-            ("xJAX", lambda r: ratio_text(r, "cpu_ms")), ("collectives", lambda r: str(r["collectives"])),
-            ("permutes", lambda r: str(r["collective_permute"])),
-            ("permute bytes", lambda r: f"{r['collective_permute_bus_bytes']:,.0f}"),
-            ("StableHLO permutes (bytes)", _stablehlo_permutes), ("all_gathers", lambda r: str(r["all_gather"])),
-            ("all_gather bytes", lambda r: f"{r['all_gather_bus_bytes']:,.0f}"),
-            ("bus bytes", lambda r: f"{r['bus_bytes']:,.0f}"), ("xJAX", lambda r: ratio_text(r, "bus_bytes")),
-            ("peak memory", lambda r: f"{r['peak_bytes']:,}"), ("xJAX", lambda r: ratio_text(r, "peak_bytes")),
-            ("gate", gate_text), ("note", lambda r: r["note"])]
+    return key_columns() + [
+        ("ms/step", lambda r: f"{r['step_ms']:.2f}"),
+        ("xJAX", lambda r: ratio_text(r, "step_ms")), ("cpu ms", lambda r: f"{r['cpu_ms']:.2f}"),
+        ("xJAX", lambda r: ratio_text(r, "cpu_ms")), ("collectives", lambda r: str(r["collectives"])),
+        ("permutes", lambda r: str(r["collective_permute"])),
+        ("permute bytes", lambda r: f"{r['collective_permute_bus_bytes']:,.0f}"),
+        ("StableHLO permutes (bytes)", _stablehlo_permutes), ("all_gathers", lambda r: str(r["all_gather"])),
+        ("all_gather bytes", lambda r: f"{r['all_gather_bus_bytes']:,.0f}"),
+        ("bus bytes", lambda r: f"{r['bus_bytes']:,.0f}"), ("xJAX", lambda r: ratio_text(r, "bus_bytes")),
+        ("peak memory", lambda r: f"{r['peak_bytes']:,}"), ("xJAX", lambda r: ratio_text(r, "peak_bytes")),
+        ("gate", gate_text), ("note", lambda r: r["note"])]
 
 
 def table(rows: list[dict]) -> str:

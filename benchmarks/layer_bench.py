@@ -235,6 +235,11 @@ def table(rows: list[dict], columns: list[tuple[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def key_columns() -> list:
+    """The columns that name a row's configuration and subject."""
+    return [(k, lambda r, k=k: r[k]) for k in ("size", "layout", "step", "subject")]
+
+
 def gate_text(r: dict) -> str:
     return f"{'ok' if r['gate_ok'] else 'FAIL'} ({r['gate_error']:.1e})"
 

@@ -141,15 +141,15 @@ def measure(size_name: str, layout_name: str, train: bool, repeats: int, warmup:
 
 
 def _columns():
-    from benchmarks.layer_bench import gate_text
+    from benchmarks.layer_bench import gate_text, key_columns
 
-    return [("size", lambda r: r["size"]), ("layout", lambda r: r["layout"]), ("step", lambda r: r["step"]),
-            ("subject", lambda r: r["subject"]), ("ms/step", lambda r: f"{r['step_ms']:.2f}"),
-            ("cpu ms", lambda r: f"{r['cpu_ms']:.2f}"), ("collectives", lambda r: str(r["collectives"])),
-            ("all_to_all", lambda r: str(r["all_to_all"])),
-            ("a2a bus bytes", lambda r: f"{r['all_to_all_bus_bytes']:,}"),
-            ("bus bytes", lambda r: f"{r['bus_bytes']:,}"), ("peak memory", lambda r: f"{r['peak_bytes']:,}"),
-            ("gate", gate_text)]
+    return key_columns() + [
+        ("ms/step", lambda r: f"{r['step_ms']:.2f}"),
+        ("cpu ms", lambda r: f"{r['cpu_ms']:.2f}"), ("collectives", lambda r: str(r["collectives"])),
+        ("all_to_all", lambda r: str(r["all_to_all"])),
+        ("a2a bus bytes", lambda r: f"{r['all_to_all_bus_bytes']:,}"),
+        ("bus bytes", lambda r: f"{r['bus_bytes']:,}"), ("peak memory", lambda r: f"{r['peak_bytes']:,}"),
+        ("gate", gate_text)]
 
 
 def table(rows: list[dict]) -> str:
