@@ -31,17 +31,9 @@ outputs - aliased + temporaries).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import statistics
 import sys
-import time
 
-import numpy as np
-
-MESH = "rows:2,cols:4"
 OPTIMIZER = "sgd:lr=0.1,momentum=0.0"
 LR, AUX_COEF, TRAIN_FACTOR, EVAL_FACTOR = 0.1, 0.01, 1.25, 2.0
 SIZES = {
@@ -74,33 +66,10 @@ def mtfc_model(size: dict):
 
 def mtfc_subject(size: dict, layout: str, mode: str, train: bool):
     """A `benchmarks.runners.MtfcSubject` for the MoE layer's module."""
-    from benchmarks.runners import STATE_ROLES, MtfcSubject, collectives_record, memory_stats
-    from mtfc import ir as mir
-    from mtfc.compiler import compile_function
-    from mtfc.passes import comm_analysis
-    from mtfc.runtime.execute import Program
+    from benchmarks.layer_bench import mtfc_subject as subject
 
-    subject = MtfcSubject.__new__(MtfcSubject)
-    subject.name, subject.train = f"mtfc {mode}", train
     model, inputs = mtfc_model(size)
-    start = time.perf_counter()
-    subject.module = compile_function(model, inputs, mesh=MESH, layout=layout, mode=mode, train=train,
-                                      optimizer=OPTIMIZER if train else None, name="moe")
-    subject.lower_seconds = time.perf_counter() - start
-    subject.program = p = Program(subject.module)
-    subject.xla_seconds = p.compile_seconds
-    hlo = p.executable.hlo_modules()[0].to_string()
-    mesh = mir.module_mesh(subject.module)
-    subject.collectives = {"compiled HLO": collectives_record(comm_analysis.hlo_collectives(hlo, mesh), "compiled HLO")}
-    if mode == "explicit":
-        subject.collectives["StableHLO"] = collectives_record(comm_analysis.module_collectives(subject.module),
-                                                              "StableHLO")
-    subject.memory = memory_stats(p.executable.get_compiled_memory_stats())
-    results = {r.name: k for k, r in enumerate(p.results)}
-    subject.feedback = [(i, results[s.name]) for i, s in enumerate(p.arguments)
-                        if train and s.role in STATE_ROLES and s.name in results]
-    subject.args = subject.last = None
-    return subject
+    return subject(model, inputs, layout=layout, mode=mode, train=train, optimizer=OPTIMIZER, name="moe")
 
 
 # ------------------------------------------------------------------ plain JAX
@@ -141,174 +110,59 @@ PARAM_DIMS = {P + "gate": ("d_model", "experts_unsplit"), P + "wi": ("experts", 
               P + "wo": ("experts", "expert_ff", "d_model")}
 
 
-class JaxMoe:
-    """The plain-JAX layer, jitted with `NamedSharding`s from the layout rules."""
+def jax_subject(size: dict, layout: str, train: bool):
+    """The plain-JAX layer (`jax_moe`), jitted with `NamedSharding`s from the layout rules."""
+    from benchmarks.layer_bench import JaxLayerSubject, sgd_train_step
 
-    name = "jax"
+    def loss_fn(params, x, constrain):
+        y, aux = jax_moe(params, x, size, TRAIN_FACTOR, constrain)
+        return ((x + y) ** 2).mean() + AUX_COEF * aux, (aux,)
 
-    def __init__(self, size: dict, layout: str, train: bool):
-        import jax
-        import jax.numpy as jnp
-        from jax.sharding import NamedSharding
+    def forward(params, x, constrain):
+        return jax_moe(params, x, size, EVAL_FACTOR, constrain)
 
-        from benchmarks import model as bm
-        from benchmarks.runners import collectives_record, memory_stats
-        from mtfc.mesh import Mesh
-        from mtfc.passes import comm_analysis
-
-        self.train = train
-        mesh = bm.jax_mesh(jax.devices("cpu"), MESH)
-
-        def sharding(dims):
-            return NamedSharding(mesh, bm.partition_spec(dims, layout))
-
-        def constrain(value, dims):
-            return jax.lax.with_sharding_constraint(value, sharding(dims))
-
-        self.param_sharding = {k: sharding(d) for k, d in PARAM_DIMS.items()}
-        self.x_sharding = sharding(("batch", "length", "d_model"))
-        rep = sharding(())
-        if train:
-            def step(params, x):
-                def loss_fn(p):
-                    y, aux = jax_moe(p, x, size, TRAIN_FACTOR, constrain)
-                    return jnp.mean((x + y) ** 2) + AUX_COEF * aux, aux
-                (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-                return loss, aux, {k: params[k] - LR * grads[k] for k in params}
-            self.jitted = jax.jit(step, in_shardings=(self.param_sharding, self.x_sharding),
-                                  out_shardings=(rep, rep, self.param_sharding), donate_argnums=(0,))
-        else:
-            def forward(params, x):
-                return jax_moe(params, x, size, EVAL_FACTOR, constrain)
-            self.jitted = jax.jit(forward, in_shardings=(self.param_sharding, self.x_sharding),
-                                  out_shardings=(self.x_sharding, rep))
-        shapes = {"batch": size["batch"], "length": size["length"], "d_model": size["d_model"],
-                  "experts": size["experts"], "experts_unsplit": size["experts"], "expert_ff": size["d_ff"]}
-        p_abs = {k: jax.ShapeDtypeStruct(tuple(shapes[d] for d in dims), np.float32, sharding=self.param_sharding[k])
-                 for k, dims in PARAM_DIMS.items()}
-        x_abs = jax.ShapeDtypeStruct((size["batch"], size["length"], size["d_model"]), np.float32,
-                                     sharding=self.x_sharding)
-        start = time.perf_counter()
-        lowered = self.jitted.lower(p_abs, x_abs)
-        self.lower_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        self.compiled = lowered.compile()
-        self.xla_seconds = time.perf_counter() - start
-        hlo = self.compiled.as_text()
-        self.collectives = {"compiled HLO": collectives_record(comm_analysis.hlo_collectives(hlo, Mesh.parse(MESH)),
-                                                               "compiled HLO")}
-        self.memory = memory_stats(self.compiled.memory_analysis())
-        self.args = self.last = None
-
-    def load(self, host):
-        import jax
-
-        self.args = [{k: jax.device_put(np.asarray(host[k], np.float32), self.param_sharding[k]) for k in PARAM_DIMS},
-                     jax.device_put(np.asarray(host["x"], np.float32), self.x_sharding)]
-
-    def step(self):
-        import jax
-
-        out = self.compiled(*self.args)
-        jax.block_until_ready(out)
-        self.last = out
-        if self.train:
-            self.args[0] = out[2]
-
-    def outputs(self):
-        if not self.train:
-            y, aux = self.last
-            return {"y": np.asarray(y, np.float64), "aux_loss": np.asarray(aux, np.float64)}
-        loss, aux, params = self.last
-        return {"loss": np.asarray(loss, np.float64), "aux_loss": np.asarray(aux, np.float64),
-                **{k: np.asarray(v, np.float64) for k, v in params.items()}}
+    x_dims = ("batch", "length", "d_model")
+    results = (("loss", ()), ("aux_loss", ())) if train else (("y", x_dims), ("aux_loss", ()))
+    sizes = {"batch": size["batch"], "length": size["length"], "d_model": size["d_model"],
+             "experts": size["experts"], "experts_unsplit": size["experts"], "expert_ff": size["d_ff"]}
+    return JaxLayerSubject(sgd_train_step(loss_fn, LR) if train else forward, layout, param_dims=PARAM_DIMS,
+                           dim_sizes=sizes, x_dims=x_dims, results=results, train=train)
 
 
 # ------------------------------------------------------------------ the run
-def gate(subject, reference: dict) -> float:
-    """The largest normwise relative error of `subject`'s outputs against JAX's."""
-    from mtfc.runtime.check import relative_error
-
-    got = subject.outputs()
-    return max(relative_error(np.asarray(got[k]), np.asarray(v)) for k, v in reference.items())
-
-
-def measure(size_name: str, layout_name: str, train: bool, repeats: int, warmup: int) -> list[dict]:
-    from benchmarks.runners import timed_step
-    from mtfc.runtime.check import TOLERANCE
+def measure(size_name: str, layout_name: str, train: bool, repeats: int, warmup: int = 2) -> list[dict]:
+    from benchmarks.layer_bench import measure as measure_rows
 
     size, layout = SIZES[size_name], LAYOUTS[layout_name]
     subjects = [mtfc_subject(size, layout, "explicit", train), mtfc_subject(size, layout, "gspmd", train),
-                JaxMoe(size, layout, train)]
-    host = subjects[0].synthesize(0)
-    for s in subjects:
-        s.load(host)
-        s.step()
-    reference = subjects[2].outputs()
-    errors = [gate(s, reference) for s in subjects]
-    for s in subjects:
-        s.load(host)
-        for _ in range(warmup):
-            s.step()
-    times = {s.name: [] for s in subjects}
-    for _ in range(repeats):
-        for s in subjects:
-            times[s.name].append(timed_step(s))
-    rows = []
-    for s, error in zip(subjects, errors):
-        hlo = s.collectives["compiled HLO"]
-        a2a = hlo["by_kind"].get("all_to_all", {"count": 0, "bus_bytes": 0})
-        row = {
-            "size": size_name, "layout": layout_name, "rules": layout, "step": "train" if train else "forward",
-            "subject": s.name, "gate_error": error, "gate_ok": error <= TOLERANCE["f32"],
-            "step_ms": 1e3 * statistics.median(t["wall"] for t in times[s.name]),
-            "cpu_ms": 1e3 * statistics.median(t["user"] + t["sys"] for t in times[s.name]),
-            "collectives": hlo["count"], "all_to_all": a2a["count"], "all_to_all_bus_bytes": a2a["bus_bytes"],
-            "bus_bytes": hlo["bus_bytes"], "peak_bytes": s.memory.get("peak_bytes"),
-            "lower_s": s.lower_seconds, "xla_s": s.xla_seconds, "collectives_detail": s.collectives,
-        }
-        rows.append(row)
-    return rows
+                jax_subject(size, layout, train)]
+    return measure_rows(subjects, size=size_name, layout=layout_name, rules=layout, train=train, repeats=repeats,
+                        warmup=warmup, kinds=("all_to_all",))
+
+
+def _columns():
+    from benchmarks.layer_bench import gate_text, key_columns
+
+    return key_columns() + [
+        ("ms/step", lambda r: f"{r['step_ms']:.2f}"),
+        ("cpu ms", lambda r: f"{r['cpu_ms']:.2f}"), ("collectives", lambda r: str(r["collectives"])),
+        ("all_to_all", lambda r: str(r["all_to_all"])),
+        ("a2a bus bytes", lambda r: f"{r['all_to_all_bus_bytes']:,}"),
+        ("bus bytes", lambda r: f"{r['bus_bytes']:,}"), ("peak memory", lambda r: f"{r['peak_bytes']:,}"),
+        ("gate", gate_text)]
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| size | layout | step | subject | ms/step | cpu ms | collectives | all_to_all | a2a bus bytes "
-            "| bus bytes | peak memory | gate |")
-    lines = [head, "| " + " | ".join("---" for _ in head.strip("|").split("|")) + " |"]
-    for r in rows:
-        lines.append(f"| {r['size']} | {r['layout']} | {r['step']} | {r['subject']} | {r['step_ms']:.2f} "
-                     f"| {r['cpu_ms']:.2f} | {r['collectives']} | {r['all_to_all']} | {r['all_to_all_bus_bytes']:,} "
-                     f"| {r['bus_bytes']:,} | {r['peak_bytes']:,} | {'ok' if r['gate_ok'] else 'FAIL'} "
-                     f"({r['gate_error']:.1e}) |")
-    return "\n".join(lines)
+    from benchmarks import layer_bench
+
+    return layer_bench.table(rows, _columns())
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.moe", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="the small size, 5 repeats")
-    ap.add_argument("--sizes", help=f"comma-separated ({', '.join(SIZES)})")
-    ap.add_argument("--layouts", help=f"comma-separated ({', '.join(LAYOUTS)})")
-    ap.add_argument("--repeats", type=int)
-    ap.add_argument("--json", default=None, help="write the rows here")
-    args = ap.parse_args(argv)
-    import jax
+    from benchmarks import layer_bench
 
-    jax.config.update("jax_num_cpu_devices", 8)
-    sizes = args.sizes.split(",") if args.sizes else (["small"] if args.quick else list(SIZES))
-    layouts = args.layouts.split(",") if args.layouts else list(LAYOUTS)
-    repeats = args.repeats or (5 if args.quick else 15)
-    rows = []
-    for size in sizes:
-        for layout in layouts:
-            for train in (False, True):
-                rows.extend(measure(size, layout, train, repeats, warmup=2))
-                print("\n".join(table(rows[-3:]).splitlines()[2:]), flush=True)
-    print()
-    print(table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"mesh": MESH, "rows": rows}, f, indent=1)
-    return 0 if all(r["gate_ok"] for r in rows) else 1
+    return layer_bench.main(argv, prog="python -m benchmarks.moe", doc=__doc__, sizes=SIZES, layouts=LAYOUTS,
+                            run=measure, columns=_columns())
 
 
 if __name__ == "__main__":

@@ -76,13 +76,27 @@ class MtfcSubject:
 
     def __init__(self, size: bm.Size, layout: bm.Layout, mode: str, *, train: bool, precision: str = "f32",
                  backend: str = "cpu", xla_options: dict | None = None):
+        start = time.perf_counter()
+        module = bm.compile_mtfc(size, layout, mode, train=train, precision=precision)
+        self._setup(module, mode, train, time.perf_counter() - start, backend, xla_options)
+
+    @classmethod
+    def from_module(cls, module, mode: str, *, train: bool, lower_seconds: float, backend: str = "cpu",
+                    xla_options: dict | None = None) -> "MtfcSubject":
+        """A subject of any compiled mtfc module (the one-layer benchmarks'
+        models, `benchmarks.layer_bench`); `lower_seconds`: what compiling it took."""
+        subject = cls.__new__(cls)
+        subject._setup(module, mode, train, lower_seconds, backend, xla_options)
+        return subject
+
+    def _setup(self, module, mode: str, train: bool, lower_seconds: float, backend: str,
+               xla_options: dict | None) -> None:
         from mtfc.runtime.execute import Program
 
         self.name = f"mtfc {mode}"
         self.train = train
-        start = time.perf_counter()
-        self.module = bm.compile_mtfc(size, layout, mode, train=train, precision=precision)
-        self.lower_seconds = time.perf_counter() - start
+        self.module = module
+        self.lower_seconds = lower_seconds
         start = time.perf_counter()
         self.program = Program(self.module, backend=backend, xla_options=xla_options)
         self.compile_seconds = time.perf_counter() - start  # the module printed, then XLA

@@ -129,3 +129,20 @@ def test_multiprocess_benchmark_reads_mtfc_runs_step_time():
     assert multiprocess.forward_step_seconds("compile 812.3 ms, step 5.250 ms (median of 20)\n") == 0.00525
     with pytest.raises(multiprocess.RunFailed):
         multiprocess.forward_step_seconds("no time here")
+
+
+def test_moe_benchmark_smallest(tmp_path):
+    """`benchmarks.moe` (on the shared `benchmarks.layer_bench` harness) on
+    one configuration: the gate passes for every subject and mtfc explicit's
+    forward moves tokens with exactly two all_to_alls."""
+    from benchmarks import moe
+
+    path = tmp_path / "moe.json"
+    status = moe.main(["--quick", "--layouts", "data_expert", "--steps", "forward", "--repeats", "1",
+                       "--json", str(path)])
+    assert status == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["subject"] for r in rows] == ["mtfc explicit", "mtfc gspmd", "jax"]
+    assert all(r["gate_ok"] and r["status"] == "ok" for r in rows)
+    assert rows[0]["all_to_all"] == 2
+    assert rows[0]["collectives_detail"]["StableHLO"]["by_kind"]["all_to_all"]["count"] == 2
