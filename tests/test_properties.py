@@ -51,9 +51,10 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
+import grad_models
 import mtfc as mtf
 from conftest import assert_close  # also gives the worker its 8 virtual CPU devices
 from mtfc.passes.manager import PIPELINES
@@ -1181,6 +1182,11 @@ SETTINGS = dict(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
+# The gradient tests: a few examples each (each compiles a forward and backward
+# program in every mode), not shrunk (an example costs seconds; the failing
+# model prints whole, and is small).
+GRAD_EXAMPLES, MOE_EXAMPLES, WINDOW_EXAMPLES = 25, 8, 10
+GRAD_SETTINGS = dict(SETTINGS, phases=[Phase.explicit, Phase.generate])
 
 
 # Hypothesis draws some models more than once (with other data, or draws the
@@ -1219,6 +1225,139 @@ def test_contraction_chains_agree_in_every_mode(worker, case):
     collectives): every mode, sharded and unsharded, agrees with NumPy."""
     key = once(case, "chains")
     check_case(worker, case)
+    PASSED.add(key)
+
+
+# ====================================================================== gradients
+# Random differentiable models (tests/grad_models.py: a registry of node kinds,
+# each with its mtfc builder, jnp reference builder and the dims it needs)
+# whose scalar loss is differentiated by mtfc (`mtf.grad`, compiled in each
+# mode, run sharded and unsharded) and by jax.grad of the jnp reference.
+
+
+def parse_rules(layout: str) -> dict[str, tuple[str, ...]]:
+    return {r.split(":")[0]: tuple(r.split(":")[1].split("+")) for r in layout.split(",") if r}
+
+
+@st.composite
+def grad_layouts(draw, model: grad_models.GradModel):
+    """`layouts` for the model's tensors; with an MoE node, often its batch
+    (the groups) and experts dims split over one shared mesh axis (the
+    expert-parallel layout: tokens move by all_to_all)."""
+    items = model.layout_items()
+    mesh, layout, problem = draw(layouts(items, frozenset(model.hot)))
+    if model.moe_axes and draw(st.integers(0, 9)) < 7:
+        batch, experts = draw(st.sampled_from(model.moe_axes))
+        sizes = dict(tuple(a.split(":")) for a in mesh.split(","))
+        axes = [a for a, n in sizes.items() if n != "1"] or list(sizes)
+        shared = draw(st.sampled_from(axes))
+        rules = {d: tuple(a for a in ax if a != shared) for d, ax in parse_rules(layout).items()}
+        rules = {d: ax for d, ax in rules.items() if ax}
+        rules[batch] = rules[experts] = (shared,)
+        layout = ",".join(f"{d}:{'+'.join(ax)}" for d, ax in sorted(rules.items()))
+        problem = layout_problem(items, rules, {a: int(n) for a, n in sizes.items()})
+    return mesh, layout, problem
+
+
+@st.composite
+def grad_cases(draw, kinds=None, first=None, min_ops=2, max_ops=6):
+    """A random differentiable model (its loss and the gradients of every
+    float input and parameter as outputs) with a mesh and layout; `.model`
+    holds the generator's description (for the reference), `.terms` the loss."""
+    model = grad_models.GradModel(draw, kinds)
+    model.build(draw(st.integers(min_ops, max_ops)), first)
+    assume(any(not v.leaf for v in model.values))
+    terms = model.loss_terms()
+    mesh, layout, problem = draw(grad_layouts(model))
+    case = Case(model.source(terms), {}, model.data, mesh, layout, problem)
+    case.model, case.terms = model, terms
+    return case
+
+
+def grad_reference(case: Case) -> tuple[dict[str, np.ndarray], float]:
+    """jax.value_and_grad of the jnp reference in float64: ({"loss", "d_<name>"}
+    -> expected value, the loss's error scale: the sum of |each term|)."""
+    import jax
+    import jax.numpy as jnp
+
+    floats = {k: v for k, v in case.data.items() if np.asarray(v).dtype == np.float32}
+    with jax.enable_x64(True):
+        f64 = {k: jnp.asarray(v, jnp.float64) for k, v in floats.items()}
+        fn = case.model.reference(case.terms)
+        loss, grads = jax.value_and_grad(fn)(f64)
+        scale = float(case.model.reference(case.terms, absolute=True)(f64))
+        expected = {"loss": np.asarray(loss), **{f"d_{k}": np.asarray(g) for k, g in grads.items()}}
+    return expected, scale
+
+
+def check_grad_case(call, case: Case) -> None:
+    replies = compile_everywhere(call, case, run=True)
+    assume(not any(r["status"] == "rejected" for r in replies.values()))
+    expected, loss_scale = grad_reference(case)
+    for mode, reply in replies.items():
+        if reply["status"] != "ok":
+            raise AssertionError(f"{mode} mode: {reply['status']}: {reply['message']}\n{reply.get('traceback', '')}")
+        for run in ("sharded", "unsharded"):
+            got = reply[run]
+            assert sorted(got) == sorted(expected), (mode, run, sorted(got), sorted(expected))
+            for name, want in expected.items():
+                value = np.asarray(got[name])
+                what = f"{mode} mode, {run}, {name!r}"
+                assert value.dtype == np.float32 and value.shape == want.shape, (what, value.dtype, value.shape)
+                if name == "loss":  # a sum of terms of both signs: relative to the sum of their magnitudes
+                    scale = max(abs(float(want)), ERROR_SCALE_WEIGHT["f32"] * loss_scale)
+                    error = abs(float(value) - float(want)) / scale if scale else abs(float(value))
+                    assert error <= TOLERANCE["f32"], f"{what}: relative error {error:.3e} (scale {scale:.3g})"
+                    continue
+                try:
+                    assert_close(value.astype(F64), want)
+                    if run == "sharded":
+                        assert_close(value, np.asarray(reply["unsharded"][name]))
+                except AssertionError as e:
+                    raise AssertionError(f"{what}: {e}") from None
+
+
+@settings(max_examples=GRAD_EXAMPLES, **GRAD_SETTINGS)
+@given(case=grad_cases())
+def test_random_model_gradients_agree_with_jax_grad(worker, case):
+    """mtf.grad of random models (every kind of tests/grad_models.py.KINDS),
+    each mode sharded and unsharded, against jax.grad of the jnp reference."""
+    key = once(case, "grads")
+    check_grad_case(worker, case)
+    PASSED.add(key)
+
+
+MOE_KIND = [k for k in grad_models.KINDS if k.name == "moe"][0]
+
+
+@settings(max_examples=MOE_EXAMPLES, **GRAD_SETTINGS)
+@given(case=grad_cases(first=MOE_KIND, min_ops=1, max_ops=3))
+def test_random_moe_models_agree_with_jax_grad(worker, case):
+    """Models that start with a mixture-of-experts layer (then random nodes,
+    sometimes another MoE), under layouts that often split its groups and
+    experts over one mesh axis: forward (the loss, d_cot) and gradients."""
+    key = once(case, "moe")
+    check_grad_case(worker, case)
+    PASSED.add(key)
+
+
+@pytest.mark.xfail(not grad_models.window_kinds_enabled(), strict=True,
+                   reason="conv2d / max_pool / avg_pool node kinds are off: "
+                          f"grad_models.ENABLE_WINDOW_KINDS={grad_models.ENABLE_WINDOW_KINDS}, "
+                          f"mtfc lacks {grad_models.missing_window_api() or 'nothing'}")
+def test_window_kinds_are_on():
+    """Loud until the integrator turns the conv / pool node kinds on
+    (tests/grad_models.py's docstring): then the random models draw them."""
+    assert grad_models.window_kinds_enabled()
+
+
+@pytest.mark.skipif(not grad_models.window_kinds_enabled(), reason="see test_window_kinds_are_on (xfail)")
+@settings(max_examples=WINDOW_EXAMPLES, **GRAD_SETTINGS)
+@given(case=grad_cases(kinds=grad_models.active_kinds(), first=grad_models.WINDOW_KINDS[0], min_ops=1, max_ops=3))
+def test_random_window_models_agree_with_jax_grad(worker, case):
+    """Models that start with a conv2d (then random nodes, pools among them)."""
+    key = once(case, "window")
+    check_grad_case(worker, case)
     PASSED.add(key)
 
 
