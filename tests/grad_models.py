@@ -77,13 +77,11 @@ def missing_window_api() -> list[str]:
 @dataclass
 class Value:
     """A value of the model: its source variable, dims (name, size) in order,
-    dtype ("f32" or "i32"), its float64 reference value (host), and whether
-    it is an input / parameter (a leaf)."""
+    dtype ("f32" or "i32"), and whether it is an input / parameter (a leaf)."""
 
     var: str
     dims: tuple[tuple[str, int], ...]
     dtype: str = "f32"
-    value: np.ndarray | None = None
     leaf: bool = False
 
     @property
@@ -439,7 +437,8 @@ def plan_moe(m):
     io = x.dims[-1]
     tokens = [d for d in x.dims if d != io]
     count = math.prod(s for _, s in tokens)
-    group = m.choice([g for g in (4, 8, 2, count) if count % g == 0 and g <= count])
+    # mostly several groups (layouts split them), sometimes one group of every token
+    group = m.choice([g for g in (4, 2, 8) if count % g == 0 and count // g >= 2] or [count])
     k = m.n_moe
     m.n_moe += 1
     experts, hidden = (f"ex{k}", m.choice([4, 2])), (f"hid{k}", m.choice([4, 8]))
@@ -454,7 +453,7 @@ def plan_moe(m):
     batch = tokens[0][0]
     extra = [(f"{name}/gate", (io, experts)), (f"{name}/wi", (experts, io, hidden)),
              (f"{name}/wo", (experts, hidden, io)), (f"{name}/groups", ((batch, count // group),))]
-    m.moe_axes.append((batch, experts[0]))
+    m.moe_axes.append(((batch, tokens[0][1]), (batch, count // group), experts))
     return Plan([x], x.dims, {"io": io, "tokens": tokens, "group": group, "experts": experts, "hidden": hidden,
                               "gating": gating, "factor": factor, "name": name, "aux": m.coin(6)}, extra=extra)
 
@@ -624,9 +623,8 @@ def active_kinds(only=None) -> list[NodeKind]:
 
 
 class GradModel:
-    """Draws a random differentiable model node by node (`KINDS`), keeping
-    each node's reference value (float64) to reject models of insane
-    magnitudes early."""
+    """Draws a random differentiable model node by node (`KINDS`); each
+    node's reference is traced for its shape as it is added."""
 
     def __init__(self, draw, kinds=None):
         self.draw = draw
@@ -642,7 +640,7 @@ class GradModel:
         self.data: dict[str, np.ndarray] = {}
         self.extra: list[tuple[str, tuple]] = []
         self.hot: set[str] = set()
-        self.moe_axes: list[tuple[str, str]] = []  # (batch dim, experts dim) of each MoE node
+        self.moe_axes: list[tuple] = []  # each MoE node's (batch dim, groups dim, experts dim): (name, size)s
         self.n_moe = 0
         self.count = 0
         self.fresh = 0
@@ -689,7 +687,7 @@ class GradModel:
             host = self.rng.integers(0, high, shape).astype(np.int32)
             self.inputs[var] = f'mtf.Input({shape_src(dims)}, "i32", mtf.init.randint(0, {high}))'
         self.data[var] = host
-        value = Value(var, tuple(dims), dtype, host.astype(np.float64 if dtype == "f32" else np.int64), leaf=True)
+        value = Value(var, tuple(dims), dtype, leaf=True)
         self.values.append(value)
         return value
 
@@ -701,7 +699,7 @@ class GradModel:
         self.data[f"params/{name}"] = host
         var = f"p_{name}"
         self.lines.append(f"{var} = mtf.get_variable({name!r}, {shape_src(dims)})")
-        value = Value(var, tuple(dims), "f32", host.astype(np.float64), leaf=True)
+        value = Value(var, tuple(dims), "f32", leaf=True)
         self.values.append(value)
         return value
 
@@ -710,23 +708,19 @@ class GradModel:
         plan = kind.plan(self)
         if plan is None or kind.mtf is None or not ok_size(plan.dims):
             return None
-        if kind.name == "moe":  # the reference reads the layer's weights
+        if kind.name == "moe":  # the reference reads the layer's weights (replaced by the traced ones)
             plan.params["weights"] = {k: self.data[f"params/{plan.params['name']}/{k}"] for k in ("gate", "wi", "wo")}
-        with jax.enable_x64(True):
-            value = np.asarray(kind.ref(plan, *[jnp.asarray(o.value) for o in plan.operands]), np.float64)
-        assert value.shape == tuple(s for _, s in plan.dims), (kind.name, value.shape, plan.dims)
-        if not np.all(np.isfinite(value)) or (value.size and np.max(np.abs(value)) > MAX_ABS):
-            if kind.name == "moe":  # its weights stay in the data: drop them
-                for k in ("gate", "wi", "wo"):
-                    del self.data[f"params/{plan.params['name']}/{k}"]
-                self.moe_axes.pop()
-            return None
+        with jax.enable_x64(True):  # the reference's shape (traced, not run: values are checked once, jitted)
+            args = [jax.ShapeDtypeStruct([s for _, s in o.dims], jnp.float64 if o.dtype == "f32" else jnp.int32)
+                    for o in plan.operands]
+            out = jax.eval_shape(lambda *a: kind.ref(plan, *a), *args)
+        assert out.shape == tuple(s for _, s in plan.dims), (kind.name, out.shape, plan.dims)
         var = f"t{self.count}"
         self.count += 1
         self.lines.append(f"{var} = {kind.mtf(plan, [o.var for o in plan.operands])}")
         self.extra.extend(plan.extra)
         self.steps.append((var, kind, plan))
-        node = Value(var, plan.dims, "f32", value)
+        node = Value(var, plan.dims, "f32")
         self.values.append(node)
         return node
 
@@ -774,11 +768,12 @@ class GradModel:
         inputs = "inputs = {" + ", ".join(f"{k!r}: {v}" for k, v in self.inputs.items()) + "}"
         return "\n".join(head + [f"def model({', '.join(self.inputs)}):"] + body + [inputs])
 
-    def reference(self, terms, absolute: bool = False):
-        """f(floats) -> loss: the model replayed in jnp from host data (name ->
-        array: the float inputs and "params/<name>"), for jax.value_and_grad;
-        with `absolute`, the sum of the terms' magnitudes instead (the
-        loss's error scale)."""
+    def reference(self, terms):
+        """f(floats) -> (loss, {"scale", "peak"}): the model replayed in jnp
+        from host data (name -> array: the float inputs and "params/<name>"),
+        for ``jax.value_and_grad(..., has_aux=True)``; "scale" is the sum of
+        the terms' magnitudes (the loss's error scale), "peak" the largest
+        magnitude of any node (a model beyond `MAX_ABS` is not checked)."""
         ints = {k: jnp.asarray(v) for k, v in self.data.items() if np.asarray(v).dtype == np.int32}
         steps = list(self.steps)
         param_vars = {f"p_{name}": f"params/{name}" for name in self.params}
@@ -792,8 +787,10 @@ class GradModel:
                     plan = Plan(plan.operands, plan.dims, {**plan.params, "weights": {
                         k: floats[f"params/{q}/{k}"] for k in ("gate", "wi", "wo")}})
                 env[var] = kind.ref(plan, *[env[o.var] for o in plan.operands])
-            mag = jnp.abs if absolute else (lambda t: t)
-            return sum(jnp.sum(mag(env[v.var] * env[c])) if c else mag(LOSS_SCALAR * env[v.var]) for v, c in terms)
+            parts = [env[v.var] * env[c] if c else LOSS_SCALAR * env[v.var] for v, c in terms]
+            peak = jnp.max(jnp.stack([jnp.max(jnp.abs(env[var]), initial=0.0) for var, _, _ in steps]))
+            return sum(jnp.sum(t) for t in parts), {"scale": sum(jnp.sum(jnp.abs(t)) for t in parts),
+                                                    "peak": jax.lax.stop_gradient(peak)}
 
         return loss_fn
 

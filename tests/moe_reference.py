@@ -9,7 +9,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def moe_capacity(group: int, experts: int, factor: float) -> int:
@@ -18,7 +17,7 @@ def moe_capacity(group: int, experts: int, factor: float) -> int:
 
 
 def dense_moe(tokens, wg, wi, wo, gating: str, factor: float, activation=jax.nn.relu):
-    """(y, aux, dropped token count) of an MoE layer on `tokens` [groups,
+    """(y, aux, dropped token count (an array)) of an MoE layer on `tokens` [groups,
     group, d] with gate [d, experts], wi [experts, d, hidden], wo [experts,
     hidden, d]; y is [groups, group, d]."""
     group, experts = tokens.shape[1], wg.shape[1]
@@ -43,7 +42,7 @@ def dense_moe(tokens, wg, wi, wo, gating: str, factor: float, activation=jax.nn.
         position = jnp.sum((jnp.cumsum(mask, axis=1) - mask + filled[:, None, :]) * mask, -1)  # [groups, group]
         keep = position < cap
         filled = filled + jnp.sum(mask * keep[..., None], axis=1)
-        dropped += int(np.sum(~np.asarray(keep)))
+        dropped = dropped + jnp.sum(~keep)
         chosen = jnp.take_along_axis(every, index[..., None, None], 2)[:, :, 0, :]
         y = y + (gate * keep)[..., None] * chosen
     return y, aux, dropped
