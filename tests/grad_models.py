@@ -29,17 +29,18 @@ Ties: `mtf.relu` is ``maximum(x, 0)``, whose gradient at exactly 0 is 1/2
 Adding a node kind: write its ``plan_*`` (and a ``ref``), add a `NodeKind`
 to `KINDS`.  Convolution and pooling: `WINDOW_KINDS` below (conv2d,
 max_pool, avg_pool: jnp references with ``jax.lax.conv_general_dilated`` and
-``jax.lax.reduce_window``) are drawn only when `window_kinds_enabled()`:
-``ENABLE_WINDOW_KINDS`` is True and mtfc has ``mtf.conv2d`` /
-``mtf.max_pool`` / ``mtf.avg_pool``.  TODO(integrator): after merging the
-conv and pool branches, set ``ENABLE_WINDOW_KINDS = True``;
-``test_window_kinds_are_on`` in tests/test_properties.py xfails (loudly,
-with the reason) until then.
+``jax.lax.reduce_window``) are drawn only once ``ENABLE_WINDOW_KINDS`` is
+True (or ``MTFC_WINDOW_KINDS=1``), each when mtfc has its ops
+(``mtf.conv2d``; ``mtf.max_pool`` / ``mtf.avg_pool``).  TODO(integrator):
+after merging the conv and pool branches, set ``ENABLE_WINDOW_KINDS =
+True``; ``test_window_kinds_are_on`` in tests/test_properties.py xfails
+(loudly, with the reason) until then.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -52,8 +53,8 @@ import mtfc as mtf
 from moe_reference import dense_moe, moe_capacity
 
 # TODO(integrator): True once mtf.conv2d, mtf.max_pool and mtf.avg_pool are merged.
-ENABLE_WINDOW_KINDS = False
-WINDOW_API = ("conv2d", "max_pool", "avg_pool")
+# (MTFC_WINDOW_KINDS=1 turns them on before that, e.g. to try them on a branch that has the ops.)
+ENABLE_WINDOW_KINDS = os.environ.get("MTFC_WINDOW_KINDS", "") == "1"
 
 POOL = ("b", "s", "d", "h")
 SIZES = (4, 8, 2, 6)  # hypothesis leans towards the first
@@ -63,12 +64,6 @@ MAX_ABS = 1e3  # a model whose reference exceeds this anywhere is not drawn
 LOSS_SCALAR = 0.7  # weight of a scalar sink in the loss
 
 
-def window_kinds_enabled() -> bool:
-    return ENABLE_WINDOW_KINDS and all(hasattr(mtf, name) for name in WINDOW_API)
-
-
-def missing_window_api() -> list[str]:
-    return [name for name in WINDOW_API if not hasattr(mtf, name)]
 
 
 # ====================================================================== values
@@ -100,6 +95,7 @@ class Plan:
     dims: tuple[tuple[str, int], ...]
     params: dict = field(default_factory=dict)
     extra: list[tuple[str, tuple]] = field(default_factory=list)
+    commit: Callable | None = None  # run once the node is added (the data it brings)
 
 
 @dataclass(frozen=True)
@@ -109,6 +105,10 @@ class NodeKind:
     plan: Callable  # (GradModel) -> Plan | None: the dims it needs
     mtf: Callable  # (Plan, operand vars) -> DSL source expression
     ref: Callable  # (Plan, *operand arrays) -> jnp array (the plan's dims, in order)
+    api: tuple[str, ...] = ()  # the mtf functions it needs (mtfc may not have them yet)
+
+    def available(self) -> bool:
+        return all(hasattr(mtf, name) for name in self.api)
 
 
 def dim_var(name: str, size: int) -> str:
@@ -445,17 +445,22 @@ def plan_moe(m):
     gating = m.choice(["top2", "top1"])
     factor = m.choice([1.25, 0.75, 2.0])
     name = f"moe{k}"
+    weights = {}
     for pname, dims in (("gate", (io, experts)), ("wi", (experts, io, hidden)), ("wo", (experts, hidden, io))):
         fan_in = dims[-2][1]
-        m.data[f"params/{name}/{pname}"] = (m.rng.standard_normal([s for _, s in dims]) / math.sqrt(fan_in)
-                                             ).astype(np.float32)
-    m.hot.update([tokens[0][0], experts[0], hidden[0], io[0]])
+        weights[pname] = (m.rng.standard_normal([s for _, s in dims]) / math.sqrt(fan_in)).astype(np.float32)
     batch = tokens[0][0]
     extra = [(f"{name}/gate", (io, experts)), (f"{name}/wi", (experts, io, hidden)),
              (f"{name}/wo", (experts, hidden, io)), (f"{name}/groups", ((batch, count // group),))]
-    m.moe_axes.append(((batch, tokens[0][1]), (batch, count // group), experts))
+
+    def commit():
+        m.data.update({f"params/{name}/{k}": v for k, v in weights.items()})
+        m.hot.update([batch, experts[0], hidden[0], io[0]])
+        m.moe_axes.append(((batch, tokens[0][1]), (batch, count // group), experts))
+
     return Plan([x], x.dims, {"io": io, "tokens": tokens, "group": group, "experts": experts, "hidden": hidden,
-                              "gating": gating, "factor": factor, "name": name, "aux": m.coin(6)}, extra=extra)
+                              "gating": gating, "factor": factor, "name": name, "aux": m.coin(6),
+                              "weights": weights}, extra=extra, commit=commit)
 
 
 def mtf_moe(p: Plan, vars_):
@@ -485,7 +490,10 @@ def plan_conv2d(m):
     a new input) and a kernel parameter [kh, kw, c_in, c_out]."""
     x = m.pick(lambda v: len(v.dims) == 4)
     if x is None:
-        x = m.new_input(tuple(m.random_dims(4, 4)))
+        dims = tuple(m.random_dims(4, 4))
+        if not ok_size(dims):
+            return None
+        x = m.new_input(dims)
     batch, h, w, c_in = m.draw(st.permutations(x.dims))
     kh, kw = (m.fresh_name(), m.choice([3, 1, 2])), (m.fresh_name(), m.choice([3, 2]))
     out = (m.fresh_name(), m.choice([4, 2]))
@@ -609,14 +617,22 @@ KINDS = [
 
 # Convolution and pooling: drawn only when window_kinds_enabled() (module docstring).
 WINDOW_KINDS = [
-    NodeKind("conv2d", 2, plan_conv2d, mtf_conv2d, ref_conv2d),
-    NodeKind("pool", 2, plan_pool, mtf_pool, ref_pool),
+    NodeKind("conv2d", 2, plan_conv2d, mtf_conv2d, ref_conv2d, api=("conv2d",)),
+    NodeKind("pool", 2, plan_pool, mtf_pool, ref_pool, api=("max_pool", "avg_pool")),
 ]
 
 
-def active_kinds(only=None) -> list[NodeKind]:
-    kinds = KINDS + (WINDOW_KINDS if window_kinds_enabled() else [])
-    return [k for k in kinds if only is None or k.name in only]
+def window_kinds() -> list[NodeKind]:
+    """The window kinds that are drawn: those whose ops mtfc has, once switched on."""
+    return [k for k in WINDOW_KINDS if ENABLE_WINDOW_KINDS and k.available()]
+
+
+def missing_window_api() -> list[str]:
+    return [name for k in WINDOW_KINDS for name in k.api if not hasattr(mtf, name)]
+
+
+def active_kinds() -> list[NodeKind]:
+    return KINDS + window_kinds()
 
 
 # ====================================================================== the builder
@@ -708,8 +724,6 @@ class GradModel:
         plan = kind.plan(self)
         if plan is None or kind.mtf is None or not ok_size(plan.dims):
             return None
-        if kind.name == "moe":  # the reference reads the layer's weights (replaced by the traced ones)
-            plan.params["weights"] = {k: self.data[f"params/{plan.params['name']}/{k}"] for k in ("gate", "wi", "wo")}
         with jax.enable_x64(True):  # the reference's shape (traced, not run: values are checked once, jitted)
             args = [jax.ShapeDtypeStruct([s for _, s in o.dims], jnp.float64 if o.dtype == "f32" else jnp.int32)
                     for o in plan.operands]
@@ -719,6 +733,8 @@ class GradModel:
         self.count += 1
         self.lines.append(f"{var} = {kind.mtf(plan, [o.var for o in plan.operands])}")
         self.extra.extend(plan.extra)
+        if plan.commit:
+            plan.commit()
         self.steps.append((var, kind, plan))
         node = Value(var, plan.dims, "f32")
         self.values.append(node)
@@ -727,8 +743,8 @@ class GradModel:
     def build(self, n_ops: int, first=None) -> None:
         for _ in range(self.draw(st.integers(1, 2))):
             self.new_input(self.random_dims(1, 3))
-        if first is not None:
-            self.add(first)
+        if first:
+            self.add(self.choice(first))
         weighted = [k for k in self.kinds for _ in range(k.weight)]
         done = 0
         for _ in range(3 * n_ops):

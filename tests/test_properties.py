@@ -1329,7 +1329,7 @@ def test_random_model_gradients_agree_with_jax_grad(worker, case):
     PASSED.add(key)
 
 
-MOE_KIND = [k for k in grad_models.KINDS if k.name == "moe"][0]
+MOE_KIND = [k for k in grad_models.KINDS if k.name == "moe"]
 
 
 @settings(max_examples=MOE_EXAMPLES, **GRAD_SETTINGS)
@@ -1343,21 +1343,34 @@ def test_random_moe_models_agree_with_jax_grad(worker, case):
     PASSED.add(key)
 
 
-@pytest.mark.xfail(not grad_models.window_kinds_enabled(), strict=True,
-                   reason="conv2d / max_pool / avg_pool node kinds are off: "
-                          f"grad_models.ENABLE_WINDOW_KINDS={grad_models.ENABLE_WINDOW_KINDS}, "
-                          f"mtfc lacks {grad_models.missing_window_api() or 'nothing'}")
+WINDOW_OFF = (f"conv2d / max_pool / avg_pool node kinds are off: grad_models.ENABLE_WINDOW_KINDS="
+              f"{grad_models.ENABLE_WINDOW_KINDS}, mtfc lacks {grad_models.missing_window_api() or 'nothing'}")
+
+
+@pytest.mark.xfail(len(grad_models.window_kinds()) < len(grad_models.WINDOW_KINDS), strict=True, reason=WINDOW_OFF)
 def test_window_kinds_are_on():
     """Loud until the integrator turns the conv / pool node kinds on
     (tests/grad_models.py's docstring): then the random models draw them."""
-    assert grad_models.window_kinds_enabled()
+    assert len(grad_models.window_kinds()) == len(grad_models.WINDOW_KINDS), WINDOW_OFF
 
 
-@pytest.mark.skipif(not grad_models.window_kinds_enabled(), reason="see test_window_kinds_are_on (xfail)")
+@settings(max_examples=30, **GRAD_SETTINGS)
+@given(data=st.data())
+def test_window_kinds_trace_to_their_dims(data):
+    """Without mtfc (before the conv / pool ops merge): the window kinds'
+    plans and jnp references agree on every drawn node's dims (the builder
+    traces each reference's shape), and their mtfc source is written."""
+    model = grad_models.GradModel(data.draw, grad_models.KINDS + grad_models.WINDOW_KINDS)
+    model.build(data.draw(st.integers(1, 3)), grad_models.WINDOW_KINDS)
+    assume(any(kind in grad_models.WINDOW_KINDS for _, kind, _ in model.steps))
+    assert "mtf.conv2d(" in model.source(model.loss_terms()) or "_pool(" in model.source([])
+
+
+@pytest.mark.skipif(not grad_models.window_kinds(), reason="see test_window_kinds_are_on (xfail)")
 @settings(max_examples=WINDOW_EXAMPLES, **GRAD_SETTINGS)
-@given(case=grad_cases(kinds=grad_models.active_kinds(), first=grad_models.WINDOW_KINDS[0], min_ops=1, max_ops=3))
+@given(case=grad_cases(first=grad_models.window_kinds(), min_ops=1, max_ops=3))
 def test_random_window_models_agree_with_jax_grad(worker, case):
-    """Models that start with a conv2d (then random nodes, pools among them)."""
+    """Models that start with a conv2d or a pool (then random nodes, others among them)."""
     key = once(case, "window")
     check_grad_case(worker, case)
     PASSED.add(key)
