@@ -50,7 +50,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 import mtfc as mtf
-from moe_reference import dense_moe, moe_capacity
+from moe_reference import dense_moe
 
 # TODO(integrator): True once mtf.conv2d, mtf.max_pool and mtf.avg_pool are merged.
 # (MTFC_WINDOW_KINDS=1 turns them on before that, e.g. to try them on a branch that has the ops.)
