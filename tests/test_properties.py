@@ -1280,7 +1280,7 @@ def grad_layouts(draw, model: grad_models.GradModel):
 
 
 @st.composite
-def grad_cases(draw, kinds=None, first=None, min_ops=2, max_ops=6):
+def grad_cases(draw, kinds=None, first=None, min_ops=3, max_ops=7):
     """A random differentiable model (its loss and the gradients of every
     float input and parameter as outputs) with a mesh and layout; `.model`
     holds the generator's description (for the reference), `.terms` the loss."""
