@@ -110,7 +110,9 @@ def test_unary(layout, mode, sizes):
         "floor": (lambda x: mtf.floor(x * 3.0), lambda x: jnp.floor(x * 3.0)),
         "sign": (mtf.sign, jnp.sign),
         "square": (mtf.square, jnp.square),
-        "relu": (mtf.relu, lambda x: jnp.maximum(x, 0.0)),
+        "relu": (mtf.relu, jax.nn.relu),
+        # exactly 0 where the gradient flows: jax.nn.relu's (and tf.nn.relu's) gradient there is 0
+        "relu_at_zero": (lambda x: mtf.relu(x - mtf.stop_gradient(x)), lambda x: jax.nn.relu(x - jax.lax.stop_gradient(x))),
         "gelu": (mtf.gelu, lambda x: jax.nn.gelu(x, approximate=True)),
         "cast_bf16": (lambda x: mtf.cast(mtf.cast(x, "bf16"), "f32"), lambda x: x.astype(jnp.bfloat16).astype(x.dtype)),
         "cast_i32": (lambda x: mtf.cast(mtf.cast(x * 3.0, "i32"), "f32"), lambda x: jnp.trunc(x * 3.0)),

@@ -161,7 +161,10 @@ def where(condition, x, y) -> Tensor:
 
 
 def square(x): return multiply(x, x)
-def relu(x): return maximum(x, 0.0)
+def relu(x: Tensor) -> Tensor:
+    """``max(x, 0)`` with the gradient of jax.nn.relu and tf.nn.relu: 0 at
+    ``x == 0`` (`maximum` splits a tie's gradient in halves, as jnp.maximum)."""
+    return where(greater(x, 0.0), x, 0.0)
 
 
 def gelu(x: Tensor) -> Tensor:
