@@ -21,10 +21,10 @@ model's sinks and some other nodes (``c_i`` a random cotangent input of its
 own, so the gradient with respect to ``c_i`` is ``t_i`` itself: forward
 values are checked too) plus ``0.7 * s`` for each scalar sink ``s``.
 
-Ties: `mtf.relu` is ``maximum(x, 0)``, whose gradient at exactly 0 is 1/2
-(half to each side of a tie, as `mtf.maximum`); the references use
-``jnp.maximum``, whose gradient at a tie is also 1/2 (``jax.nn.relu``'s is
-0).  Values can be exactly 0 (relu, pad): the references must agree there.
+Ties: values can be exactly 0 or equal (relu, pad, max of two relus), so
+the references take mtfc's documented gradients at ties: `mtf.relu`'s is 0
+at exactly 0 (as ``jax.nn.relu``), `mtf.maximum` / `mtf.minimum` split a
+tie's gradient in halves (as ``jnp.maximum`` / ``jnp.minimum``).
 
 Adding a node kind: write its ``plan_*`` (and a ``ref``), add a `NodeKind`
 to `KINDS`.  Convolution and pooling: `WINDOW_KINDS` below (conv2d,
@@ -158,7 +158,7 @@ def axis(v: Value, name: str) -> int:
 
 
 def relu_ref(x):
-    return jnp.maximum(x, 0.0)  # gradient 1/2 at 0, as mtf.relu (see the module docstring)
+    return jax.nn.relu(x)  # gradient 0 at 0, as mtf.relu (see the module docstring)
 
 
 # ====================================================================== kinds: elementwise
