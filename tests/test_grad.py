@@ -29,7 +29,7 @@ SIZES = [
     dict(batch=4, d=8, seq=3, h=12, vocab=8, heads=4, kv=2),
 ]
 # Both partitioners: XLA's (gspmd) and mtfc's own (explicit).
-modes_param = pytest.mark.parametrize("mode", ["gspmd", "explicit"])
+modes_param = pytest.mark.parametrize("mode", ["gspmd", "explicit", "shardy"])
 
 
 def cases(split, other_split=None):

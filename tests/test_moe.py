@@ -22,6 +22,7 @@ import mtfc as mtf
 from conftest import assert_close, run_model, run_train_steps
 from mtfc.compiler import compile_function
 from mtfc.errors import MtfcError
+from moe_reference import dense_moe
 
 B, L, D, E, H = 8, 8, 8, 4, 16  # batch, length, d_model, experts, d_ff
 GROUP = 8  # tokens per group: 8 groups
@@ -45,34 +46,10 @@ def moe_model(gating, train_factor, eval_factor):
 
 # ------------------------------------------------------------------ reference
 def reference(p, gating, factor):
-    """Dense dispatch in jax.numpy: (y, aux, dropped token count)."""
+    """Dense dispatch in jax.numpy (tests/moe_reference.py): (y, aux, dropped token count)."""
     x = p["x"]
-    wg, wi, wo = p[P + "gate"], p[P + "wi"], p[P + "wo"]
     tokens = x.reshape(-1, GROUP, D)  # [groups, group, d]: batch-major token order
-    probs = jax.nn.softmax(jnp.einsum("gsd,de->gse", tokens, wg), axis=-1)
-    every = jnp.einsum("gseh,ehd->gsed", jax.nn.relu(jnp.einsum("gsd,edh->gseh", tokens, wi)), wo)
-    cap = min(GROUP, math.ceil(GROUP * factor / E))
-    first = jnp.argmax(probs, -1)
-    m1 = jax.nn.one_hot(first, E, dtype=probs.dtype)
-    g1 = jnp.take_along_axis(probs, first[..., None], -1)[..., 0]
-    aux = jnp.mean(jnp.sum(m1.mean(1) * probs.mean(1), -1) * E)
-    choices = [(first, m1, g1)]
-    if gating == "top2":
-        second = jnp.argmax(jnp.where(m1 > 0, -1.0, probs), -1)
-        m2 = jax.nn.one_hot(second, E, dtype=probs.dtype)
-        g2 = jnp.take_along_axis(probs, second[..., None], -1)[..., 0]
-        total = g1 + g2 + 1e-9
-        choices = [(first, m1, g1 / total), (second, m2, g2 / total)]
-    filled = jnp.zeros((tokens.shape[0], E), probs.dtype)  # slots taken per group and expert
-    y = jnp.zeros_like(tokens)
-    dropped = 0
-    for index, mask, gate in choices:
-        position = jnp.sum((jnp.cumsum(mask, axis=1) - mask + filled[:, None, :]) * mask, -1)  # [groups, group]
-        keep = position < cap
-        filled = filled + jnp.sum(mask * keep[..., None], axis=1)
-        dropped += int(np.sum(~np.asarray(keep)))
-        chosen = jnp.take_along_axis(every, index[..., None, None], 2)[:, :, 0, :]
-        y = y + (gate * keep)[..., None] * chosen
+    y, aux, dropped = dense_moe(tokens, p[P + "gate"], p[P + "wi"], p[P + "wo"], gating, factor)
     return y.reshape(x.shape), aux, dropped
 
 

@@ -127,8 +127,9 @@ def every_layer_model(tokens, targets):
     return {"loss": mtf.reduce_mean(mtf.reduce_logsumexp(logits, VOCAB) - label_logit)}
 
 
-# every optimizer in explicit mode; gspmd with one (the partitioner, not the optimizer, differs)
-@pytest.mark.parametrize("optimizer,mode", [(name, "explicit") for name in OPTIMIZERS] + [("adamw_clip", "gspmd")])
+# every optimizer in explicit mode; gspmd and shardy with one (the partitioner, not the optimizer, differs)
+@pytest.mark.parametrize("optimizer,mode", [(name, "explicit") for name in OPTIMIZERS]
+                         + [("adamw_clip", "gspmd"), ("adamw_clip", "shardy")])
 def test_every_layer_trains_in_bf16_with_each_optimizer(optimizer, mode):
     kwargs = dict(mesh="rows:2,cols:4", layout="batch:rows,heads:cols,d_ff:cols", mode=mode, train=True,
                   optimizer=OPTIMIZERS[optimizer])

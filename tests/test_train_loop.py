@@ -252,6 +252,7 @@ def modules(tmp_path_factory):
     return {
         "gspmd": write_train_module(d / "gspmd.mlir"),
         "explicit": write_train_module(d / "explicit.mlir", mode="explicit"),
+        "shardy": write_train_module(d / "shardy.mlir", mode="shardy"),
         "none": write_train_module(d / "none.mlir", mode="none"),
         "explicit_data8": write_train_module(d / "explicit_data8.mlir", mode="explicit", mesh="data:8",
                                              layout="batch:data"),
@@ -280,7 +281,7 @@ def test_loss_falls_with_progress_summary_and_log(modules, tmp_path):
     assert abs(log[9]["metrics"]["learning_rate"] - 0.1 / 1.09) < 1e-6  # the step counter advanced
 
 
-@pytest.mark.parametrize("mode", ["none", "gspmd", "explicit", "fsdp"])
+@pytest.mark.parametrize("mode", ["none", "gspmd", "explicit", "shardy", "fsdp"])
 def test_loop_equals_the_step_run_in_plain_jax(modules, tmp_path, mode):
     steps = 6
     invoke("run", modules[mode], "--steps", steps, "--seed", 5, "--log", tmp_path / "log.jsonl",

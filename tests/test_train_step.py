@@ -90,7 +90,7 @@ OPTIMIZERS = [
 LAYOUTS = [("", None), ("batch:rows,d_out:cols", None), ("batch:rows+cols", "d_in:rows+cols")]
 
 
-@pytest.mark.parametrize("mode", ["gspmd", "explicit"])
+@pytest.mark.parametrize("mode", ["gspmd", "explicit", "shardy"])
 @pytest.mark.parametrize("layout,param_layout", LAYOUTS, ids=["replicated", "dp+tp", "fsdp"])
 @pytest.mark.parametrize("name,spec_text,spec", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
 def test_optimizer_matches_reference(name, spec_text, spec, layout, param_layout, mode):
@@ -198,7 +198,7 @@ def mlp_model(x, t, remat=False):
     return {"loss": mtf.reduce_mean(mtf.square(y - t))}
 
 
-@pytest.mark.parametrize("mode", ["gspmd", "explicit"])
+@pytest.mark.parametrize("mode", ["gspmd", "explicit", "shardy"])
 def test_recompute_block_gives_the_same_training(mode):
     """A block marked `mtf.recompute()` is lowered again for the backward pass
     from optimization barriers on its inputs; the training is unchanged."""
