@@ -29,18 +29,12 @@ tie's gradient in halves (as ``jnp.maximum`` / ``jnp.minimum``).
 Adding a node kind: write its ``plan_*`` (and a ``ref``), add a `NodeKind`
 to `KINDS`.  Convolution and pooling: `WINDOW_KINDS` below (conv2d,
 max_pool, avg_pool: jnp references with ``jax.lax.conv_general_dilated`` and
-``jax.lax.reduce_window``) are drawn only once ``ENABLE_WINDOW_KINDS`` is
-True (or ``MTFC_WINDOW_KINDS=1``), each when mtfc has its ops
-(``mtf.conv2d``; ``mtf.max_pool`` / ``mtf.avg_pool``).  TODO(integrator):
-after merging the conv and pool branches, set ``ENABLE_WINDOW_KINDS =
-True``; ``test_window_kinds_are_on`` in tests/test_properties.py xfails
-(loudly, with the reason) until then.
+``jax.lax.reduce_window``), drawn by their own property test.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -52,9 +46,7 @@ from hypothesis import strategies as st
 import mtfc as mtf
 from moe_reference import dense_moe
 
-# TODO(integrator): True once mtf.conv2d, mtf.max_pool and mtf.avg_pool are merged.
-# (MTFC_WINDOW_KINDS=1 turns them on before that, e.g. to try them on a branch that has the ops.)
-ENABLE_WINDOW_KINDS = os.environ.get("MTFC_WINDOW_KINDS", "") == "1"
+ENABLE_WINDOW_KINDS = True  # conv2d / max_pool / avg_pool node kinds (WINDOW_KINDS)
 
 POOL = ("b", "s", "d", "h")
 SIZES = (4, 8, 2, 6)  # hypothesis leans towards the first
@@ -409,7 +401,7 @@ def mtf_causal(p: Plan, vars_):
 
 
 def ref_causal(p: Plan, a, b=None):
-    (n, k), x = p.params["dims"], p.operands[0]
+    n, k = p.params["dims"]
     mask = jbcast(jnp.arange(dict(p.dims)[n])[:, None] <= jnp.arange(dict(p.dims)[k])[None, :],
                   ((n, 0), (k, 0)), p.dims)
     other = -3.0 if b is None else jbcast(b, p.operands[1].dims, p.dims)

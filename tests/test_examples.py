@@ -34,6 +34,11 @@ LAYOUTS = {
         "expert_tensor": "batch:rows,experts:rows,d_ff:cols,expert_ff:cols",
         "data_expert": "batch:rows+cols,batch_unsplit:rows,experts:cols",
     },
+    "unet.py": {
+        "spatial": "h:rows,w:cols",
+        "data": "batch:rows+cols",
+        "spatial_features": "h:rows,f1:cols,f2:cols",
+    },
 }
 
 

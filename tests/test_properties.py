@@ -41,10 +41,9 @@ that often split its groups and experts over one mesh axis).  Each model
 returns a scalar loss and `mtf.grad` of it with respect to every float input
 and parameter; every mode's sharded and unsharded runs must agree with
 `jax.value_and_grad` of the reference (float64, jitted) and with each other.
-Convolution and pooling node kinds (`grad_models.WINDOW_KINDS`) are written
-but OFF until the integrator sets `grad_models.ENABLE_WINDOW_KINDS = True`
-(after merging mtf.conv2d / max_pool / avg_pool); `test_window_kinds_are_on`
-xfails with the reason until then.
+Convolution and pooling node kinds (`grad_models.WINDOW_KINDS`: conv2d with
+strides, dilation and padding, max / avg pools) have a test of their own;
+`test_window_kinds_are_on` fails if any of them is not drawn.
 
 Hypothesis: derandomized (the same examples every run, no database),
 deadline None; a failing example prints its whole model (source, mesh,
@@ -1367,10 +1366,8 @@ WINDOW_OFF = (f"conv2d / max_pool / avg_pool node kinds are off: grad_models.ENA
               f"{grad_models.ENABLE_WINDOW_KINDS}, mtfc lacks {grad_models.missing_window_api() or 'nothing'}")
 
 
-@pytest.mark.xfail(len(grad_models.window_kinds()) < len(grad_models.WINDOW_KINDS), strict=True, reason=WINDOW_OFF)
 def test_window_kinds_are_on():
-    """Loud until the integrator turns the conv / pool node kinds on
-    (tests/grad_models.py's docstring): then the random models draw them."""
+    """The conv / pool node kinds are drawn (mtfc has their ops)."""
     assert len(grad_models.window_kinds()) == len(grad_models.WINDOW_KINDS), WINDOW_OFF
 
 
@@ -1386,7 +1383,6 @@ def test_window_kinds_trace_to_their_dims(data):
     assert "mtf.conv2d(" in model.source(model.loss_terms()) or "_pool(" in model.source([])
 
 
-@pytest.mark.skipif(not grad_models.window_kinds(), reason="see test_window_kinds_are_on (xfail)")
 @settings(max_examples=WINDOW_EXAMPLES, **GRAD_SETTINGS)
 @given(case=grad_cases(first=grad_models.window_kinds(), min_ops=1, max_ops=3))
 def test_random_window_models_agree_with_jax_grad(worker, case):

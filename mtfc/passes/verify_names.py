@@ -186,8 +186,15 @@ def _check_body(fn: ir.Operation, kind: str) -> None:
 def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: str) -> None:
     """Within one op a dim name has one size: over its results, and for ops that
     keep sizes (elementwise, dot_general, reduce, transpose) in a global
-    program over its named operands too."""
-    sizes: dict[str, tuple[int, str]] = {}
+    program over its named operands too.  A collective's results are
+    independent values, as an optimization_barrier's (a fused all_reduce of
+    two kernels' gradients may hold ``kh:1`` and ``kh:3``): each is checked
+    on its own."""
+    rule = op_rules.rule_of(op.name)
+    if rule is not None and (rule.family == "collective" or rule.result_dims_of_operand) and len(op.results) > 1:
+        for k, d in enumerate(dims):
+            _check_sizes([(d, op.results[k].type, f"result #{k}")], what)
+        return
     values = [(d, r.type, f"result #{k}") for k, (d, r) in enumerate(zip(dims, op.results))]
     if kind in ("none", "gspmd") and op.name in _SIZE_KEEPING:
         for k, v in enumerate(op.operands):
@@ -195,6 +202,12 @@ def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: st
                 values.append((mir.value_dims(v), v.type, f"operand #{k}"))
             except (MtfcError, KeyError, IndexError, ValueError):
                 continue  # an unnamed operand is reported at its own op
+    _check_sizes(values, what)
+
+
+def _check_sizes(values: list, what: str) -> None:
+    """`values`' (dims, type, where) agree on the size of every dim name."""
+    sizes: dict[str, tuple[int, str]] = {}
     for names, value_type, where in values:
         if not isinstance(value_type, ir.RankedTensorType):
             continue
