@@ -229,6 +229,25 @@ def op_class(op: ir.Operation) -> str:
     return ir.StringAttr(op.attributes[CLASS]).value if CLASS in op.attributes else "activation"
 
 
+def class_of_role(role: str) -> str:
+    """The layout class of a function argument's role: ``param`` for state, else ``activation``."""
+    return "param" if role in STATE_ROLES else "activation"
+
+
+def value_layout(value: ir.Value, layouts: "Layouts", what: str) -> TensorLayout:
+    """The layout of an SSA value of @main: a function argument's by its role,
+    an op result's by its op's class (docs/IR.md, "Parameter layouts")."""
+    shape = ir.RankedTensorType(value.type).shape
+    if isinstance(value, ir.BlockArgument):
+        arg = ir.BlockArgument(value)
+        attrs = ir.DictAttr(ir.ArrayAttr(arg.owner.owner.attributes["arg_attrs"])[arg.arg_number])
+        cls = class_of_role(ir.StringAttr(attrs[ROLE]).value if ROLE in attrs else "input")
+    else:
+        owner = ir.OpResult(value).owner
+        cls = op_class(owner.operation if hasattr(owner, "operation") else owner)
+    return layouts.of_value(value_dims(value), shape, cls=cls, what=what)
+
+
 @dataclass(frozen=True)
 class Layouts:
     """A module's mesh and its two rule sets: activations, and stored state

@@ -37,19 +37,7 @@ def _whole(layout: TensorLayout, positions) -> TensorLayout:
                         tuple(() if i in positions else a for i, a in enumerate(layout.axes)), layout.mesh)
 
 
-def value_layout(value: ir.Value, layouts: mir.Layouts, what: str) -> TensorLayout:
-    """The layout of an SSA value of @main: a function argument's by its role,
-    an op result's by its op's class (docs/IR.md, "Parameter layouts")."""
-    shape = ir.RankedTensorType(value.type).shape
-    if isinstance(value, ir.BlockArgument):
-        arg = ir.BlockArgument(value)
-        attrs = ir.DictAttr(ir.ArrayAttr(arg.owner.owner.attributes["arg_attrs"])[arg.arg_number])
-        role = ir.StringAttr(attrs[mir.ROLE]).value if mir.ROLE in attrs else "input"
-        cls = "param" if role in mir.STATE_ROLES else "activation"
-    else:
-        owner = ir.OpResult(value).owner
-        cls = mir.op_class(owner.operation if hasattr(owner, "operation") else owner)
-    return layouts.of_value(mir.value_dims(value), shape, cls=cls, what=what)
+value_layout = mir.value_layout
 
 
 def _mark_whole(op: ir.Operation, layout: TensorLayout, positions) -> None:

@@ -85,22 +85,7 @@ def set_attr(attrs: ir.DictAttr, name: str, value: ir.Attribute) -> ir.DictAttr:
     return ir.DictAttr.get(out)
 
 
-def _class_of_role(role: str) -> str:
-    return "param" if role in mir.STATE_ROLES else "activation"
-
-
-def value_layout(value: ir.Value, layouts: mir.Layouts, what: str) -> TensorLayout:
-    """The layout of an SSA value of @main: a function argument's by its role,
-    an op result's by its op's class (docs/IR.md, "Parameter layouts")."""
-    shape = ir.RankedTensorType(value.type).shape
-    if isinstance(value, ir.BlockArgument):
-        arg = ir.BlockArgument(value)
-        attrs = ir.DictAttr(ir.ArrayAttr(arg.owner.owner.attributes["arg_attrs"])[arg.arg_number])
-        cls = _class_of_role(ir.StringAttr(attrs[mir.ROLE]).value if mir.ROLE in attrs else "input")
-    else:
-        owner = ir.OpResult(value).owner
-        cls = mir.op_class(owner.operation if hasattr(owner, "operation") else owner)
-    return layouts.of_value(mir.value_dims(value), shape, cls=cls, what=what)
+value_layout = mir.value_layout  # shared with gspmd mode
 
 
 def reshard(value: ir.Value, dims: list[str], layout: TensorLayout, sdy_mesh: SdyMesh) -> ir.Operation:
@@ -121,7 +106,7 @@ def annotate(module: ir.Module, layouts: mir.Layouts, sdy_mesh: SdyMesh) -> None
             continue
         attrs = [
             set_attr(ir.DictAttr(a), SDY_SHARDING, ir.Attribute.parse(sdy_mesh.tensor_sharding(
-                layouts.of_value(s.dims, s.shape, cls=_class_of_role(s.role), what=f"{what} {s.name!r}"))))
+                layouts.of_value(s.dims, s.shape, cls=mir.class_of_role(s.role), what=f"{what} {s.name!r}"))))
             for a, s in zip(ir.ArrayAttr(fn.attributes[key]), sigs)
         ]
         fn.attributes[key] = ir.ArrayAttr.get(attrs)
