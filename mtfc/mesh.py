@@ -185,6 +185,12 @@ class TensorLayout:
     def split_factor(self, i: int) -> int:
         return math.prod(self.mesh.axis_size(a) for a in self.axes[i])
 
+    def whole_along(self, positions) -> "TensorLayout":
+        """This layout with the dims at `positions` unsplit (the others as they are)."""
+        positions = set(positions)
+        return TensorLayout(self.dims, self.sizes, tuple(() if i in positions else a for i, a in enumerate(self.axes)),
+                            self.mesh)
+
     @property
     def local_sizes(self) -> tuple[int, ...]:
         return tuple(s // self.split_factor(i) for i, s in enumerate(self.sizes))

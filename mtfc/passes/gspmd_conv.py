@@ -33,8 +33,7 @@ SHARDING = "mhlo.sharding"
 
 
 def _whole(layout: TensorLayout, positions) -> TensorLayout:
-    return TensorLayout(layout.dims, layout.sizes,
-                        tuple(() if i in positions else a for i, a in enumerate(layout.axes)), layout.mesh)
+    return layout.whole_along(positions)
 
 
 value_layout = mir.value_layout

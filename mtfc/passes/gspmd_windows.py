@@ -32,9 +32,8 @@ def _windowed(op: ir.Operation) -> list[int]:
     return []
 
 
-def _whole(layout: TensorLayout, positions: list[int]) -> TensorLayout:
-    return TensorLayout(layout.dims, layout.sizes,
-                        tuple(() if i in positions else a for i, a in enumerate(layout.axes)), layout.mesh)
+def _whole(layout: TensorLayout, positions) -> TensorLayout:
+    return layout.whole_along(positions)
 
 
 def _constraint(value: ir.Value, dims, sharding: str, whole: list[str]) -> ir.Value:

@@ -138,9 +138,8 @@ def cut_dims(op: ir.Operation) -> tuple[dict[int, list[int]], list[int]]:
             [d for d, f in enumerate(factors.results[0]) if f in cut])
 
 
-def _whole(layout: TensorLayout, cut: list[int]) -> TensorLayout:
-    return TensorLayout(layout.dims, layout.sizes,
-                        tuple(() if i in cut else axes for i, axes in enumerate(layout.axes)), layout.mesh)
+def _whole(layout: TensorLayout, positions) -> TensorLayout:
+    return layout.whole_along(positions)
 
 
 def whole_along_cut_dims(op: ir.Operation, layouts: mir.Layouts, sdy_mesh: SdyMesh) -> None:
