@@ -16,7 +16,7 @@ no momentum).  The subjects compute the same thing from the same data on the
   by mtfc (a mode that refuses the model gets a "refused" row with its
   message).  Explicit exchanges halos by collective_permute; gspmd and
   shardy run a convolution whose spatial dims are split whole along them
-  (`mtfc.passes.gspmd_conv`, `mtfc.passes.shardy_conv`: workarounds for
+  (`mtfc.passes.gspmd_conv`, shardy's `whole-convolution` entry: workarounds for
   XLA's and Shardy's wrong numbers), and their rows say how many
   convolutions of the program ran that way ("whole: n/m convs",
   `whole_convolutions`);
@@ -90,7 +90,7 @@ def whole_convolutions(module) -> tuple[int, int]:
     """(convolutions that gspmd or shardy mode runs whole along their spatial
     dims, all convolutions) of `module`.  gspmd (`mtfc.passes.gspmd_conv`,
     a global module): an operand or the result goes through a ``@Sharding``
-    custom_call.  shardy (`mtfc.passes.shardy_conv`; the module is the
+    custom_call.  shardy (workaround `whole-convolution`; the module is the
     per-device program Shardy made): an operand is all_gathered (through
     reshapes and transposes) or the result is cut back to the block by a
     ``dynamic_slice``."""
