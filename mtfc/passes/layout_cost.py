@@ -6,7 +6,8 @@ per-device program -- what a layout search calls once per candidate.
 partitioning) with the explicit partitioner's own decisions, which are pure
 functions of layouts: `op_rules` factors, the rules' operand targets
 (`dot_targets`, `gather_targets`, `broadcast_target`, `transpose_target`,
-`reshape_plan` in `mtfc/passes/partition/`) and the reshard plan
+`reshape_plan`, `conv_plan`, `halo_plan`, `reverse_target`, `pool_plan`
+in `mtfc/passes/partition/`) and the reshard plan
 (`collectives.plan_reshard`), with the emitter's one-reshard-per-(value,
 layout) reuse.  Each op yields `PredictedCollective` records:
 
@@ -20,10 +21,16 @@ layout) reuse.  Each op yields `PredictedCollective` records:
                         window exchanges of a slice, pad or concatenate along
                         a dim split alike in operands and result
                         (`window_plan`, `window_distances`, `window_pairs`,
-                        `shift_pairs` in `partition/windows.py`).
+                        `shift_pairs` in `partition/windows.py`); the
+                        halos of a convolution's split spatial dims (static
+                        slices or `fetch_window`) and of a pool's split
+                        windowed dims (`halo_widths`), and the rows a
+                        select_and_scatter wrote into them, sent back.
 
-An op with split values that no rule covers is refused in one line
-(`MtfcError`), as the partitioner refuses it; nothing is guessed.
+A convolution's ``all_reduce`` sums its split input features and
+kernel-gradient spatial dims.  An op with split values that no prediction
+covers is refused in one line (`MtfcError`: "layout-cost has no prediction
+for <op> ...", saying whether the partitioner has a rule); nothing is guessed.
 
 **What is predicted: the partitioner's output before `fuse-collectives`**
 (the program `mtfc opt --passes verify-names,partition` writes; equal to
@@ -56,7 +63,7 @@ from mtfc.passes.partition.convolution import conv_plan, dilation_error, halo_pl
 from mtfc.passes.partition.driver import ELEMENTWISE
 from mtfc.passes.partition.gather import gather_targets
 from mtfc.passes.partition.local import broadcast_target, reshape_plan, transpose_target
-from mtfc.passes.partition.pooling import pool_plan, pool_windows
+from mtfc.passes.partition.pooling import pool_plan, windowed_dims
 from mtfc.passes.partition.windows import (halo_widths, neighbour_pairs, shift_pairs, window_distances, window_of,
                                            window_pairs, window_plan, _whole_along)
 from mtfc.passes.composites import KNOWN, SELECT_AND_SCATTER, SHIFT, composite_name, shift_attributes
@@ -279,21 +286,30 @@ class _Predictor:
                         [lhs.dims[i] for i in sorted(summed) if plan.lhs[i]])
         return plan.compute
 
-    def pool_halos(self, x: _Value, plan, what: str) -> list[int]:
+    def pool_halos(self, x: _Value, plan, what: str, extended: list[int] | None = None) -> list[int]:
         """`pooling._halo_plan`'s permutes (`windows.halo_window`): per split
         windowed dim, HL rows from the block before and HR from the one after
-        (`halo_widths`), after a local base dilation; the extended block."""
-        local = self.block(x)
-        for h in plan:
+        (`halo_widths`), after a local base dilation; the extended block.
+        With the `extended` block (what this returned): the mirror
+        (`windows.scatter_window_add`, dims in reverse), the HL / HR rows
+        written around each block sent back to their owners; the block."""
+        back = extended is not None
+        block = self.block(x)
+        local = list(extended) if back else list(block)
+        for h in (reversed(plan) if back else plan):
             k, dim = h.dim, x.dims[h.dim]
-            local[k] *= h.base_dilation
+            if not back:
+                local[k] *= h.base_dilation
             groups = self.mesh.groups(list(x.axes[k]))
-            _, hl, hr = halo_widths(len(groups[0]), local[k], h.start, h.length, dim, x.axes[k], what)
+            L = block[k] if back else local[k]
+            _, hl, hr = halo_widths(len(groups[0]), L, h.start, h.length, dim, x.axes[k], what)
             for rows, step, side in ((hl, 1, "before"), (hr, -1, "after")):
                 if rows:
-                    self.permute(neighbour_pairs(groups, step), self.local_bytes_with(x, k, rows, local), dim,
-                                 f"pooling halo of dim {dim!r} ({rows} rows) from the block {side}")
-            local[k] = h.length
+                    self.permute(neighbour_pairs(groups, -step if back else step),
+                                 self.local_bytes_with(x, k, rows, local), dim,
+                                 f"pooling gradient of dim {dim!r}: {rows} rows written {side} the block, sent back"
+                                 if back else f"pooling halo of dim {dim!r} ({rows} rows) from the block {side}")
+            local[k] = L if back else h.length
         return local
 
     def reduce_window(self, op: ir.Operation, args: list, shape, axes) -> None:
@@ -302,7 +318,7 @@ class _Predictor:
         if len(op.operands) != 2:
             raise MtfcError(f"partition: no rule splits the variadic {what}")
         x = self.reshard(args[0], axes)
-        plan, _ = pool_plan(pool_windows(op), axes, shape, self.factor, x.dims, what)
+        plan, _ = pool_plan(windowed_dims(op), axes, shape, self.factor, x.dims, what)
         self.pool_halos(x, plan, what)
 
     def select_and_scatter(self, op: ir.Operation, args: list, axes) -> None:
@@ -312,19 +328,8 @@ class _Predictor:
         what = mir.describe_op(op)
         x = self.reshard(args[0], axes)
         source = self.reshard(args[1], axes)
-        plan, _ = pool_plan(pool_windows(op), axes, source.shape, self.factor, x.dims, what)
-        local = self.pool_halos(x, plan, what)
-        block = self.block(x)
-        for h in reversed(plan):
-            k, dim = h.dim, x.dims[h.dim]
-            groups = self.mesh.groups(list(x.axes[k]))
-            _, hl, hr = halo_widths(len(groups[0]), block[k], h.start, h.length, dim, x.axes[k], what)
-            for rows, step, side in ((hl, -1, "before"), (hr, 1, "past")):
-                if rows:
-                    self.permute(neighbour_pairs(groups, step), self.local_bytes_with(x, k, rows, local), dim,
-                                 f"pooling gradient of dim {dim!r}: {rows} rows written {side} the block, "
-                                 f"sent to their owner")
-            local[k] = block[k]
+        plan, _ = pool_plan(windowed_dims(op), axes, source.shape, self.factor, x.dims, what)
+        self.pool_halos(x, plan, what, extended=self.pool_halos(x, plan, what))
 
     # --------------------------------------------------------------- ops
     def run(self, module: ir.Module) -> Prediction:

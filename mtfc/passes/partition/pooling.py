@@ -38,7 +38,8 @@ from mtfc.passes.partition.common import local_result, rule, shape_of
 from mtfc.passes.partition.windows import halo_window, scatter_window_add
 
 
-def pool_windows(op: ir.Operation) -> dict[int, op_rules.Window]:
+def windowed_dims(op: ir.Operation) -> dict[int, op_rules.Window]:
+    """The window of each windowed dim of a pooling op (op_rules window factors), by dim index."""
     factors = op_rules.factors_of(op)
     return {i: f.window for i, f in enumerate(factors.factors) if f.kind == op_rules.WINDOW}
 
@@ -125,7 +126,7 @@ def reduce_window(p, op, args, dims, shape):
     x, init = args
     axes = p.axes_of(dims, shape, what)
     x = p.emit.reshard(x, axes, what)
-    windows = pool_windows(op)
+    windows = windowed_dims(op)
     extended, _, local = _halo_plan(p, op, x, shape, axes, windows, init.value, what)
     a = _attrs(len(shape), local)
     t = p.local_type(shape, axes, x.element_type)
@@ -147,7 +148,7 @@ def select_and_scatter_rule(p, op, args, dims, shape):
     axes = p.axes_of(dims, shape, what)
     x = p.emit.reshard(x, axes, what)
     source = p.emit.reshard(source, axes, what)
-    windows = pool_windows(op)
+    windows = windowed_dims(op)
     element = x.element_type
     extended, plan, local = _halo_plan(p, op, x, source.shape, axes, windows, _scalar(p, -np.inf, element), what)
     a = _attrs(len(shape), local)
