@@ -30,6 +30,9 @@ CASES = [  # example, layout, parameter layout
     ("transformer.py", "batch:rows", "d_model:rows"),
     ("moe.py", "batch:rows,experts:rows,d_ff:cols,expert_ff:cols", None),
     ("moe.py", "batch:rows+cols,batch_unsplit:rows,experts:cols", None),
+    ("unet.py", "h:rows,w:cols", None),  # tests/test_examples.py LAYOUTS["unet.py"]: convolution and pool halos
+    ("unet.py", "batch:rows+cols", None),
+    ("unet.py", "h:rows,f1:cols,f2:cols", None),
 ]
 
 
@@ -83,11 +86,60 @@ def test_prediction_equals_partition_on_its_lit_inputs(path):
         [(c.kind, c.axes, c.bytes, c.n) for c in comm_analysis.module_collectives(module)]
 
 
+BASE_DILATED_POOL = """
+module @pool attributes {mtfc.layout = "d:cols", mtfc.mesh = "rows:2,cols:4", mtfc.partitioning = "none"} {
+  func.func @main(%arg0: tensor<2x16xf32> {mtfc.dims = ["batch", "d"], mtfc.name = "x", mtfc.role = "input"})
+      -> (tensor<2x32xf32> {mtfc.dims = ["batch", "d"], mtfc.name = "y", mtfc.role = "output"}) {
+    %cst = stablehlo.constant {mtfc.dims = []} dense<0.0> : tensor<f32>
+    %0 = "stablehlo.reduce_window"(%arg0, %cst) <{padding = dense<[[0, 0], [1, 1]]> : tensor<2x2xi64>,
+        base_dilations = array<i64: 1, 2>, window_dimensions = array<i64: 1, 2>, window_strides = array<i64: 1, 1>}> ({
+    ^bb0(%arg1: tensor<f32>, %arg2: tensor<f32>):
+      %1 = stablehlo.add %arg1, %arg2 : tensor<f32>
+      stablehlo.return %1 : tensor<f32>
+    }) {mtfc.dims = ["batch", "d"]} : (tensor<2x16xf32>, tensor<f32>) -> tensor<2x32xf32>
+    return %0 : tensor<2x32xf32>
+  }
+}
+"""
+
+
+def test_base_dilated_pool_halo():
+    # the gradient of a strided sum pool: each block dilated locally, then its halo
+    module = mir.parse_module(BASE_DILATED_POOL, mir.new_context())
+    with module.context:
+        prediction = layout_cost.predict(module)
+    run_passes(module, ["partition"])
+    measured = comm_analysis.module_collectives(module)
+    assert [(c.kind, c.axes, c.bytes, c.n) for c in prediction.collectives] == \
+        [(c.kind, c.axes, c.bytes, c.n) for c in measured]
+    assert measured and all(c.dims == ["d"] and c.op == "stablehlo.reduce_window" for c in prediction.collectives)
+
+
+def test_conv_and_pool_records_name_their_dims():
+    module = _global("unet.py", "h:rows,f1:cols,f2:cols", None, True)
+    records = layout_cost.predict(module).collectives
+    halos = [c for c in records if c.op == "stablehlo.convolution" and c.kind == "collective_permute"]
+    sums = [c for c in records if c.op == "stablehlo.convolution" and c.kind == "all_reduce"]
+    pools = [c for c in records if c.op == "stablehlo.reduce_window"]
+    assert halos and all(c.dims == ["h"] and c.axes == ["rows"] for c in halos)
+    assert {c.reason.split(" of dim")[0] for c in halos} == {"halo", "window"}  # static slices, fetch_window
+    assert sums and all(set(c.dims) <= {"f1", "f1b", "f2", "f2b", "h"} and "sum over" in c.reason for c in sums)
+    assert pools and all(c.dims == ["h"] and c.kind == "collective_permute" for c in pools)
+
+
 def test_refusals_are_one_line():
     text = (ROOT / "lit_tests" / "shardy" / "errors.mlir").read_text()
     module = mir.parse_module(text, mir.new_context())
-    with pytest.raises(MtfcError, match=r"^layout-cost: cannot predict stablehlo.reduce_window at .* with split values"):
+    # its reduce_window (split window dim) is predicted; the reduce_precision no rule splits is refused
+    with pytest.raises(MtfcError, match=r"^layout-cost has no prediction for stablehlo.reduce_precision at "
+                                        r"precision\(model.py:8:1\) with split values: the explicit partitioner "
+                                        r"has no rule that splits it either$"):
         layout_cost.predict(module)
+    # an op the partitioner has a rule for is never said to have none
+    conv = mir.parse_module((ROOT / "lit_tests" / "partition" / "conv-halo.mlir").read_text(), mir.new_context())
+    with conv.context:
+        op = next(o for o in mir.body_ops(mir.entry_function(conv)) if o.name == "stablehlo.convolution")
+        assert "the explicit partitioner has a rule for it" in layout_cost._no_prediction(op)
     text = (ROOT / "lit_tests" / "verify-names" / "wrong-rank.mlir").read_text()
     with pytest.raises(MtfcError) as e:
         layout_cost.predict(mir.parse_module(text, mir.new_context()))

@@ -6,7 +6,8 @@ per-device program -- what a layout search calls once per candidate.
 partitioning) with the explicit partitioner's own decisions, which are pure
 functions of layouts: `op_rules` factors, the rules' operand targets
 (`dot_targets`, `gather_targets`, `broadcast_target`, `transpose_target`,
-`reshape_plan` in `mtfc/passes/partition/`) and the reshard plan
+`reshape_plan`, `conv_plan`, `halo_plan`, `reverse_target`, `pool_plan`
+in `mtfc/passes/partition/`) and the reshard plan
 (`collectives.plan_reshard`), with the emitter's one-reshard-per-(value,
 layout) reuse.  Each op yields `PredictedCollective` records:
 
@@ -20,10 +21,16 @@ layout) reuse.  Each op yields `PredictedCollective` records:
                         window exchanges of a slice, pad or concatenate along
                         a dim split alike in operands and result
                         (`window_plan`, `window_distances`, `window_pairs`,
-                        `shift_pairs` in `partition/windows.py`).
+                        `shift_pairs` in `partition/windows.py`); the
+                        halos of a convolution's split spatial dims (static
+                        slices or `fetch_window`) and of a pool's split
+                        windowed dims (`halo_widths`), and the rows a
+                        select_and_scatter wrote into them, sent back.
 
-An op with split values that no rule covers is refused in one line
-(`MtfcError`), as the partitioner refuses it; nothing is guessed.
+A convolution's ``all_reduce`` sums its split input features and
+kernel-gradient spatial dims.  An op with split values that no prediction
+covers is refused in one line (`MtfcError`: "layout-cost has no prediction
+for <op> ...", saying whether the partitioner has a rule); nothing is guessed.
 
 **What is predicted: the partitioner's output before `fuse-collectives`**
 (the program `mtfc opt --passes verify-names,partition` writes; equal to
@@ -51,11 +58,15 @@ from mtfc.mesh import Mesh
 from mtfc.passes import comm_analysis, op_rules
 from mtfc.passes.collectives import Axes, plan_reshard
 from mtfc.passes.partition.contraction import dot_targets
+from mtfc.passes.partition.common import RULES
+from mtfc.passes.partition.convolution import conv_plan, dilation_error, halo_plan, reverse_target
+from mtfc.passes.partition.driver import ELEMENTWISE
 from mtfc.passes.partition.gather import gather_targets
 from mtfc.passes.partition.local import broadcast_target, reshape_plan, transpose_target
-from mtfc.passes.partition.windows import (shift_pairs, window_distances, window_of, window_pairs, window_plan,
-                                           _whole_along)
-from mtfc.passes.composites import SHIFT, composite_name, shift_attributes
+from mtfc.passes.partition.pooling import pool_plan, windowed_dims
+from mtfc.passes.partition.windows import (halo_widths, neighbour_pairs, shift_pairs, window_distances, window_of,
+                                           window_pairs, window_plan, _whole_along)
+from mtfc.passes.composites import KNOWN, SELECT_AND_SCATTER, SHIFT, composite_name, shift_attributes
 
 
 @dataclass
@@ -123,9 +134,13 @@ class _Predictor:
     def local_bytes(self, x: _Value) -> int:
         return math.prod(s // self.factor(a) for s, a in zip(x.shape, x.axes)) * x.element_bytes
 
-    def local_bytes_with(self, x: _Value, k: int, length: int) -> int:
-        """Bytes of `x`'s block with dim `k` cut to `length`."""
-        shape = [s // self.factor(a) for s, a in zip(x.shape, x.axes)]
+    def block(self, x: _Value) -> list[int]:
+        """`x`'s block shape on one device."""
+        return [s // self.factor(a) for s, a in zip(x.shape, x.axes)]
+
+    def local_bytes_with(self, x: _Value, k: int, length: int, block: list[int] | None = None) -> int:
+        """Bytes of `x`'s block (or of `block`, a local shape of x's elements) with dim `k` cut to `length`."""
+        shape = list(block if block is not None else self.block(x))
         shape[k] = length
         return math.prod(shape) * x.element_bytes
 
@@ -184,13 +199,19 @@ class _Predictor:
         c = shape[k] // self.factor(first_axes)
         for x, t in sources:
             x = self.reshard(x, [tuple(axes[i]) if i != k else first_axes for i in range(len(axes))])
-            groups = self.mesh.groups(list(x.axes[k]))
-            L = x.shape[k] // self.factor(x.axes[k])
-            for delta in window_distances(len(groups[0]), L, x.shape[k], lambda j, t=t: j * c + t, c):
-                if delta:
-                    self.permute(window_pairs(groups, delta), self.local_bytes_with(x, k, c), x.dims[k],
-                                 f"window of dim {x.dims[k]!r} from {abs(delta)} block(s) "
-                                 f"{'after' if delta > 0 else 'before'}")
+            self.fetch_window(x, k, lambda j, t=t: j * c + t, c, self.block(x))
+
+    def fetch_window(self, x: _Value, k: int, start, length: int, block: list[int]) -> None:
+        """`partition.windows.fetch_window` of `x` (local shape `block`, dim k
+        split over ``x.axes[k]``): one collective_permute per nonzero block
+        distance, S = the window's block."""
+        groups = self.mesh.groups(list(x.axes[k]))
+        L = x.shape[k] // self.factor(x.axes[k])
+        for delta in window_distances(len(groups[0]), L, x.shape[k], start, length):
+            if delta:
+                self.permute(window_pairs(groups, delta), self.local_bytes_with(x, k, length, block), x.dims[k],
+                             f"window of dim {x.dims[k]!r} from {abs(delta)} block(s) "
+                             f"{'after' if delta > 0 else 'before'}")
 
     def shift_exchange(self, x: _Value, k: int, t: int, wrap: bool, axes) -> _Value:
         """`partition.windows.shift_exchange`: at most two halos permuted."""
@@ -233,6 +254,82 @@ class _Predictor:
                 self.reshard(x, target)
             return target
         return self.reshard(args[0], _whole_along(args[0], cut)).axes
+
+    # ------------------------------------------------- convolutions, pools
+    def convolution(self, op: ir.Operation, args: list, dims, shape, axes, ebytes: int) -> tuple:
+        """`partition.convolution`: the operands to `conv_plan`'s targets, the
+        halos of the split spatial dims (`halo_plan`: static slices, one
+        permute per side, or `fetch_window`), the all_reduce of the split
+        input features and kernel-gradient spatial sums; the computed layout."""
+        lhs, rhs = args
+        plan = conv_plan(op, lhs.axes, rhs.shape, shape, axes, self.factor)
+        lhs = self.reshard(lhs, plan.lhs)
+        self.reshard(rhs, plan.rhs)
+        local = self.block(lhs)
+        for h in plan.halos:
+            k, dim = h.lhs_dim, lhs.dims[h.lhs_dim]
+            groups = self.mesh.groups(list(lhs.axes[k]))
+            how = halo_plan(len(groups[0]), local[k], h.start, h.span, h.lhs_dilation)
+            if how is None:
+                raise dilation_error(mir.describe_op(op), dim, lhs.axes[k], h.lhs_dilation)
+            if how[0] == "static":
+                for width, delta, side in ((how[1], -1, "before"), (how[2], 1, "after")):
+                    if width > 0:
+                        self.permute(window_pairs(groups, delta), self.local_bytes_with(lhs, k, width, local), dim,
+                                     f"halo of dim {dim!r} ({width} wide) from the block {side}")
+            else:
+                self.fetch_window(lhs, k, how[1], how[2], local)
+            local[k] = h.span if how[0] == "static" else how[2]
+        c = op_rules.conv_numbers(op)
+        summed = {c.lhs[1]} | {h.lhs_dim for h in plan.halos if h.kernel_view}
+        self.all_reduce(self.value(dims, shape, plan.compute, ebytes), plan.summed, "sum",
+                        [lhs.dims[i] for i in sorted(summed) if plan.lhs[i]])
+        return plan.compute
+
+    def pool_halos(self, x: _Value, plan, what: str, extended: list[int] | None = None) -> list[int]:
+        """`pooling._halo_plan`'s permutes (`windows.halo_window`): per split
+        windowed dim, HL rows from the block before and HR from the one after
+        (`halo_widths`), after a local base dilation; the extended block.
+        With the `extended` block (what this returned): the mirror
+        (`windows.scatter_window_add`, dims in reverse), the HL / HR rows
+        written around each block sent back to their owners; the block."""
+        back = extended is not None
+        block = self.block(x)
+        local = list(extended) if back else list(block)
+        for h in (reversed(plan) if back else plan):
+            k, dim = h.dim, x.dims[h.dim]
+            if not back:
+                local[k] *= h.base_dilation
+            groups = self.mesh.groups(list(x.axes[k]))
+            L = block[k] if back else local[k]
+            _, hl, hr = halo_widths(len(groups[0]), L, h.start, h.length, dim, x.axes[k], what)
+            for rows, step, side in ((hl, 1, "before"), (hr, -1, "after")):
+                if rows:
+                    self.permute(neighbour_pairs(groups, -step if back else step),
+                                 self.local_bytes_with(x, k, rows, local), dim,
+                                 f"pooling gradient of dim {dim!r}: {rows} rows written {side} the block, sent back"
+                                 if back else f"pooling halo of dim {dim!r} ({rows} rows) from the block {side}")
+            local[k] = L if back else h.length
+        return local
+
+    def reduce_window(self, op: ir.Operation, args: list, shape, axes) -> None:
+        """`partition.pooling.reduce_window`: the operand to the result's layout, its halos."""
+        what = mir.describe_op(op)
+        if len(op.operands) != 2:
+            raise MtfcError(f"partition: no rule splits the variadic {what}")
+        x = self.reshard(args[0], axes)
+        plan, _ = pool_plan(windowed_dims(op), axes, shape, self.factor, x.dims, what)
+        self.pool_halos(x, plan, what)
+
+    def select_and_scatter(self, op: ir.Operation, args: list, axes) -> None:
+        """`partition.pooling.select_and_scatter_rule`: operand and source to
+        the result's layout, the operand's halos, then the rows written into
+        them sent back to their owners (`windows.scatter_window_add`)."""
+        what = mir.describe_op(op)
+        x = self.reshard(args[0], axes)
+        source = self.reshard(args[1], axes)
+        plan, _ = pool_plan(windowed_dims(op), axes, source.shape, self.factor, x.dims, what)
+        self.pool_halos(x, plan, what, extended=self.pool_halos(x, plan, what))
 
     # --------------------------------------------------------------- ops
     def run(self, module: ir.Module) -> Prediction:
@@ -297,17 +394,35 @@ class _Predictor:
                     self.reshard(x, axes)
         elif op.name in ("stablehlo.constant", "stablehlo.iota"):
             pass  # made or cut locally
+        elif op.name == "stablehlo.convolution":
+            out_axes = self.convolution(op, args, dims, shape, axes, ebytes)
+        elif op.name == "stablehlo.reverse":
+            out_axes = tuple(reverse_target(op, axes))
+            self.reshard(args[0], out_axes)
+        elif op.name == "stablehlo.reduce_window":
+            self.reduce_window(op, args, shape, axes)
+        elif op.name == "stablehlo.composite" and composite_name(op) == SELECT_AND_SCATTER:
+            self.select_and_scatter(op, args, axes)
         elif op.name in ("stablehlo.slice", "stablehlo.pad", "stablehlo.concatenate", "stablehlo.composite") and (
                 (out_axes := self.windowed(op, env, args, dims, shape, axes)) is not None):
             if out_axes is False:
                 env[result] = None  # partitioned with the slice that reads it
                 return
         elif any(a for x in args for a in x.axes) or any(axes):
-            raise MtfcError(f"layout-cost: cannot predict {mir.describe_op(op)} with split values: "
-                            "the explicit partitioner has no rule for it")
+            raise MtfcError(_no_prediction(op))
         else:
             out_axes = tuple(() for _ in shape)  # copied whole
         env[result] = self.reshard(self.value(dims, shape, out_axes, ebytes), axes)
+
+
+def _no_prediction(op: ir.Operation) -> str:
+    """The one-line refusal of an op with split values that no prediction
+    covers, saying truly whether the explicit partitioner has a rule for it."""
+    has_rule = (op.name in RULES or op.name in ELEMENTWISE) and (
+        op.name != "stablehlo.composite" or composite_name(op) in KNOWN)
+    why = ("the explicit partitioner has a rule for it: `mtfc opt --passes partition` and `mtfc inspect` "
+           "measure what it emits" if has_rule else "the explicit partitioner has no rule that splits it either")
+    return f"layout-cost has no prediction for {mir.describe_op(op)} with split values: {why}"
 
 
 def _element_bytes(value: ir.Value) -> int:

@@ -33,6 +33,8 @@ the op, the dim and the axes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo as hlo
@@ -42,13 +44,13 @@ from mtfc.errors import MtfcError
 from mtfc.passes.collectives import Local
 from mtfc.passes.op_rules import conv_numbers
 from mtfc.passes.partition.common import i64s, local_result, rule
-from mtfc.passes.partition.windows import fetch_window, group_positions
+from mtfc.passes.partition.windows import fetch_window, group_positions, window_pairs
 
 
-def _sum_axes(lhs: Local, dim: int, used: set) -> tuple:
+def _sum_axes(lhs_axes, dim: int, used: set) -> tuple:
     """The prefix of the lhs's axes on a summed dim that the result does not use."""
     keep = []
-    for a in lhs.axes[dim]:
+    for a in lhs_axes[dim]:
         if a in used:
             break
         keep.append(a)
@@ -56,14 +58,47 @@ def _sum_axes(lhs: Local, dim: int, used: set) -> tuple:
     return tuple(keep)
 
 
-@rule("stablehlo.convolution")
-def convolution(p, op, args, dims, shape):
-    lhs, rhs = args
+@dataclass(frozen=True)
+class ConvHalo:
+    """The lhs window of split spatial dim `spatial` (lhs dim `lhs_dim`,
+    split over `axes`): device j reads dilated positions
+    ``[j * block * step - pad_lo, ... + span)``; `kernel_view`: the kernel-gradient view."""
+
+    spatial: int
+    lhs_dim: int
+    axes: tuple
+    kernel_view: bool
+    block: int
+    step: int
+    pad_lo: int
+    span: int
+    lhs_dilation: int
+
+    def start(self, j: int) -> int:
+        return j * self.block * self.step - self.pad_lo
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """The convolution rule's decisions, from layouts alone: the operand
+    targets, the layout the local convolution computes, the axes summed by
+    the all_reduce (split input features, kernel-gradient spatial sums), the
+    group split (axes, lhs role) or None, and the halos, in spatial order."""
+
+    lhs: tuple
+    rhs: tuple
+    compute: tuple
+    summed: tuple
+    groups: tuple | None
+    halos: tuple
+
+
+def conv_plan(op: ir.Operation, lhs_axes, rhs_shape, shape, out_axes, factor) -> ConvPlan:
+    """`ConvPlan` of `op` (lhs laid out as `lhs_axes`, the result as
+    `out_axes`); `factor(axes)` is the device count of mesh axes."""
     c = conv_numbers(op)
-    what = mir.describe_op(op)
-    out_axes = p.axes_of(dims, shape, what)
     grouped = c.feature_groups > 1 or c.batch_groups > 1
-    lhs_t, rhs_t = [()] * len(lhs.shape), [()] * len(rhs.shape)
+    lhs_t, rhs_t = [()] * len(lhs_axes), [()] * len(rhs_shape)
     compute = [()] * len(shape)  # the layout the local convolution computes
     used = {a for axes in out_axes for a in axes}
     if c.batch_groups == 1:
@@ -72,50 +107,90 @@ def convolution(p, op, args, dims, shape):
         rhs_t[c.rhs[1]] = compute[c.out[1]] = out_axes[c.out[1]]
     summed: tuple = ()
     if c.feature_groups == 1:
-        summed = lhs_t[c.lhs[1]] = rhs_t[c.rhs[0]] = _sum_axes(lhs, c.lhs[1], used)
-    groups = _group_split(p, c, out_axes)
+        summed = lhs_t[c.lhs[1]] = rhs_t[c.rhs[0]] = _sum_axes(lhs_axes, c.lhs[1], used)
+    groups = _group_split(c, out_axes, factor)
     if groups:
         axes, role = groups
         lhs_t[c.lhs[role]] = rhs_t[c.rhs[1]] = compute[c.out[1]] = axes
-    split = []  # (spatial index, axes, kernel-gradient view)
+    halos = []
     for i, (li, ri, oi) in enumerate(zip(c.lhs[2], c.rhs[2], c.out[2])):
         if c.kernel_gradient_view(op, i):
-            axes = _sum_axes(lhs, li, used)
-            if axes and rhs.shape[ri] % p.emit.factor(axes) == 0:
-                lhs_t[li] = rhs_t[ri] = axes
-                summed += axes
-                split.append((i, axes, True))
-        elif out_axes[oi]:
-            lhs_t[li] = compute[oi] = out_axes[oi]
-            split.append((i, out_axes[oi], False))
-    lhs = p.emit.reshard(lhs, lhs_t, what)
-    rhs = p.emit.reshard(rhs, rhs_t, what)
-    value, padding = lhs.value, list(c.padding)
-    for i, axes, kernel_view in split:
-        li, ri, oi = c.lhs[2][i], c.rhs[2][i], c.out[2][i]
-        K = p.emit.factor(axes)
-        lo, _ = c.padding[i]
-        if kernel_view:
-            block, step = rhs.shape[ri] // K, c.rhs_dilation[i]
+            axes = _sum_axes(lhs_axes, li, used)
+            if not (axes and rhs_shape[ri] % factor(axes) == 0):
+                continue
+            lhs_t[li] = rhs_t[ri] = axes
+            summed += axes
+            block, step = rhs_shape[ri] // factor(axes), c.rhs_dilation[i]
             span = (block - 1) * step + (shape[oi] - 1) * c.strides[i] + 1
+        elif out_axes[oi]:
+            axes = lhs_t[li] = compute[oi] = out_axes[oi]
+            block, step = shape[oi] // factor(axes), c.strides[i]
+            span = (block - 1) * step + (rhs_shape[ri] - 1) * c.rhs_dilation[i] + 1
         else:
-            block, step = shape[oi] // K, c.strides[i]
-            span = (block - 1) * step + (rhs.shape[ri] - 1) * c.rhs_dilation[i] + 1
+            continue
+        halos.append(ConvHalo(i, li, tuple(axes), c.kernel_gradient_view(op, i), block, step, c.padding[i][0], span,
+                              c.lhs_dilation[i]))
+    return ConvPlan(tuple(lhs_t), tuple(rhs_t), tuple(compute), summed, groups, tuple(halos))
+
+
+def halo_plan(K: int, L: int, start, span: int, ld: int):
+    """How `_halo` fetches the window ``[start(j), start(j) + span)`` of a dim
+    split into K blocks of L (lhs dilation `ld`):
+    ``("static", before, after)`` -- exact static slices, a collective_permute
+    per nonzero side (`before` from the block before, `after` from the one
+    after), local padding (0, 0); ``("fetch", start, length, padding)`` --
+    `windows.fetch_window` with the local padding; None -- the blocks would
+    need different local paddings (refused)."""
+    if ld == 1:
+        before = -(start(0))  # halo width before each block (start(j) = j * L - before when aligned)
+        after = span - before - L
+        aligned = all(start(j) == j * L - before for j in range(K))
+        if aligned and abs(before) <= L and abs(after) <= L and max(0, -before) < L + min(0, after):
+            return "static", before, after
+        return "fetch", start, span, (0, 0)
+    # lhs dilation: the real elements inside each window, and where the first lands
+    first = [-((-start(j)) // ld) for j in range(K)]
+    lo = [first[j] * ld - start(j) for j in range(K)]
+    count = [(start(j) + span - 1) // ld - first[j] + 1 for j in range(K)]
+    if len(set(lo)) != 1 or len(set(count)) != 1 or count[0] < 1:
+        return None
+    return "fetch", (lambda j: first[j]), count[0], (lo[0], span - lo[0] - ((count[0] - 1) * ld + 1))
+
+
+def dilation_error(what: str, dim: str, axes, ld: int) -> MtfcError:
+    """The refusal of a `halo_plan` that is None."""
+    return MtfcError(
+        f"partition: {what}: dim {dim!r} split over {'+'.join(axes)} gives the blocks "
+        f"of this lhs-dilated (transposed) convolution different local paddings; choose a block size "
+        f"(size / devices) that is a multiple of the dilation {ld}, or keep {dim!r} whole")
+
+
+@rule("stablehlo.convolution")
+def convolution(p, op, args, dims, shape):
+    lhs, rhs = args
+    c = conv_numbers(op)
+    what = mir.describe_op(op)
+    out_axes = p.axes_of(dims, shape, what)
+    plan = conv_plan(op, lhs.axes, rhs.shape, shape, out_axes, p.emit.factor)
+    lhs = p.emit.reshard(lhs, plan.lhs, what)
+    rhs = p.emit.reshard(rhs, plan.rhs, what)
+    value, padding = lhs.value, list(c.padding)
+    for h in plan.halos:
         x = Local(value, lhs.dims, lhs.shape, lhs.axes)
-        value, padding[i] = _halo(p, op, x, li, lambda j: j * block * step - lo, span, c.lhs_dilation[i])
-    t = p.local_type(shape, compute, lhs.element_type)
+        value, padding[h.spatial] = _halo(p, op, x, h.lhs_dim, h.start, h.span, h.lhs_dilation)
+    t = p.local_type(shape, plan.compute, lhs.element_type)
     pads = ir.DenseIntElementsAttr.get(np.asarray(padding, dtype=np.int64).reshape(len(padding), 2))
     overrides = {"padding": pads}
-    if groups:
+    if plan.groups:
         i64 = ir.IntegerType.get_signless(64)
         key = "feature_group_count" if c.feature_groups > 1 else "batch_group_count"
-        count = max(c.feature_groups, c.batch_groups) // p.emit.factor(groups[0])
+        count = max(c.feature_groups, c.batch_groups) // p.emit.factor(plan.groups[0])
         overrides[key] = ir.IntegerAttr.get(i64, count)
-    result = local_result(p, p.clone(op, [value, rhs.value], t, dims, **overrides), dims, shape, compute)
-    return p.emit.all_reduce(result, summed, "sum")
+    result = local_result(p, p.clone(op, [value, rhs.value], t, dims, **overrides), dims, shape, plan.compute)
+    return p.emit.all_reduce(result, plan.summed, "sum")
 
 
-def _group_split(p, c, out_axes):
+def _group_split(c, out_axes, factor):
     """Group-aligned blocks of a grouped convolution: with g feature (batch)
     groups and the output features split over axes A of K devices, K | g,
     each device holds whole groups -- its block of the lhs features (batch),
@@ -124,7 +199,7 @@ def _group_split(p, c, out_axes):
     whole)."""
     g = max(c.feature_groups, c.batch_groups)
     axes = out_axes[c.out[1]]
-    if g == 1 or not axes or g % p.emit.factor(axes):
+    if g == 1 or not axes or g % factor(axes):
         return None
     return tuple(axes), (1 if c.feature_groups > 1 else 0)
 
@@ -132,27 +207,15 @@ def _group_split(p, c, out_axes):
 def _halo(p, op, x: Local, k: int, start, span: int, ld: int) -> tuple[ir.Value, tuple[int, int]]:
     """The lhs window dilated positions ``[start(j), start(j) + span)`` of
     device j need, along dim k (split over ``x.axes[k]``), and the local
-    convolution's padding of that dim: (value, (lo, hi))."""
+    convolution's padding of that dim: (value, (lo, hi)) -- as `halo_plan` decides."""
     groups, _ = group_positions(p, x.axes[k])
-    K, L = len(groups[0]), x.local_shape[k]
-    if ld == 1:
-        before = -(start(0))  # halo width before each block (start(j) = j * L - before when aligned)
-        after = span - before - L
-        aligned = all(start(j) == j * L - before for j in range(K))
-        if aligned and abs(before) <= L and abs(after) <= L and max(0, -before) < L + min(0, after):
-            return _static_halo(p, x, k, groups, before, after), (0, 0)
-        return fetch_window(p, x, k, start, span), (0, 0)
-    # lhs dilation: the real elements inside each window, and where the first lands
-    first = [-((-start(j)) // ld) for j in range(K)]
-    lo = [first[j] * ld - start(j) for j in range(K)]
-    count = [(start(j) + span - 1) // ld - first[j] + 1 for j in range(K)]
-    if len(set(lo)) != 1 or len(set(count)) != 1 or count[0] < 1:
-        raise MtfcError(
-            f"partition: {mir.describe_op(op)}: dim {x.dims[k]!r} split over {'+'.join(x.axes[k])} gives the blocks "
-            f"of this lhs-dilated (transposed) convolution different local paddings; choose a block size "
-            f"(size / devices) that is a multiple of the dilation {ld}, or keep {x.dims[k]!r} whole")
-    value = fetch_window(p, x, k, lambda j: first[j], count[0])
-    return value, (lo[0], span - lo[0] - ((count[0] - 1) * ld + 1))
+    plan = halo_plan(len(groups[0]), x.local_shape[k], start, span, ld)
+    if plan is None:
+        raise dilation_error(mir.describe_op(op), x.dims[k], x.axes[k], ld)
+    if plan[0] == "static":
+        return _static_halo(p, x, k, groups, plan[1], plan[2]), (0, 0)
+    _, begin, length, padding = plan
+    return fetch_window(p, x, k, begin, length), padding
 
 
 def _static_halo(p, x: Local, k: int, groups, before: int, after: int) -> ir.Value:
@@ -169,8 +232,7 @@ def _static_halo(p, x: Local, k: int, groups, before: int, after: int) -> ir.Val
         return e.tag(hlo.SliceOp(x.value, starts, limits, [1] * len(starts)), x.dims)
 
     def from_neighbour(value: ir.Value, delta: int) -> ir.Value:
-        pairs = [(g[j + delta], g[j]) for g in groups for j in range(len(g)) if 0 <= j + delta < len(g)]
-        return e.collective_permute(value, x.dims, pairs)
+        return e.collective_permute(value, x.dims, window_pairs(groups, delta))
 
     parts = []
     if before > 0:
@@ -188,8 +250,13 @@ def reverse(p, op, args, dims, shape):
     kernel's window dims, whole under any sensible layout)."""
     (x,) = args
     axes = p.axes_of(dims, shape, mir.describe_op(op))
-    reversed_ = set(i64s(op.attributes["dimensions"]))
-    target = [() if i in reversed_ else a for i, a in enumerate(axes)]
+    target = reverse_target(op, axes)
     x = p.emit.reshard(x, target, mir.describe_op(op))
     t = p.local_type(shape, target, x.element_type)
     return local_result(p, p.clone(op, [x.value], t, dims), dims, shape, target)
+
+
+def reverse_target(op: ir.Operation, axes) -> list:
+    """The result's layout with the reversed dims whole: the operand's target and the local result's layout."""
+    reversed_ = set(i64s(op.attributes["dimensions"]))
+    return [() if i in reversed_ else tuple(a) for i, a in enumerate(axes)]

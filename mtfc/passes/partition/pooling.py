@@ -24,7 +24,7 @@ are one-line errors naming the dim and the mesh axes.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from jax.extend.mlir import ir
@@ -38,7 +38,8 @@ from mtfc.passes.partition.common import local_result, rule, shape_of
 from mtfc.passes.partition.windows import halo_window, scatter_window_add
 
 
-def _windows(op: ir.Operation) -> dict[int, op_rules.Window]:
+def windowed_dims(op: ir.Operation) -> dict[int, op_rules.Window]:
+    """The window of each windowed dim of a pooling op (op_rules window factors), by dim index."""
     factors = op_rules.factors_of(op)
     return {i: f.window for i, f in enumerate(factors.factors) if f.kind == op_rules.WINDOW}
 
@@ -72,27 +73,47 @@ def _dilate(p, x: Local, k: int, b: int, fill: ir.Value) -> Local:
     return Local(value, x.dims, tuple(shape), x.axes)
 
 
-def _halo_plan(p, op, x: Local, pooled_shape, axes, windows, fill: ir.Value, what: str):
-    """Extend x by the halo of every split windowed dim: (the extended Local,
-    [(k, start, length)], the local op's windows)."""
+@dataclass(frozen=True)
+class PoolHalo:
+    """The window of split windowed dim `dim` (after a base dilation by
+    `base_dilation` when > 1): device j reads rows ``[start(j), start(j) + length)``."""
+
+    dim: int
+    base_dilation: int
+    block: int
+    stride: int
+    pad_lo: int
+    length: int
+
+    def start(self, j: int) -> int:
+        return j * self.block * self.stride - self.pad_lo
+
+
+def pool_plan(windows: dict[int, op_rules.Window], axes, pooled_shape, factor, dims, what: str):
+    """The pooling rules' decisions, from layouts alone: ([`PoolHalo`] of the
+    split windowed dims, in dim order; the local op's windows).  A dilated
+    window on a split dim is refused."""
     plan, local = [], dict(windows)
     for k, w in sorted(windows.items()):
         if not axes[k]:
             continue
         if w.dilation != 1:
-            raise MtfcError(f"partition: {what}: dim {x.dims[k]!r} has a dilated window and is split over mesh "
+            raise MtfcError(f"partition: {what}: dim {dims[k]!r} has a dilated window and is split over mesh "
                             f"axes {'+'.join(axes[k])}; keep it whole")
-        pad_hi = w.pad_hi
-        if w.base_dilation > 1:
-            x = _dilate(p, x, k, w.base_dilation, fill)
-            pad_hi -= w.base_dilation - 1
-        blocks = p.emit.factor(axes[k])
-        c, s, lo = pooled_shape[k] // blocks, w.stride, w.pad_lo
-        length = (c - 1) * s + w.size
-        start = (lambda j, c=c, s=s, lo=lo: j * c * s - lo)
-        x = replace(x, value=halo_window(p, x, k, start, length, fill, what))
-        plan.append((k, start, length))
-        local[k] = op_rules.Window(w.size, stride=s)
+        c = pooled_shape[k] // factor(axes[k])
+        plan.append(PoolHalo(k, w.base_dilation, c, w.stride, w.pad_lo, (c - 1) * w.stride + w.size))
+        local[k] = op_rules.Window(w.size, stride=w.stride)
+    return plan, local
+
+
+def _halo_plan(p, op, x: Local, pooled_shape, axes, windows, fill: ir.Value, what: str):
+    """Extend x by the halo of every split windowed dim (`pool_plan`): (the
+    extended Local, [`PoolHalo`], the local op's windows)."""
+    plan, local = pool_plan(windows, axes, pooled_shape, p.emit.factor, x.dims, what)
+    for h in plan:
+        if h.base_dilation > 1:
+            x = _dilate(p, x, h.dim, h.base_dilation, fill)
+        x = replace(x, value=halo_window(p, x, h.dim, h.start, h.length, fill, what))
     return x, plan, local
 
 
@@ -105,7 +126,7 @@ def reduce_window(p, op, args, dims, shape):
     x, init = args
     axes = p.axes_of(dims, shape, what)
     x = p.emit.reshard(x, axes, what)
-    windows = _windows(op)
+    windows = windowed_dims(op)
     extended, _, local = _halo_plan(p, op, x, shape, axes, windows, init.value, what)
     a = _attrs(len(shape), local)
     t = p.local_type(shape, axes, x.element_type)
@@ -127,7 +148,7 @@ def select_and_scatter_rule(p, op, args, dims, shape):
     axes = p.axes_of(dims, shape, what)
     x = p.emit.reshard(x, axes, what)
     source = p.emit.reshard(source, axes, what)
-    windows = _windows(op)
+    windows = windowed_dims(op)
     element = x.element_type
     extended, plan, local = _halo_plan(p, op, x, source.shape, axes, windows, _scalar(p, -np.inf, element), what)
     a = _attrs(len(shape), local)
@@ -144,6 +165,6 @@ def select_and_scatter_rule(p, op, args, dims, shape):
     with ir.InsertionPoint(scatter):
         hlo.ReturnOp([hlo.AddOp(scatter.arguments[0], scatter.arguments[1]).result])
     value = p.emit.tag(ss, dims)
-    for k, start, length in reversed(plan):
-        value = scatter_window_add(p, x, value, k, start, length, what)
+    for h in reversed(plan):
+        value = scatter_window_add(p, x, value, h.dim, h.start, h.length, what)
     return local_result(p, value, dims, shape, axes)

@@ -421,20 +421,29 @@ def shift_rule(p, op, args, dims, shape):
 def _halo_widths(p: Partitioner, x: Local, k: int, start: Callable[[int], int], length: int, what: str):
     """(groups, position, K, L, offsets, HL, HR) of the windows
     ``[start(j), start(j) + length)`` along dim k of `x` (split over
-    ``x.axes[k]`` into K blocks of L): ``offsets[j] = start(j) - j*L``; HL
-    (HR) rows are needed from the block before (after), the most any block
-    needs -- one collective_permute has one shape.  A window reaching past
-    the neighbouring block is an error naming the dim and its mesh axes."""
-    A = x.axes[k]
-    groups, position = group_positions(p, A)
+    ``x.axes[k]`` into K blocks of L), `halo_widths`."""
+    groups, position = group_positions(p, x.axes[k])
     K, L = len(groups[0]), x.local_shape[k]
+    offsets, hl, hr = halo_widths(K, L, start, length, x.dims[k], x.axes[k], what)
+    return groups, position, K, L, offsets, hl, hr
+
+
+def halo_widths(K: int, L: int, start: Callable[[int], int], length: int, dim: str, axes: Axes, what: str):
+    """(offsets, HL, HR) of the windows ``[start(j), start(j) + length)``
+    along a dim split over `axes` into K blocks of L: ``offsets[j] = start(j)
+    - j*L``; HL (HR) rows are needed from the block before (after), the most
+    any block needs -- one collective_permute has one shape; `halo_window`
+    permutes HL rows from the block before (`neighbour_pairs(groups, 1)`) and
+    HR from the one after (``-1``), `scatter_window_add` the mirror.  A window
+    reaching past the neighbouring block is an error naming the dim and its
+    mesh axes."""
     offsets = [start(j) - j * L for j in range(K)]
     hl = max([0] + [-a for a in offsets])
     hr = max([0] + [a + length - L for a in offsets])
     if hl > L or hr > L:
-        raise MtfcError(f"{what}: the window along dim {x.dims[k]!r} reaches {max(hl, hr)} rows past a block of "
-                        f"{L} (dim split over mesh axes {'+'.join(A)}); use fewer devices along it")
-    return groups, position, K, L, offsets, hl, hr
+        raise MtfcError(f"{what}: the window along dim {dim!r} reaches {max(hl, hr)} rows past a block of "
+                        f"{L} (dim split over mesh axes {'+'.join(axes)}); use fewer devices along it")
+    return offsets, hl, hr
 
 
 def _cut(p: Partitioner, value: ir.Value, dims, k: int, begin: int, end: int) -> ir.Value:
@@ -444,7 +453,7 @@ def _cut(p: Partitioner, value: ir.Value, dims, k: int, begin: int, end: int) ->
     return p.emit.tag(hlo.SliceOp(value, starts, limits, [1] * len(shape)), dims)
 
 
-def _neighbour_pairs(groups, step: int) -> list[tuple[int, int]]:
+def neighbour_pairs(groups, step: int) -> list[tuple[int, int]]:
     """(source, target) pairs: each device sends to the one `step` further along its group."""
     return [(g[j], g[j + step]) for g in groups for j in range(len(g)) if 0 <= j + step < len(g)]
 
@@ -473,10 +482,10 @@ def halo_window(p: Partitioner, x: Local, k: int, start: Callable[[int], int], l
     dims, rank = x.dims, len(x.local_shape)
     parts = []
     if hl:
-        parts.append(e.collective_permute(_cut(p, x.value, dims, k, L - hl, L), dims, _neighbour_pairs(groups, 1)))
+        parts.append(e.collective_permute(_cut(p, x.value, dims, k, L - hl, L), dims, neighbour_pairs(groups, 1)))
     parts.append(x.value)
     if hr:
-        parts.append(e.collective_permute(_cut(p, x.value, dims, k, 0, hr), dims, _neighbour_pairs(groups, -1)))
+        parts.append(e.collective_permute(_cut(p, x.value, dims, k, 0, hr), dims, neighbour_pairs(groups, -1)))
     extended = parts[0] if len(parts) == 1 else e.tag(hlo.ConcatenateOp(parts, k), dims)
     ext_shape = shape_of(extended)
     if fill is not None and (hl or hr):
@@ -540,9 +549,9 @@ def scatter_window_add(p: Partitioner, x: Local, value: ir.Value, k: int, start:
         return e.tag(hlo.PadOp(part, zero_scalar, lows, highs, [0] * rank), dims)
 
     if hl:  # rows before the block belong to the previous device: its last hl rows
-        sent = e.collective_permute(_cut(p, buffer, dims, k, 0, hl), dims, _neighbour_pairs(groups, -1))
+        sent = e.collective_permute(_cut(p, buffer, dims, k, 0, hl), dims, neighbour_pairs(groups, -1))
         total = e.tag(hlo.AddOp(total, placed(sent, L - hl, 0)), dims)
     if hr:  # rows after it belong to the next device: its first hr rows
-        sent = e.collective_permute(_cut(p, buffer, dims, k, hl + L, hl + L + hr), dims, _neighbour_pairs(groups, 1))
+        sent = e.collective_permute(_cut(p, buffer, dims, k, hl + L, hl + L + hr), dims, neighbour_pairs(groups, 1))
         total = e.tag(hlo.AddOp(total, placed(sent, 0, L - hr)), dims)
     return total
