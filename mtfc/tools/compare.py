@@ -108,21 +108,31 @@ def prediction_rows(module: ir.Module) -> list[dict]:
     for name, passes in (("predicted", None), ("mtfc explicit, unfused", ["verify-names", "partition"]),
                          ("mtfc explicit", PIPELINES["explicit"])):
         row = {"partitioner": name, "source": "global module" if passes is None else "StableHLO", "error": None}
-        try:
-            clone = ir.Module.parse(text, module.context)
-            with module.context:
-                if passes is None:
-                    collectives = layout_cost.predict(clone).collectives
-                else:
-                    run_passes(clone, passes)
-                    collectives = comm_analysis.module_collectives(clone)
-        except MtfcError as e:
-            row.update({"error": str(e), "by_kind": {}, "total": None, "collectives": []})
-        else:
-            row.update(comm_analysis.summarize(collectives))
-            row["collectives"] = [c.as_dict() for c in collectives]
-        rows.append(row)
+
+        def collect(clone, passes=passes):
+            if passes is None:
+                return layout_cost.predict(clone).collectives
+            run_passes(clone, passes)
+            return comm_analysis.module_collectives(clone)
+
+        rows.append(_row(row, module, text, collect))
     return rows
+
+
+def _row(row: dict, module: ir.Module, text: str, collect) -> dict:
+    """`row` completed with the collectives `collect(clone)` finds in a fresh
+    parse of `text` (their totals per kind, the total), or the error that
+    stopped it."""
+    try:
+        clone = ir.Module.parse(text, module.context)
+        with module.context:
+            collectives = collect(clone)
+    except MtfcError as e:
+        row.update({"error": str(e), "by_kind": {}, "total": None, "collectives": []})
+    else:
+        row.update(comm_analysis.summarize(collectives))
+        row["collectives"] = [c.as_dict() for c in collectives]
+    return row
 
 
 def compare_partitioners(module: ir.Module, *, backend: str = "cpu") -> list[dict]:
@@ -136,15 +146,10 @@ def compare_partitioners(module: ir.Module, *, backend: str = "cpu") -> list[dic
         if pipeline not in PIPELINES:
             continue
         row = {"partitioner": name, "mode": pipeline, "source": source, "error": None}
-        try:
-            clone = ir.Module.parse(text, module.context)
-            with module.context:
-                run_passes(clone, PIPELINES[pipeline])
-            collectives = partitioner_collectives(clone, pipeline, backend=backend)
-        except MtfcError as e:
-            row.update({"error": str(e), "by_kind": {}, "total": None, "collectives": []})
-        else:
-            row.update(comm_analysis.summarize(collectives))
-            row["collectives"] = [c.as_dict() for c in collectives]
-        rows.append(row)
+
+        def collect(clone, pipeline=pipeline):
+            run_passes(clone, PIPELINES[pipeline])
+            return partitioner_collectives(clone, pipeline, backend=backend)
+
+        rows.append(_row(row, module, text, collect))
     return rows
