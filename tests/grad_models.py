@@ -630,15 +630,57 @@ def active_kinds() -> list[NodeKind]:
 # ====================================================================== the builder
 
 
-class GradModel:
+class Drawer:
+    """Random choices through a hypothesis `draw` over a pool of named dims
+    (`pool_names`, each given a size from `sizes`): what every random-model
+    generator of the property tests draws with (test_properties.Builder
+    too)."""
+
+    def __init__(self, draw, pool_names, sizes_pool):
+        self.draw = draw
+        self.rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+        sizes = draw(st.lists(st.sampled_from(sizes_pool), min_size=len(pool_names), max_size=len(pool_names)))
+        self.pool_names = list(pool_names)
+        self.pool = dict(zip(pool_names, sizes))
+        self.fresh = 0
+
+    def choice(self, items):
+        items = list(items)
+        return items[self.draw(st.integers(0, len(items) - 1))]
+
+    def coin(self, p_in_10: int = 5) -> bool:
+        return self.draw(st.integers(0, 9)) < p_in_10
+
+    def subset(self, items, min_size=0, max_size=None) -> list:
+        """Some of `items` (at least `min_size`), in a random order."""
+        items = list(items)
+        max_size = len(items) if max_size is None else min(max_size, len(items))
+        k = self.draw(st.integers(min_size, max_size))
+        return list(self.draw(st.permutations(items))[:k])
+
+    def fresh_name(self) -> str:
+        self.fresh += 1
+        return f"m{self.fresh}"
+
+    def random_dims(self, min_rank=1, max_rank=3, exclude=()):
+        names = [n for n in self.pool_names if n not in exclude]
+        return [(n, self.pool[n]) for n in self.subset(names, min(min_rank, len(names)), max_rank)]
+
+    def pick_from(self, cands):
+        """One of `cands`, often one of the latest (deeper graphs); None if empty."""
+        if not cands:
+            return None
+        if len(cands) > 3 and self.coin(6):
+            cands = cands[-3:]
+        return self.choice(cands)
+
+
+class GradModel(Drawer):
     """Draws a random differentiable model node by node (`KINDS`); each
     node's reference is traced for its shape as it is added."""
 
     def __init__(self, draw, kinds=None):
-        self.draw = draw
-        self.rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-        sizes = draw(st.lists(st.sampled_from(SIZES), min_size=len(POOL), max_size=len(POOL)))
-        self.pool = dict(zip(POOL, sizes))
+        super().__init__(draw, POOL, SIZES)
         self.kinds = kinds or active_kinds()
         self.values: list[Value] = []
         self.steps: list[tuple[str, NodeKind, Plan]] = []  # (var, kind, plan) in order
@@ -651,38 +693,11 @@ class GradModel:
         self.moe_axes: list[tuple] = []  # each MoE node's (batch dim, groups dim, experts dim): (name, size)s
         self.n_moe = 0
         self.count = 0
-        self.fresh = 0
 
     # ------------------------------------------------------------ drawing
-    def choice(self, items):
-        items = list(items)
-        return items[self.draw(st.integers(0, len(items) - 1))]
-
-    def coin(self, p_in_10: int = 5) -> bool:
-        return self.draw(st.integers(0, 9)) < p_in_10
-
-    def subset(self, items, min_size=0, max_size=None) -> list:
-        items = list(items)
-        max_size = len(items) if max_size is None else min(max_size, len(items))
-        k = self.draw(st.integers(min_size, max_size))
-        return list(self.draw(st.permutations(items))[:k])
-
-    def fresh_name(self) -> str:
-        self.fresh += 1
-        return f"m{self.fresh}"
-
-    def random_dims(self, min_rank=1, max_rank=3, exclude=()):
-        names = [n for n in POOL if n not in exclude]
-        return [(n, self.pool[n]) for n in self.subset(names, min(min_rank, len(names)), max_rank)]
-
     def pick(self, pred=lambda v: True) -> Value | None:
         """A float value satisfying `pred`, often one of the latest (deeper graphs)."""
-        cands = [v for v in self.values if v.dtype == "f32" and pred(v)]
-        if not cands:
-            return None
-        if len(cands) > 3 and self.coin(6):
-            cands = cands[-3:]
-        return self.choice(cands)
+        return self.pick_from([v for v in self.values if v.dtype == "f32" and pred(v)])
 
     # ------------------------------------------------------------ leaves
     def new_input(self, dims, dtype="f32", high=None) -> Value:

@@ -210,14 +210,11 @@ def shifted(x: np.ndarray, offset: int, axis: int, wrap: bool) -> np.ndarray:
     return out
 
 
-class Builder:
+class Builder(grad_models.Drawer):
     """Draws a random model op by op, keeping the NumPy value of every node."""
 
     def __init__(self, draw):
-        self.draw = draw
-        self.rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-        sizes = draw(st.lists(st.sampled_from(SIZES), min_size=len(POOL_NAMES), max_size=len(POOL_NAMES)))
-        self.pool = dict(zip(POOL_NAMES, sizes))
+        super().__init__(draw, POOL_NAMES, SIZES)
         self.nodes: list[Node] = []
         self.lines: list[str] = []
         self.inputs: dict[str, str] = {}  # argument -> mtf.Input(...) source
@@ -225,39 +222,11 @@ class Builder:
         self.n_params = 0
         self.hot: set[str] = set()  # dims some op works along (contracts, reduces, slices, reshapes...)
         self.count = 0
-        self.fresh = 0
 
     # ------------------------------------------------------------ drawing
-    def choice(self, items):
-        items = list(items)
-        return items[self.draw(st.integers(0, len(items) - 1))]
-
-    def coin(self, p_in_10: int = 5) -> bool:
-        return self.draw(st.integers(0, 9)) < p_in_10
-
-    def fresh_name(self) -> str:
-        self.fresh += 1
-        return f"m{self.fresh}"
-
-    def subset(self, items, min_size=0, max_size=None) -> list:
-        """Some of `items` (at least `min_size`), in a random order."""
-        items = list(items)
-        max_size = len(items) if max_size is None else min(max_size, len(items))
-        k = self.draw(st.integers(min_size, max_size))
-        return list(self.draw(st.permutations(items))[:k])
-
     def pick(self, pred=lambda n: True) -> Node | None:
         """A node satisfying `pred`, often one of the latest (deeper graphs)."""
-        cands = [n for n in self.nodes if pred(n)]
-        if not cands:
-            return None
-        if len(cands) > 3 and self.coin(6):
-            cands = cands[-3:]
-        return self.choice(cands)
-
-    def random_dims(self, min_rank=1, max_rank=3, exclude=()):
-        names = [n for n in POOL_NAMES if n not in exclude]
-        return [(n, self.pool[n]) for n in self.subset(names, min_rank, max_rank)]
+        return self.pick_from([n for n in self.nodes if pred(n)])
 
     # ------------------------------------------------------------ source text
     def shape_src(self, dims) -> str:
