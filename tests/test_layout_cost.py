@@ -122,7 +122,7 @@ def test_conv_and_pool_records_name_their_dims():
     sums = [c for c in records if c.op == "stablehlo.convolution" and c.kind == "all_reduce"]
     pools = [c for c in records if c.op == "stablehlo.reduce_window"]
     assert halos and all(c.dims == ["h"] and c.axes == ["rows"] for c in halos)
-    assert {c.reason.split(" of dim")[0] for c in halos} == {"halo", "window"}  # static slices, fetch_window
+    assert {c.reason.split(" of dim")[0] for c in halos} == {"halo"}  # static slices, also for the lhs-dilated "up" layer
     assert sums and all(set(c.dims) <= {"f1", "f1b", "f2", "f2b", "h"} and "sum over" in c.reason for c in sums)
     assert pools and all(c.dims == ["h"] and c.kind == "collective_permute" for c in pools)
 

@@ -279,7 +279,7 @@ class _Predictor:
                                      f"halo of dim {dim!r} ({width} wide) from the block {side}")
             else:
                 self.fetch_window(lhs, k, how[1], how[2], local)
-            local[k] = h.span if how[0] == "static" else how[2]
+            local[k] = local[k] + how[1] + how[2] if how[0] == "static" else how[2]
         c = op_rules.conv_numbers(op)
         summed = {c.lhs[1]} | {h.lhs_dim for h in plan.halos if h.kernel_view}
         self.all_reduce(self.value(dims, shape, plan.compute, ebytes), plan.summed, "sum",

@@ -134,27 +134,30 @@ def conv_plan(op: ir.Operation, lhs_axes, rhs_shape, shape, out_axes, factor) ->
 
 
 def halo_plan(K: int, L: int, start, span: int, ld: int):
-    """How `_halo` fetches the window ``[start(j), start(j) + span)`` of a dim
-    split into K blocks of L (lhs dilation `ld`):
-    ``("static", before, after)`` -- exact static slices, a collective_permute
-    per nonzero side (`before` from the block before, `after` from the one
-    after), local padding (0, 0); ``("fetch", start, length, padding)`` --
+    """How `_halo` fetches the window ``[start(j), start(j) + span)`` (dilated
+    positions) of a dim split into K blocks of L real elements (lhs dilation
+    `ld`): ``("static", before, after, padding)`` -- exact static slices of
+    real elements, a collective_permute per nonzero side (`before` from the
+    block before, `after` from the one after; negative: trimmed), then the
+    local convolution with `padding`; ``("fetch", start, length, padding)`` --
     `windows.fetch_window` with the local padding; None -- the blocks would
-    need different local paddings (refused)."""
-    if ld == 1:
-        before = -(start(0))  # halo width before each block (start(j) = j * L - before when aligned)
-        after = span - before - L
-        aligned = all(start(j) == j * L - before for j in range(K))
-        if aligned and abs(before) <= L and abs(after) <= L and max(0, -before) < L + min(0, after):
-            return "static", before, after
-        return "fetch", start, span, (0, 0)
-    # lhs dilation: the real elements inside each window, and where the first lands
+    need different local paddings (refused).  Window j holds the real
+    elements ``[first(j), first(j) + count)``, ``first(j) = ceil(start(j) /
+    ld)``, its first one ``lo`` dilated positions in; the blocks align when
+    ``first(j) = j * L - before`` for every j (with ld = 1: ``c * a = L``;
+    else ``c * a = L * ld``), and the halos fit in one block."""
     first = [-((-start(j)) // ld) for j in range(K)]
     lo = [first[j] * ld - start(j) for j in range(K)]
     count = [(start(j) + span - 1) // ld - first[j] + 1 for j in range(K)]
     if len(set(lo)) != 1 or len(set(count)) != 1 or count[0] < 1:
         return None
-    return "fetch", (lambda j: first[j]), count[0], (lo[0], span - lo[0] - ((count[0] - 1) * ld + 1))
+    padding = (lo[0], span - lo[0] - ((count[0] - 1) * ld + 1))
+    before = -first[0]
+    after = count[0] - before - L
+    aligned = all(first[j] == j * L - before for j in range(K))
+    if aligned and abs(before) <= L and abs(after) <= L and max(0, -before) < L + min(0, after):
+        return "static", before, after, padding
+    return "fetch", (lambda j: first[j]), count[0], padding
 
 
 def dilation_error(what: str, dim: str, axes, ld: int) -> MtfcError:
@@ -213,7 +216,7 @@ def _halo(p, op, x: Local, k: int, start, span: int, ld: int) -> tuple[ir.Value,
     if plan is None:
         raise dilation_error(mir.describe_op(op), x.dims[k], x.axes[k], ld)
     if plan[0] == "static":
-        return _static_halo(p, x, k, groups, plan[1], plan[2]), (0, 0)
+        return _static_halo(p, x, k, groups, plan[1], plan[2]), plan[3]
     _, begin, length, padding = plan
     return fetch_window(p, x, k, begin, length), padding
 
