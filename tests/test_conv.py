@@ -251,3 +251,41 @@ def test_error_explicit_unaligned_dilated_blocks():
         _compile(model, inputs, "h:rows")
     message = _one_line(err)
     assert "'h' split over rows" in message and "dilation 2" in message
+
+
+@pytest.mark.parametrize("transpose", [True, False])
+def test_explicit_lhs_dilated_halo_is_one_row(transpose):
+    """conv_transpose (stride 2) forward, and a stride-2 conv's input gradient
+    (both lhs-dilated), h split over 4: values vs jax.lax, and the only
+    exchanges are collective_permutes of one row of the neighbour's block
+    (b * 1 * w * features * 4 bytes), never an all_gather."""
+    b, h, w, c, o = mtf.Dim("b", 2), mtf.Dim("h", 8), mtf.Dim("w", 4), mtf.Dim("c", 3), mtf.Dim("o", 4)
+    kh, kw = mtf.Dim("kh", 3), mtf.Dim("kw", 3)
+    op = mtf.conv_transpose if transpose else mtf.conv2d
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 8, 4, 3)).astype(np.float32)
+    k = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+    ref = (lambda x, k: jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=SPEC[2])) if transpose else \
+        (lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=SPEC[2]))
+    y = np.asarray(ref(x, k))
+    t = rng.normal(size=y.shape).astype(np.float32)
+    gx = np.asarray(jax.grad(lambda x: jnp.sum(ref(x, k) * t))(x))
+    out = [b, mtf.Dim("h", y.shape[1]), mtf.Dim("w", y.shape[2]), o]
+    inputs = {"x": mtf.Input([b, h, w, c]), "k": mtf.Input([kh, kw, c, o]), "t": mtf.Input(out)}
+
+    def model(x, k, t):
+        if transpose:
+            return {"y": op(x, k, ["h", "w"], strides=2)}
+        return {"gx": mtf.grad(mtf.reduce_sum(op(x, k, ["h", "w"], strides=2) * t), [x])[0]}
+
+    name, want = ("y", y) if transpose else ("gx", gx)
+    sharded, unsharded, _ = run_model(model, inputs, {"x": x, "k": k, "t": t}, mesh="cols:4", layout="h:cols",
+                                      mode="explicit")
+    assert_close(sharded[name], want)
+    assert_close(sharded[name], unsharded[name])
+    text = _program_text(model, inputs, "cols:4", "h:cols")
+    assert "all_gather" not in text and "all_to_all" not in text
+    permutes = [line.split(":")[-1].strip() for line in text.splitlines() if "collective_permute" in line]
+    # the transpose's input x has c features; the gradient's lhs is the output gradient (o features)
+    row = "tensor<2x1x{}x{}xf32>".format(4 if transpose else y.shape[2], 3 if transpose else 4)
+    assert permutes and all(p == f"({row}) -> {row}" for p in permutes), permutes
