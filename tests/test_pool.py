@@ -190,3 +190,42 @@ def test_bad_pool_arguments_are_one_line(window, strides, padding, fragment):
     with pytest.raises(MtfcError) as e:
         _program(lambda x: {"y": mtf.max_pool(x, window, strides, padding)}, IMG, "rows:2,cols:4", "")
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mesh_tf_pooling_layers(mode):
+    """mtf.layers.max_pool2d / avg_pool2d / max_pool3d / avg_pool3d pool the
+    dims between batch and channels (as Mesh TF's), under a spatial layout,
+    forward and gradient, against jax.lax."""
+    B, H, W, D, C = (mtf.Dim(n, s) for n, s in (("b", 2), ("h", 8), ("w", 8), ("d", 4), ("c", 3)))
+
+    def model(x2, x3):
+        ys = {"max2": mtf.layers.max_pool2d(x2, (3, 3), (1, 1), "SAME"),
+              "avg2": mtf.layers.avg_pool2d(x2),
+              "max3": mtf.layers.max_pool3d(x3, (2, 3, 2), (2, 1, 2), "SAME"),
+              "avg3": mtf.layers.avg_pool3d(x3, 2)}
+        loss = sum((mtf.reduce_sum(y * y) for y in ys.values()), mtf.zeros([]))
+        return {**ys, **dict(zip(("g2", "g3"), mtf.grad(loss, [x2, x3])))}
+
+    def reference(x2, x3):
+        ys = {"max2": lax_pool("max", x2, "bhwc", {"h": 3, "w": 3}, 1, "SAME"),
+              "avg2": lax_pool("avg", x2, "bhwc", {"h": 2, "w": 2}, None, "VALID"),
+              "max3": lax_pool("max", x3, "bdhwc", {"d": 2, "h": 3, "w": 2}, {"d": 2, "h": 1, "w": 2}, "SAME"),
+              "avg3": lax_pool("avg", x3, "bdhwc", {"d": 2, "h": 2, "w": 2}, None, "VALID")}
+        return ys, sum(jnp.sum(y * y) for y in ys.values())
+
+    inputs = {"x2": mtf.Input([B, H, W, C]), "x3": mtf.Input([B, D, H, W, C])}
+    sharded, unsharded, data = run_model(model, inputs, None, mesh="rows:2,cols:4", layout="h:cols,w:rows",
+                                         mode=mode)
+    x2, x3 = (np.asarray(data[k]) for k in ("x2", "x3"))
+    ys, _ = reference(x2, x3)
+    want = {**ys, **dict(zip(("g2", "g3"), jax.grad(lambda a, b: reference(a, b)[1], argnums=(0, 1))(x2, x3)))}
+    for name, value in want.items():
+        assert_close(sharded[name], np.asarray(value))
+        assert_close(unsharded[name], np.asarray(value))
+
+
+def test_mesh_tf_pooling_layer_errors():
+    x = mtf.Input([mtf.Dim("b", 2), mtf.Dim("h", 4), mtf.Dim("c", 1)])
+    with pytest.raises(MtfcError, match="max_pool2d: x .* must have 4 dims: batch, 2 spatial, channels"):
+        compile_function(lambda x: {"y": mtf.layers.max_pool2d(x)}, {"x": x})

@@ -121,3 +121,44 @@ def avg_pool(x: Tensor, window, strides=None, padding="VALID", *, count_include_
         counts = counts * per_dim.reshape(shape)
     spatial = Shape([total.shape.get(w.dim) for w in wins])
     return total * ops.constant((1.0 / counts).astype(np.float32), spatial, x.dtype)
+
+
+def _pool_layer(pool, rank: int, x: Tensor, ksize, strides, padding, name: str) -> Tensor:
+    """Mesh TF's pooling layers: the `rank` dims of x between its first (the
+    batch) and its last (the channels) are pooled, ``ksize`` (and
+    ``strides``, default ``ksize``) per dim in that order."""
+    if not isinstance(x, Tensor):
+        raise fail(f"{name} expects an mtfc tensor, got {type(x).__name__}")
+    if len(x.shape) != rank + 2:
+        raise fail(f"{name}: x {x.shape} must have {rank + 2} dims: batch, {rank} spatial, channels")
+    spatial = [d.name for d in x.shape[1:-1]]
+
+    def per_dim(value, what):
+        values = (value,) * rank if isinstance(value, int) else tuple(value)
+        if len(values) != rank:
+            raise fail(f"{name}: {what} {value!r} must be an int or {rank} of them (one per dim {spatial})")
+        return dict(zip(spatial, values))
+
+    window = per_dim(ksize, "ksize")
+    steps = window if strides is None else per_dim(strides, "strides")
+    return pool(x, window, steps, padding, name=name)
+
+
+def max_pool2d(x, ksize=(2, 2), strides=None, padding="VALID", name="max_pool2d"):
+    """Mesh TF's ``mtf.layers.max_pool2d``: x ``[batch, h, w, channels]``."""
+    return _pool_layer(max_pool, 2, x, ksize, strides, padding, name)
+
+
+def max_pool3d(x, ksize=(2, 2, 2), strides=None, padding="VALID", name="max_pool3d"):
+    """Mesh TF's ``mtf.layers.max_pool3d``: x ``[batch, d, h, w, channels]``."""
+    return _pool_layer(max_pool, 3, x, ksize, strides, padding, name)
+
+
+def avg_pool2d(x, ksize=(2, 2), strides=None, padding="VALID", name="avg_pool2d"):
+    """Mesh TF's ``mtf.layers.avg_pool2d``: x ``[batch, h, w, channels]``."""
+    return _pool_layer(avg_pool, 2, x, ksize, strides, padding, name)
+
+
+def avg_pool3d(x, ksize=(2, 2, 2), strides=None, padding="VALID", name="avg_pool3d"):
+    """Mesh TF's ``mtf.layers.avg_pool3d``: x ``[batch, d, h, w, channels]``."""
+    return _pool_layer(avg_pool, 3, x, ksize, strides, padding, name)
