@@ -153,18 +153,7 @@ class Case:
         p.text(repr(self))
 
 
-def dim_var(name: str, size: int) -> str:
-    return f"{name}_{size}"
-
-
-def union_dims(*dim_lists):
-    """Ordered union by name; None when a name has two sizes."""
-    out: dict[str, int] = {}
-    for dims in dim_lists:
-        for n, s in dims:
-            if out.setdefault(n, s) != s:
-                return None
-    return tuple(out.items())
+dim_var, union_dims = grad_models.dim_var, grad_models.union_dims  # one spelling of the generators' dims
 
 
 def bcast(value, dims, target) -> np.ndarray:
