@@ -134,15 +134,19 @@ def jbcast(v, dims, target):
     return jnp.broadcast_to(v, [s for _, s in target])
 
 
-def jeinsum(operands, out):
-    """jnp.einsum of (value, dims) pairs to the `out` dims."""
+def einsum_spec(operands, out) -> str:
+    """The einsum subscripts of (value, dims) pairs to the `out` dims, a letter per dim name."""
     letters: dict[str, str] = {}
     for _, dims in operands:
         for n, _ in dims:
             letters.setdefault(n, chr(ord("a") + len(letters)))
     spec = ",".join("".join(letters[n] for n, _ in dims) for _, dims in operands)
-    spec += "->" + "".join(letters[n] for n, _ in out)
-    return jnp.einsum(spec, *[v for v, _ in operands])
+    return spec + "->" + "".join(letters[n] for n, _ in out)
+
+
+def jeinsum(operands, out):
+    """jnp.einsum of (value, dims) pairs to the `out` dims."""
+    return jnp.einsum(einsum_spec(operands, out), *[v for v, _ in operands])
 
 
 def axis(v: Value, name: str) -> int:

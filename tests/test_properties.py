@@ -167,13 +167,7 @@ def bcast(value, dims, target) -> np.ndarray:
 
 def einsum_by_name(operands, out) -> np.ndarray:
     """np.einsum of (value, dims) pairs to the `out` dims."""
-    letters: dict[str, str] = {}
-    for _, dims in operands:
-        for n, _ in dims:
-            letters.setdefault(n, chr(ord("a") + len(letters)))
-    spec = ",".join("".join(letters[n] for n, _ in dims) for _, dims in operands)
-    spec += "->" + "".join(letters[n] for n, _ in out)
-    return np.einsum(spec, *[v for v, _ in operands])
+    return np.einsum(grad_models.einsum_spec(operands, out), *[v for v, _ in operands])
 
 
 def picked(take_a, a, b, ma, mb) -> np.ndarray:
