@@ -40,6 +40,9 @@ OPTIMIZER = "mtfc.optimizer"
 PRECISION = "mtfc.precision"  # a train step's compute dtype: "f32" or "bf16"
 STATE_ROLES = ("parameter", "optimizer_state")
 PARTITIONING = "mtfc.partitioning"
+LOOP_DIM = "mtfc.loop_dim"  # on a stablehlo.while: the dim name its iterations run over (docs/IR.md, "Loops")
+TRIP_COUNT = "mtfc.trip_count"  # on a stablehlo.while: how many times its body runs (i64)
+CLASSES = "mtfc.classes"  # on a stablehlo.while: the layout class of each carried value
 ALLOW_UNUSED_RULES = "mtfc.allow_unused_rules"  # unit attr: layout rules may name dims the module lacks
 ENTRY = "main"
 
@@ -115,8 +118,14 @@ def value_dims(value: ir.Value) -> list[str]:
     """Dim names of an SSA value in a function body (argument or op result)."""
     if isinstance(value, ir.BlockArgument):
         arg = ir.BlockArgument(value)
-        fn = arg.owner.owner
-        attrs = ir.DictAttr(ir.ArrayAttr(fn.attributes["arg_attrs"])[arg.arg_number])
+        owner = arg.owner.owner
+        owner = owner.operation if hasattr(owner, "operation") else owner
+        if owner.name != "func.func":  # a loop's block argument: the dims of the value it carries
+            dims = op_result_dims(owner)
+            if dims is None:
+                raise MtfcError(f"{owner.name} at {owner.location} carries no {DIMS}")
+            return dims[arg.arg_number]
+        attrs = ir.DictAttr(ir.ArrayAttr(owner.attributes["arg_attrs"])[arg.arg_number])
         return read_str_array(attrs[DIMS])
     result = ir.OpResult(value)
     dims = op_result_dims(result.owner.operation)
@@ -229,6 +238,20 @@ def op_class(op: ir.Operation) -> str:
     return ir.StringAttr(op.attributes[CLASS]).value if CLASS in op.attributes else "activation"
 
 
+def op_result_classes(op: ir.Operation) -> list[str]:
+    """The layout class of each result of `op`: a loop's ``mtfc.classes``
+    (one per carried value), else `op_class` for every result."""
+    if CLASSES in op.attributes:
+        return read_str_array(op.attributes[CLASSES])
+    return [op_class(op)] * len(op.results)
+
+
+def loop_trip_count(op: ir.Operation) -> int:
+    """How many times a ``stablehlo.while`` emitted by mtfc runs its body
+    (``mtfc.trip_count``; 1 for any other op)."""
+    return ir.IntegerAttr(op.attributes[TRIP_COUNT]).value if TRIP_COUNT in op.attributes else 1
+
+
 def class_of_role(role: str) -> str:
     """The layout class of a function argument's role: ``param`` for state, else ``activation``."""
     return "param" if role in STATE_ROLES else "activation"
@@ -240,11 +263,18 @@ def value_layout(value: ir.Value, layouts: "Layouts", what: str) -> TensorLayout
     shape = ir.RankedTensorType(value.type).shape
     if isinstance(value, ir.BlockArgument):
         arg = ir.BlockArgument(value)
-        attrs = ir.DictAttr(ir.ArrayAttr(arg.owner.owner.attributes["arg_attrs"])[arg.arg_number])
-        cls = class_of_role(ir.StringAttr(attrs[ROLE]).value if ROLE in attrs else "input")
+        owner = arg.owner.owner
+        owner = owner.operation if hasattr(owner, "operation") else owner
+        if owner.name != "func.func":  # a loop's block argument: the class of the value it carries
+            cls = op_result_classes(owner)[arg.arg_number]
+        else:
+            attrs = ir.DictAttr(ir.ArrayAttr(owner.attributes["arg_attrs"])[arg.arg_number])
+            cls = class_of_role(ir.StringAttr(attrs[ROLE]).value if ROLE in attrs else "input")
     else:
-        owner = ir.OpResult(value).owner
-        cls = op_class(owner.operation if hasattr(owner, "operation") else owner)
+        result = ir.OpResult(value)
+        owner = result.owner
+        owner = owner.operation if hasattr(owner, "operation") else owner
+        cls = op_result_classes(owner)[result.result_number]
     return layouts.of_value(value_dims(value), shape, cls=cls, what=what)
 
 
@@ -322,6 +352,34 @@ def body_ops(fn: ir.Operation) -> Iterator[ir.Operation]:
     """Ops directly in the body of `fn` (not nested in regions)."""
     for op in fn.regions[0].blocks[0].operations:
         yield op.operation
+
+
+def walk_ops(fn: ir.Operation) -> Iterator[ir.Operation]:
+    """Every op in the body of `fn`, nested regions included (a loop's
+    ``cond`` and ``do`` bodies), each op before the ops of its regions."""
+    for op in fn.regions[0].blocks[0].operations:
+        yield from _walk(op.operation)
+
+
+def _walk(op: ir.Operation) -> Iterator[ir.Operation]:
+    yield op
+    for region in op.regions:
+        for block in region.blocks:
+            for inner in block.operations:
+                yield from _walk(inner.operation)
+
+
+def enclosing_trip_count(op: ir.Operation) -> int:
+    """How many times `op` runs per call of its function: the product of the
+    trip counts of the loops around it (1 outside any loop)."""
+    count, parent = 1, op.parent
+    while parent is not None:
+        parent = parent.operation if hasattr(parent, "operation") else parent
+        if parent.name == "func.func":
+            break
+        count *= loop_trip_count(parent)
+        parent = parent.parent
+    return count
 
 
 def describe_op(op: ir.Operation) -> str:
