@@ -219,10 +219,17 @@ class Scan(Primitive):
         if remat:
             keep = list(saved_carry)
         else:
-            keep = _residuals(g, n_forward, replayed, carry={id(t) for t in saved_carry})
+            keep = [t for t in _residuals(g, n_forward, replayed, carry={id(t) for t in saved_carry})
+                    if id(t) in inverse]  # not: what a nested loop's gradient added to its replay (recomputed)
         saved_forward = [forward_of[inverse[id(t)]] for t in keep]
         if not remat:
             keep = _rewire(g, n_forward, keep)
+            # a replayed op that stays live (a nested loop, whose gradient added outputs to its replay)
+            # may read the incoming carry: saved too, when used
+            for t in saved_carry:
+                if all(t is not k for k in keep):
+                    keep.append(t)
+                    saved_forward.append(forward_of[inverse[id(t)]])
         carry_out = [d for d in d_carry if d is not None] + [a for a in new_acc if a is not None]
         used = _used_inputs(g, carry_out + [d for d in d_x if d is not None])
         saved_forward = [f for f, t in zip(saved_forward, keep) if id(t) in used]
