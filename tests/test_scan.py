@@ -381,3 +381,24 @@ def test_checkpoint_stores_stacked_arrays_by_name(tmp_path):
     assert values["params/blocks/attention/w_q"].shape == (3, 64, 4, 16)
     assert values["params/blocks/feed_forward/wi/kernel"].shape == (3, 64, 256)
     assert json.dumps(index)  # a plain index, as for any module
+
+
+def test_unstacked_variables_are_shared_by_every_trip():
+    """stack_variables=False: one parameter read by every trip, scanned or unrolled."""
+    inputs = {"xs": mtf.Input([steps_dim, batch, d_model])}
+
+    def make(unroll):
+        def model(xs):
+            def step(c, x):
+                w = mtf.get_variable("w", [d_model], initializer="normal:0.5")
+                return mtf.tanh(c * w + x), None
+            c, _ = mtf.scan(step, mtf.zeros([batch, d_model]), xs, dim=steps_dim, stack_variables=False, unroll=unroll)
+            loss = mtf.reduce_sum(mtf.square(c))
+            return {"loss": loss, "dw": mtf.grad(loss, mtf.trainable_variables())["params/w"]}
+        return model
+
+    scanned, feed = _run_none(make(False), inputs)
+    unrolled, _ = _run_none(make(True), inputs, feed)
+    assert feed["params/w"].shape == (D,)
+    for k in unrolled:
+        assert_close(scanned[k], unrolled[k])

@@ -306,6 +306,14 @@ class Graph:
             from mtfc.frontend import ops
 
             dim, trip, stacked, enclosing = self.unrolled_trip
+            if dim is None:  # a loop that does not stack its variables: created once, shared by every trip
+                if name not in stacked:
+                    self.unrolled_trip = enclosing
+                    try:
+                        stacked[name] = self.add_variable(name, role, shape, dtype, init, trainable)
+                    finally:
+                        self.unrolled_trip = (dim, trip, stacked, enclosing)
+                return stacked[name]
             if name not in stacked:  # created by the enclosing unrolled loop's trip, if any
                 self.unrolled_trip = enclosing
                 try:

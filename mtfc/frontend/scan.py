@@ -133,7 +133,7 @@ def _unrolled(fn, carry, rebuild_carry, sliced, rebuild_x, has_xs, dim, reverse,
     saved = graph.unrolled_trip
     for trip in (reversed(range(dim.size)) if reverse else range(dim.size)):
         xs_t = [ops.reshape(ops.slice(x, trip, 1, dim), r) for x, r in zip(sliced, rest)]
-        graph.unrolled_trip = (dim, trip, stacked, saved) if stack_variables else saved
+        graph.unrolled_trip = (dim if stack_variables else None, trip, stacked, saved)
         try:
             result = fn(rebuild_carry(carry), rebuild_x(xs_t) if has_xs else None)
         finally:
