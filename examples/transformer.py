@@ -50,14 +50,16 @@ def transformer(tokens, targets):
                    n_layers=N_LAYERS, scan=SCAN, recompute=RECOMPUTE)
 
 
-def decoder(tokens, targets, *, vocab, d_model, heads, d_kv, d_ff, n_layers, scan=False, recompute=False):
+def decoder(tokens, targets, *, vocab, d_model, heads, d_kv, d_ff, n_layers, scan=False, recompute=False,
+            unroll=False):
     """The model at any size (the benchmarks build it at several): logits
     over `vocab` and the mean next-token cross-entropy against `targets`.
 
     `scan`: the layers are one loop (`mtf.layers.repeat`, parameters
     ``params/blocks/...`` stacked along ``layers``), else unrolled
     (``params/block0/...``, ``params/block1/...``); `recompute`: the scanned
-    layers are rematerialized in the backward pass."""
+    layers are rematerialized in the backward pass; `unroll` (with `scan`):
+    the same stacked parameters, the block traced once per layer."""
     length = tokens.shape[1]
 
     def block(x):
@@ -72,7 +74,7 @@ def decoder(tokens, targets, *, vocab, d_model, heads, d_kv, d_ff, n_layers, sca
 
     x = mtf.layers.embedding(tokens, vocab, d_model)
     if scan:
-        x = mtf.layers.repeat(block, x, n_layers, recompute=recompute)
+        x = mtf.layers.repeat(block, x, n_layers, recompute=recompute, unroll=unroll)
     else:
         for i in range(n_layers):
             with mtf.scope(f"block{i}"):
