@@ -14,8 +14,9 @@ virtual CPU devices, mtfc explicit mode:
 
 Before timing, every pair computes the same first step from the same host
 arrays: mtfc scanned against JAX scanned, mtfc unrolled against JAX
-unrolled (the parameters' names are shared within a pair), loss and every
-new parameter within the f32 tolerance; a mismatch exits 1.
+unrolled (the parameters' names are shared within a pair): the loss, the
+gradient norm and both AdamW slots of every parameter within the f32
+tolerance (benchmarks/compare.py's gate); a mismatch exits 1.
 
     python -m benchmarks.depth                  # 1..96 layers, writes benchmarks/results-depth.json
     python -m benchmarks.depth --quick          # 1, 2, 4 layers (tests)
@@ -56,18 +57,17 @@ def _step_times(subject, host, repeats: int, warmup: int) -> float:
 
 
 def _gate(mtfc, jax, host) -> float:
-    """Largest relative error of mtfc's first step against JAX's (loss and new parameters)."""
-    import numpy as np
-
-    from mtfc.runtime.check import relative_error
+    """Largest relative error of mtfc's first step against JAX's, gated as
+    benchmarks/compare.py gates (loss, gradient norm, learning rate, step and
+    both AdamW slots -- every gradient -- not the updated parameters, which
+    Adam's first update makes sensitive to rounding)."""
+    from benchmarks.compare import gate
 
     mtfc.load(host)
     jax.load(host)
     mtfc.step()
     jax.step()
-    a, b = mtfc.outputs(), jax.outputs()
-    keys = ["loss"] + [k for k in b if k.startswith("params/")]
-    return max(relative_error(np.asarray(a[k]), np.asarray(b[k])) for k in keys)
+    return gate([mtfc], jax, "f32")[mtfc.name]["max_error"]
 
 
 def measure(layers: list[int], repeats: int, warmup: int, unrolled_max: int, log) -> list[dict]:
