@@ -132,6 +132,6 @@ def test_scanned_transformer_compiles_and_passes_check(kind, mode, train, tmp_pa
     assert result.exit_code == 0, result.output
     program = out.read_text().split("module @mtfc.reference")[0]  # not the global reference copy
     assert "mtfc.trip_count = 4" in program and program.count("stablehlo.while") == (2 if train else 1)
-    result = runner.invoke(main, ["run", str(out), "--check", "--repeat", "1"])
+    result = runner.invoke(main, ["run", str(out), "--check", *(["--steps", "1"] if train else ["--repeat", "1"])])
     assert result.exit_code == 0, result.output
     assert "check: passed" in result.output
