@@ -5,7 +5,8 @@ line naming its stage, the op and its location (docs/passes/shardy.md,
 
 Requires: a global module as `sdy-partition` hands it over (composites
 inlined, the IR contract).  Guarantees: `plan_and_lower` returns the
-per-device module, with no ``sdy.*`` op left, or raises `MtfcError`.
+per-device module, with no ``sdy.*`` op (nor ``unrealized_conversion_cast``) left, or
+raises `MtfcError`.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def plan_and_lower(text: str, context: ir.Context, layouts: mir.Layouts, skip: f
         raise MtfcError(f"sdy-partition: Shardy's {convert} wrote an invalid module: {diagnostic_line(e)}") from None
     for stage, pipeline in rest:
         run_stage(work, stage, pipeline)
-    leftovers = [op for op in mir.walk(work.operation) if op.name.startswith("sdy.")]
+    leftovers = [op for op in mir.walk(work.operation)  # a cast: types Shardy's lowering could not reconcile
+                 if op.name.startswith("sdy.") or op.name == "builtin.unrealized_conversion_cast"]
     if leftovers:
         names = ", ".join(sorted({op.name for op in leftovers}))
         raise MtfcError(f"sdy-partition: Shardy left {names} in the per-device program "

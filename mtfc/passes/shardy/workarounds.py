@@ -489,21 +489,72 @@ def fix_reducers(fn: ir.Operation) -> None:
 
 
 # -------------------------------------------------------------------- loops
+# `sdy-convert-global-to-local` (jaxlib 0.10) gives a `stablehlo.while`'s operands
+# and results their local types but leaves its cond's and body's block
+# arguments global.  An op reading a block argument directly is still converted
+# from its own sharding -- unless its local type is derived from its operand's
+# (Shardy's all_gather of a carried value came out 4x too wide, behind an
+# `unrealized_conversion_cast`).  So every block argument is read through one
+# `optimization_barrier` (same sharding, same dims), whose result Shardy types
+# from its sharding; once converted, the block arguments get their local types
+# and the barriers go.
+LOOP_ARGS = "mtfc.loop_arguments"  # marks the barriers of `loop_argument_barriers`
+
+
+@workaround("loop-argument-barrier", "annotate",
+            "`sdy-convert-global-to-local` leaves a loop's block arguments global, and an op that derives its local "
+            "type from its operand's (Shardy's all_gather of a carried value) comes out wrong behind an "
+            "`unrealized_conversion_cast` XLA cannot compile; so the body and cond read their block arguments "
+            "through one `optimization_barrier` with the carried values' shardings (removed once converted, "
+            "`while-block-types`)")
+def loop_argument_barriers(module: ir.Module, layouts: mir.Layouts, sdy_mesh: SdyMesh) -> None:
+    """Route the uses of each loop's cond and body block arguments through
+    one ``optimization_barrier`` at the block's start (closed shardings and
+    dims of the carried values, the loop's location)."""
+    for op in list(program_ops(mir.entry_function(module))):
+        if op.name != "stablehlo.while":
+            continue
+        for region in op.regions:
+            block = region.blocks[0]
+            args = [a for a in block.arguments if len(list(a.uses))]
+            if not args:
+                continue
+            values = [value_layout(a, layouts, f"block argument of {mir.describe_op(op)}") for a in args]
+            dims = [mir.value_dims(a) for a in args]
+            with op.location, ir.InsertionPoint.at_block_begin(block):
+                barrier = ir.Operation.create(
+                    "stablehlo.optimization_barrier", results=[a.type for a in args], operands=args,
+                    attributes={SDY_SHARDING: ir.Attribute.parse(sdy_mesh.op_sharding(values)),
+                                LOOP_ARGS: ir.UnitAttr.get()})
+            mir.set_op_result_dims(barrier, dims)
+            for a, r in zip(args, barrier.results):
+                a.replace_all_uses_except(r, barrier)
+
+
 @workaround("while-block-types", "converted",
             "`sdy-convert-global-to-local` gives a `stablehlo.while`'s operands and results their local types but "
             "leaves its cond's and body's block arguments global (the module then fails to verify: \"expect operands "
             "to be compatible with condition block arguments\"); so each block argument gets its carried value's "
-            "local type (the while's operand's, which Shardy set from the same closed sharding)")
+            "local type (the while's operand's, which Shardy set from the same closed sharding), and the barriers "
+            "of `loop-argument-barrier` go")
 def while_block_types(module: ir.Module) -> None:
     """Each cond and body block argument of every ``stablehlo.while`` takes
-    the (local) type of the while operand it carries."""
-    for op in mir.walk(module.operation):
-        if op.name != "stablehlo.while":
-            continue
-        for region in op.regions:
-            for arg, x in zip(region.blocks[0].arguments, op.operands):
-                if arg.type != x.type:
-                    arg.set_type(x.type)
+    the (local) type of the while operand it carries; the barriers
+    `loop_argument_barriers` put in are removed."""
+    for op in list(mir.walk(module.operation)):
+        if op.name == "stablehlo.while":
+            for region in op.regions:
+                for arg, x in zip(region.blocks[0].arguments, op.operands):
+                    if arg.type != x.type:
+                        arg.set_type(x.type)
+    for op in list(mir.walk(module.operation)):
+        if op.name == "stablehlo.optimization_barrier" and LOOP_ARGS in op.attributes:
+            if any(x.type != r.type for x, r in zip(op.operands, op.results)):
+                raise MtfcError(f"sdy-partition: Shardy typed the carried values of the loop at "
+                                f"{mir.location_text(op.location)} differently inside its body")
+            for x, r in zip(op.operands, op.results):
+                r.replace_all_uses_with(x)
+            op.erase()
 
 
 @workaround("dynamic-slice-sizes", "converted",
