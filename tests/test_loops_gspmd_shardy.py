@@ -129,3 +129,66 @@ def test_cli_run_check(tmp_path, mode):
     run = subprocess.run([*cli, "run", str(out), "--check", "--repeat", "1"], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "check: passed" in run.stdout
+
+
+def test_hlo_text_attributes_loop_collectives_to_the_trip_count():
+    """XLA's compiled HLO of a gspmd loop: the body's all-reduce (the second
+    dot sums over the split d_ff) sits in the while body computation, which
+    runs known_trip_count (4) times; the cond 5 times; the entry once."""
+    from mtfc.passes import hlo_text
+
+    module = _module(reverse(4), "batch:rows,d_ff:cols")
+    run_passes(module, PIPELINES["gspmd"])
+    text = Program(module).executable.hlo_modules()[0].to_string()
+    counts = hlo_text.execution_counts(text)
+    found, _ = hlo_text.instructions(text)
+    loop = next(i for i in found if i.opcode == "while")
+    assert hlo_text.known_trip_count(loop) == 4
+    body = hlo_text.attr(loop.attrs, "body").lstrip("%")
+    cond = hlo_text.attr(loop.attrs, "condition").lstrip("%")
+    assert counts[hlo_text.entry_computation(text)] == 1 and counts[body] == 4 and counts[cond] == 5
+    reduces = [i for i in found if i.opcode in ("all-reduce", "all-reduce-start")]
+    assert reduces and all(i.computation == body for i in reduces)
+
+
+def test_hlo_text_unknown_trip_count_is_none():
+    from mtfc.passes import hlo_text
+
+    text = """HloModule m
+
+%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[4] get-tuple-element(%p), index=1
+  %ar = f32[4] all-reduce(%x), replica_groups={{0,1}}, to_apply=%add
+  ROOT %t = (s32[], f32[4]) tuple(%i, %ar)
+}
+
+%cond (q: (s32[], f32[4])) -> pred[] {
+  %q = (s32[], f32[4]) parameter(0)
+  ROOT %c = pred[] constant(true)
+}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+ENTRY %main (x: f32[4]) -> f32[4] {
+  %x = f32[4] parameter(0)
+  %z = s32[] constant(0)
+  %t0 = (s32[], f32[4]) tuple(%z, %x)
+  %w = (s32[], f32[4]) while(%t0), condition=%cond, body=%body
+  %w2 = (s32[], f32[4]) while(%t0), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  ROOT %r = f32[4] get-tuple-element(%w), index=1
+}
+"""
+    counts = hlo_text.execution_counts(text)
+    assert counts["main"] == 1 and counts["body"] is None and counts["add"] is None
+    found, _ = hlo_text.instructions(text)
+    assert next(i for i in found if i.opcode == "all-reduce").computation == "body"
+    assert [hlo_text.known_trip_count(i) for i in found if i.opcode == "while"] == [None, 3]
+    one = text.replace("%w = (s32[], f32[4]) while(%t0), condition=%cond, body=%body\n", "")
+    one = one.replace("get-tuple-element(%w)", "get-tuple-element(%w2)")
+    assert hlo_text.execution_counts(one)["body"] == 3 and hlo_text.execution_counts(one)["cond"] == 4
