@@ -15,7 +15,7 @@ writes on each::
     mtfc.range_dim = "vocab"            the dim they index (for messages)
 
 The search follows the argument through ops that only move its values
-(reshape, transpose, broadcast_in_dim, slice), and into a loop (a
+(reshape, transpose, broadcast_in_dim, slice, dynamic_slice), and into a loop (a
 ``stablehlo.while`` operand: its cond's and body's block argument, which hold
 it on the first trip), to
 
@@ -44,7 +44,8 @@ from mtfc.errors import MtfcError
 
 RANGE = "mtfc.range"
 RANGE_DIM = "mtfc.range_dim"
-_MOVES_VALUES = ("stablehlo.reshape", "stablehlo.transpose", "stablehlo.broadcast_in_dim", "stablehlo.slice")
+_MOVES_VALUES = ("stablehlo.reshape", "stablehlo.transpose", "stablehlo.broadcast_in_dim", "stablehlo.slice",
+                 "stablehlo.dynamic_slice")  # (a loop's slice of one layer)
 
 
 @dataclass(frozen=True)

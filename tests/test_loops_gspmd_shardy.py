@@ -192,3 +192,50 @@ ENTRY %main (x: f32[4]) -> f32[4] {
     one = text.replace("%w = (s32[], f32[4]) while(%t0), condition=%cond, body=%body\n", "")
     one = one.replace("get-tuple-element(%w)", "get-tuple-element(%w2)")
     assert hlo_text.execution_counts(one)["body"] == 3 and hlo_text.execution_counts(one)["cond"] == 4
+
+
+_ONE_HOT_IN_A_LOOP = """
+module @r attributes {mtfc.layout = "batch:rows", mtfc.mesh = "rows:2,cols:4", mtfc.partitioning = "none"} {
+  func.func @main(%ids: tensor<8xi32> {mtfc.dims = ["batch"], mtfc.name = "ids", mtfc.role = "input"},
+                  %x: tensor<8x16xf32> {mtfc.dims = ["batch", "vocab"], mtfc.init = "normal:1.0", mtfc.name = "x", mtfc.role = "input"})
+      -> (tensor<8x16xf32> {mtfc.dims = ["batch", "vocab"], mtfc.name = "y", mtfc.role = "output"}) {
+    %c0 = stablehlo.constant {mtfc.dims = []} dense<0> : tensor<i32>
+    %r:3 = stablehlo.while(%i = %c0, %h = %x, %t = %ids) : tensor<i32>, tensor<8x16xf32>, tensor<8xi32>
+      attributes {mtfc.dims = [[], ["batch", "vocab"], ["batch"]], mtfc.classes = ["activation", "activation", "activation"],
+                  mtfc.loop_dim = "layers", mtfc.trip_count = 2 : i64}
+    cond {
+      %n = stablehlo.constant {mtfc.dims = []} dense<2> : tensor<i32>
+      %lt = stablehlo.compare LT, %i, %n {mtfc.dims = []} : (tensor<i32>, tensor<i32>) -> tensor<i1>
+      stablehlo.return %lt : tensor<i1>
+    } do {
+      %b = stablehlo.broadcast_in_dim %t, dims = [0] {mtfc.dims = ["batch", "vocab"]} : (tensor<8xi32>) -> tensor<8x16xi32>
+      %io = stablehlo.iota dim = 1 {mtfc.dims = ["batch", "vocab"]} : tensor<8x16xi32>
+      %eq = stablehlo.compare EQ, %b, %io {mtfc.dims = ["batch", "vocab"]} : (tensor<8x16xi32>, tensor<8x16xi32>) -> tensor<8x16xi1>
+      %f = stablehlo.convert %eq {mtfc.dims = ["batch", "vocab"]} : (tensor<8x16xi1>) -> tensor<8x16xf32>
+      %h2 = stablehlo.add %h, %f {mtfc.dims = ["batch", "vocab"]} : tensor<8x16xf32>
+      %one = stablehlo.constant {mtfc.dims = []} dense<1> : tensor<i32>
+      %i2 = stablehlo.add %i, %one {mtfc.dims = []} : tensor<i32>
+      stablehlo.return %i2, %h2, %t : tensor<i32>, tensor<8x16xf32>, tensor<8xi32>
+    }
+    return %r#1 : tensor<8x16xf32>
+  }
+}
+"""
+
+
+def test_index_range_of_an_input_used_inside_a_loop():
+    """An integer input carried into a loop and one-hot compared with an iota
+    in the body gets the iota's range (mtfc.index_ranges follows it in)."""
+    from mtfc import index_ranges
+
+    module = mir.parse_module(_ONE_HOT_IN_A_LOOP, mir.new_context())
+    with module.context:
+        index_ranges.annotate(module)
+    r = index_ranges.argument_ranges(module)["ids"]
+    assert (r.lo, r.hi, r.dim) == (0, 16, "vocab")
+    ids = np.array([0, 3, 15, 7, 1, 2, 9, 4], np.int32)
+    x = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
+    for mode in MODES:
+        m = mir.parse_module(_ONE_HOT_IN_A_LOOP, mir.new_context())
+        run_passes(m, PIPELINES[mode])
+        assert_close(Program(m).run({"ids": ids, "x": x}).outputs["y"], x + 2 * np.eye(16)[ids])
