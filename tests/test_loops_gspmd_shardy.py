@@ -83,14 +83,19 @@ def test_composite_in_a_loop_body(mode, layout):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("rule", ["layers:rows", "layers:cols"])
-def test_split_loop_dim_is_refused_in_one_line(mode, rule):
-    module = _module(mlp(4), rule)
+@pytest.mark.parametrize("rule, param_rule, which", [
+    ("layers:rows", None, "layout rule layers:rows"),
+    ("layers:cols", None, "layout rule layers:cols"),
+    ("batch:rows", "layers:cols", "parameter layout rule layers:cols"),
+])
+def test_split_loop_dim_is_refused_in_one_line(mode, rule, param_rule, which):
+    module = _module(mlp(4), rule, param_rule)
     with pytest.raises(MtfcError) as e:
         run_passes(module, PIPELINES[mode])
     text = str(e.value)
     assert text.splitlines() == [text]
-    assert "'layers'" in text and "loop" in text and rule in text
+    assert text.startswith(which) or f" {which} " in text or f": {which} " in text, text
+    assert "'layers'" in text and "loop at" in text
 
 
 def test_gspmd_body_ops_carry_shardings_and_while_none():

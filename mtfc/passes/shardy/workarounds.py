@@ -342,7 +342,8 @@ def _sdy_sharding_of(value: ir.Value, fn: ir.Operation) -> list[list[str]] | Non
     owner = ir.BlockArgument(value).owner.owner if op is None else None
     owner = owner.operation if owner is not None and hasattr(owner, "operation") else owner
     if op is None and owner.name != "func.func":  # a loop's block argument: its carried value's sharding
-        attr = (sdy.TensorShardingPerValueAttr(owner.attributes[SDY_SHARDING]).shardings[ir.BlockArgument(value).arg_number]
+        number = ir.BlockArgument(value).arg_number
+        attr = (sdy.TensorShardingPerValueAttr(owner.attributes[SDY_SHARDING]).shardings[number]
                 if SDY_SHARDING in owner.attributes else None)
     elif op is None:
         attrs = ir.DictAttr(ir.ArrayAttr(fn.attributes["arg_attrs"])[ir.BlockArgument(value).arg_number])
