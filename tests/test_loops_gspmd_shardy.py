@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import assert_close
 from loop_modules import mlp, mlp_reference, reverse, reverse_reference, shift, shift_reference
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import LayoutRules
 from mtfc.passes import PIPELINES, run_passes
 from mtfc.runtime.execute import Program
-from conftest import assert_close
 
 MODES = ("gspmd", "shardy")
 
