@@ -2,7 +2,12 @@
 instructions (`instructions`), their attributes (`attr`), shapes and their
 bytes (`shape_bytes`), replica groups in any of XLA's spellings
 (`parse_replica_groups`), permute pairs (`parse_pairs`) and source locations
-(`location`, from ``op_name``/``source_file`` or the ``StackFrames`` tables).
+(`location`, from ``op_name``/``source_file`` or the ``StackFrames`` tables),
+the computation each instruction is in (`Instruction.computation`) and how
+many times each computation runs per execution (`execution_counts`: a
+``while`` body ``known_trip_count`` times -- XLA's backend config --, so a
+collective in a loop body counts that many times; None where a loop around
+it has no known trip count).
 
 Only text: no mesh, no cost model -- `comm_analysis.hlo_collectives` turns
 these into `Collective` records.  What cannot be read is None, never a guess.
@@ -218,6 +223,7 @@ class Instruction:
     opcode: str
     operands: str    # the raw operand list
     attrs: str       # the raw attribute text after the operands
+    computation: str = ""  # the computation it is in (``main.3_spmd``, a loop body ``region_0.1_spmd``)
 
     def operand_shapes(self, shapes: dict[str, str]) -> list[str]:
         """Each operand's shape: printed inline (``f32[8]{0} %x``) or, for a
@@ -233,13 +239,80 @@ class Instruction:
         return out
 
 
+# `%name (params) -> shape {` or `ENTRY %name ...{`: a computation's header.
+_COMPUTATION = re.compile(r"^(?P<entry>ENTRY\s+)?%?(?P<name>[\w.\-]+)\s*\(.*\)\s*->\s*.*\{\s*$")
+
+
 def instructions(text: str) -> tuple[list[Instruction], dict[str, str]]:
-    """Every instruction of an HLO module's text, in order, and name -> shape."""
+    """Every instruction of an HLO module's text, in order (each with the
+    computation it is in), and name -> shape."""
     out, shapes = [], {}
+    computation = ""
     for line in text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header and not _INSTRUCTION.match(line):
+            computation = header.group("name")
+            continue
         m = _INSTRUCTION.match(line)
         if m:
             shapes[m.group("name")] = m.group("shape")
             out.append(Instruction(m.group("name"), m.group("shape"), m.group("opcode"), m.group("operands"),
-                                   m.group("attrs")))
+                                   m.group("attrs"), computation))
     return out, shapes
+
+
+def entry_computation(text: str) -> str | None:
+    """The name of the module's ``ENTRY`` computation, or None."""
+    for line in text.splitlines():
+        m = _COMPUTATION.match(line)
+        if m and m.group("entry"):
+            return m.group("name")
+    return None
+
+
+def known_trip_count(ins: Instruction) -> int | None:
+    """A ``while``'s trip count from XLA's backend config
+    (``"known_trip_count":{"n":"4"}``), or None when XLA does not know it."""
+    m = re.search(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)"?', ins.attrs)
+    return int(m.group(1)) if m else None
+
+
+# Attributes naming the computations an instruction runs.
+_CALLED = re.compile(r"\b(condition|body|calls|to_apply|true_computation|false_computation|branch_computations)="
+                     r"(\{[^}]*\}|%?[\w.\-]+)")
+
+
+def execution_counts(text: str) -> dict[str, int | None]:
+    """How many times each computation reachable from ``ENTRY`` runs per
+    execution of the module: ``ENTRY`` once; a ``while``'s body `n` times and
+    its condition ``n + 1`` times, `n` its `known_trip_count` (None when
+    unknown: then so is every count below it); any other called computation
+    (a call, a fusion, a reducer, a conditional's branches: at most once each)
+    as often as its caller runs.  A computation called from several places
+    sums them."""
+    found, _ = instructions(text)
+    entry = entry_computation(text)
+    if entry is None:
+        return {}
+    calls: dict[str, list[tuple[str, int | None]]] = {}  # caller -> (callee, runs per caller run)
+    for ins in found:
+        for kind, target in _CALLED.findall(ins.attrs):
+            names = re.findall(r"%?([\w.\-]+)", target.strip("{}"))
+            if ins.opcode == "while" and kind in ("body", "condition"):
+                n = known_trip_count(ins)
+                per = None if n is None else (n if kind == "body" else n + 1)
+            else:
+                per = 1
+            calls.setdefault(ins.computation, []).extend((name, per) for name in names)
+    counts: dict[str, int | None] = {}
+
+    def add(name: str, runs: int | None, depth: int = 0) -> None:
+        if depth > 64:  # HLO has no recursion; a misread cycle stops here
+            return
+        before = counts.get(name, 0)
+        counts[name] = None if before is None or runs is None else before + runs
+        for callee, per in calls.get(name, []):
+            add(callee, None if runs is None or per is None else runs * per, depth + 1)
+
+    add(entry, 1)
+    return counts

@@ -40,21 +40,18 @@ def check_loop_dims(module: ir.Module) -> None:
                     f"(split a 'stages' dim for pipeline parallelism instead)")
 
 
-def named_ops(fn: ir.Operation):
-    """The ops of `fn` the IR contract names (``mtfc.dims``): those directly
-    in its body and, recursively, in the ``cond`` and ``do`` bodies of its
-    loops (``stablehlo.while`` carrying ``mtfc.loop_dim``) -- not the scalar
-    ops of reducer bodies (a reduce's, an all_reduce's), nor those of a
-    while that is not such a loop (written by hand; the contract leaves its
-    regions unnamed)."""
-    for op in fn.regions[0].blocks[0].operations:
-        yield from _named(op.operation)
-
-
-def _named(op: ir.Operation):
-    yield op
-    if op.name == "stablehlo.while" and mir.LOOP_DIM in op.attributes:
-        for region in op.regions:
-            for block in region.blocks:
-                for inner in block.operations:
-                    yield from _named(inner.operation)
+def program_ops(fn: ir.Operation):
+    """Every op of `fn`'s program, each before the ops of its regions: the
+    ops of its body and, recursively, of each ``stablehlo.while``'s cond and
+    body -- not the ops of the computation regions other ops hold (a
+    reduce's or all_reduce's reducer, a sort's comparator: scalar code
+    without ``mtfc.dims``), which `mir.walk_ops` also yields."""
+    def visit(block):
+        for op in block.operations:
+            op = op.operation
+            yield op
+            if op.name == "stablehlo.while":
+                for region in op.regions:
+                    for inner in region.blocks:
+                        yield from visit(inner)
+    yield from visit(fn.regions[0].blocks[0])

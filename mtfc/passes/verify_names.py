@@ -51,7 +51,7 @@ from mtfc import initializers
 from mtfc.errors import MtfcError
 from mtfc.mesh import LayoutRules
 from mtfc.passes import op_rules
-from mtfc.passes.loops import check_loop_dims, named_ops
+from mtfc.passes.loops import check_loop_dims, program_ops
 from mtfc.passes.manager import register_pass
 
 KINDS = ("none", "gspmd", "explicit", "shardy")
@@ -173,7 +173,7 @@ _TERMINATORS = ("func.return", "stablehlo.return")
 
 
 def _check_body(fn: ir.Operation, kind: str) -> None:
-    for op in named_ops(fn):
+    for op in program_ops(fn):
         if op.name in _TERMINATORS:
             continue
         what = mir.describe_op(op)
@@ -327,7 +327,7 @@ def _check_shardings(fn: ir.Operation, kind: str, layouts: mir.Layouts,
                             "(mtfc.partitioning = \"gspmd\" for a module XLA splits)")
     if kind != "gspmd":
         return
-    for op in named_ops(fn):
+    for op in program_ops(fn):
         if SHARDING not in op.attributes or mir.DIMS not in op.attributes:
             continue
         what = mir.describe_op(op)
@@ -390,7 +390,7 @@ def module_dims(fn: ir.Operation, args, results) -> tuple[set[str], set[str]]:
         every.update(v.dims)
         if v.role in mir.STATE_ROLES:
             state.update(v.dims)
-    for op in named_ops(fn):
+    for op in program_ops(fn):
         if mir.DIMS not in op.attributes or op.name in _TERMINATORS:
             continue
         for d, cls in zip(mir.op_result_dims(op), mir.op_result_classes(op)):

@@ -54,6 +54,7 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.passes.composites import inline_composites
+from mtfc.passes.loops import check_loop_dims
 from mtfc.passes.manager import register_pass
 from mtfc.passes.shardy import workarounds
 from mtfc.passes.shardy.annotation import MESH_NAME, SDY_SHARDING, SdyMesh, annotate, set_attr, value_layout  # noqa: F401
@@ -72,6 +73,7 @@ def _global_program(module: ir.Module, pass_name: str) -> mir.Layouts:
         raise MtfcError(f"{pass_name}: the module is already partitioned ({kind})")
     layouts = mir.module_layouts(module)
     layouts.validate()
+    check_loop_dims(module)  # a split loop dim: one line naming the loop (docs/IR.md, "Loops")
     return layouts
 
 
