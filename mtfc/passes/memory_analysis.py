@@ -16,6 +16,21 @@ them); it is the program's own demand, comparable across layouts and
 partitioners.  XLA's own figure (``get_compiled_memory_stats().temp_size_in_bytes``)
 is the buffer assignment after fusion.
 
+**Loops** (``stablehlo.while``, docs/IR.md "Loops").  A loop is one
+top-level op: the values it carries in (its operands) are live up to it and
+its results from it, like any op's.  While it runs, its body's own demand
+is added at the loop's index: the peak, over the body's ops, of the body's
+block arguments (the carried values as the body sees them, live through the
+whole body) plus the body's temporaries live at that op (each from its
+definition to its last use in the body; a nested loop adds its own body's
+peak the same way); the cond's peak likewise, the larger of the two counts.
+So a carried value is counted both outside (operand, result) and inside
+(block argument): an upper bound -- XLA aliases a while's operand, body
+argument and result -- that is never below the straight-line figure of one
+trip.  Trip counts do not multiply memory: a trip's temporaries are dead
+when the next begins.  `Liveness.peak_loop_bytes` is the body's share of
+the peak (0 when the peak is not at a loop).
+
 Per-device sizes: in a per-device program (``explicit``, ``shardy``) a value's
 type is its per-device shape; in a global program (``none``, ``gspmd``) the
 per-device shape is the layout's (each dim divided by its mesh axes).
@@ -59,6 +74,7 @@ class Liveness:
     live_at_peak: list[LiveValue]    # largest first
     ops: int
     values: list[LiveValue] = field(default_factory=list)
+    peak_loop_bytes: int = 0         # of peak_bytes: the loop body's demand, when the peak is at a loop
 
     @property
     def total_bytes(self) -> int:
@@ -82,51 +98,97 @@ def per_device_shape_fn(module: ir.Module) -> Callable[[list[str], tuple[int, ..
     return local
 
 
-def liveness(module: ir.Module, *, top: int = 8) -> Liveness:
-    """Live ranges of @main's values and the peak of their per-device bytes.
+def _values(ops: list[ir.Operation], local) -> tuple[dict, list[tuple[ir.Value, LiveValue]]]:
+    """The ranked results of `ops` (one block's), each live at its own op."""
+    index_of: dict = {}
+    values: list[tuple[ir.Value, LiveValue]] = []
+    for i, op in enumerate(ops):
+        dims = mir.op_result_dims(op) if op.name not in ("func.return", "stablehlo.return") else None
+        classes = mir.op_result_classes(op)
+        for k, r in enumerate(op.results):
+            if not is_ranked(r.type):
+                continue
+            t = ir.RankedTensorType(r.type)
+            d = dims[k] if dims is not None and k < len(dims) else []
+            shape = local(d, tuple(t.shape), classes[k] if k < len(classes) else "activation")
+            lv = LiveValue(i, op.name, mir.location_text(op.location), d, mir.dtype_name(t.element_type),
+                           shape, math.prod(shape) * element_bytes(str(t.element_type)), i)
+            index_of[r] = len(values)
+            values.append((r, lv))
+    for i, op in enumerate(ops):
+        for nested in mir.walk(op):
+            for v in nested.operands:
+                j = index_of.get(v)
+                if j is not None:
+                    lv = values[j][1]
+                    lv.last_use = max(lv.last_use, i)
+    return index_of, values
 
-    `live_at_peak` keeps the `top` largest values live at the peak."""
+
+def _running(ops: list[ir.Operation], values, local) -> list[int]:
+    """Per op of one block: bytes of that block's values live there plus the
+    peak of a loop's body at the loop (`_loop_peak`)."""
+    delta = [0] * (len(ops) + 1)
+    for _, lv in values:
+        delta[lv.index] += lv.bytes
+        delta[lv.last_use + 1] -= lv.bytes
+    out, running = [], 0
+    for i, op in enumerate(ops):
+        running += delta[i]
+        out.append(running + (_loop_peak(op, local) if op.name == "stablehlo.while" else 0))
+    return out
+
+
+def _arg_bytes(arg: ir.BlockArgument, local) -> int:
+    """Per-device bytes of a loop block argument (the carried value's dims and class)."""
+    if not is_ranked(arg.type):
+        return 0
+    t = ir.RankedTensorType(arg.type)
+    owner = arg.owner.owner
+    owner = owner.operation if hasattr(owner, "operation") else owner
+    dims = mir.op_result_dims(owner)
+    classes = mir.op_result_classes(owner)
+    n = arg.arg_number
+    d = dims[n] if dims is not None and n < len(dims) else []
+    shape = local(d, tuple(t.shape), classes[n] if n < len(classes) else "activation")
+    return math.prod(shape) * element_bytes(str(t.element_type))
+
+
+def _loop_peak(loop: ir.Operation, local) -> int:
+    """The demand of a loop while it runs: the larger, over its cond and body,
+    of the block arguments' bytes plus the block's own peak."""
+    peak = 0
+    for region in loop.regions:
+        block = region.blocks[0]
+        ops = [op.operation for op in block.operations]
+        _, values = _values(ops, local)
+        args = sum(_arg_bytes(ir.BlockArgument(a), local) for a in block.arguments)
+        peak = max(peak, args + max(_running(ops, values, local), default=0))
+    return peak
+
+
+def liveness(module: ir.Module, *, top: int = 8) -> Liveness:
+    """Live ranges of @main's values and the peak of their per-device bytes
+    (a loop adds its body's peak at its own index, see the module docstring).
+
+    `live_at_peak` keeps the `top` largest values of @main's block live at the peak."""
     with module.context:
         local = per_device_shape_fn(module)
         fn = mir.entry_function(module)
         ops = list(mir.body_ops(fn))
-        index_of: dict = {}
-        values: list[tuple[ir.Value, LiveValue]] = []
-        for i, op in enumerate(ops):
-            dims = mir.op_result_dims(op) if op.name != "func.return" else None
-            for k, r in enumerate(op.results):
-                if not is_ranked(r.type):
-                    continue
-                t = ir.RankedTensorType(r.type)
-                d = dims[k] if dims is not None and k < len(dims) else []
-                shape = local(d, tuple(t.shape), mir.op_class(op))
-                lv = LiveValue(i, op.name, mir.location_text(op.location), d, mir.dtype_name(t.element_type),
-                               shape, math.prod(shape) * element_bytes(str(t.element_type)), i)
-                index_of[r] = len(values)
-                values.append((r, lv))
-        for i, op in enumerate(ops):
-            for nested in mir.walk(op):
-                for v in nested.operands:
-                    j = index_of.get(v)
-                    if j is not None:
-                        lv = values[j][1]
-                        lv.last_use = max(lv.last_use, i)
-        # sweep: +bytes at definition, -bytes after the last use
-        delta = [0] * (len(ops) + 1)
-        for _, lv in values:
-            delta[lv.index] += lv.bytes
-            delta[lv.last_use + 1] -= lv.bytes
-        peak, peak_index, running = 0, -1, 0
-        for i in range(len(ops)):
-            running += delta[i]
-            if running > peak:
-                peak, peak_index = running, i
+        _, values = _values(ops, local)
+        running = _running(ops, values, local)
+        peak, peak_index = 0, -1
+        for i, r in enumerate(running):
+            if r > peak:
+                peak, peak_index = r, i
         live = [lv for _, lv in values if peak_index >= 0 and lv.index <= peak_index <= lv.last_use]
         live.sort(key=lambda lv: (-lv.bytes, lv.index))
         peak_op = ops[peak_index] if peak_index >= 0 else None
+        in_loop = peak - sum(lv.bytes for lv in live) if peak_op is not None and peak_op.name == "stablehlo.while" else 0
         return Liveness(
             peak_bytes=peak, peak_index=peak_index,
             peak_op=peak_op.name if peak_op is not None else "",
             peak_location=mir.location_text(peak_op.location) if peak_op is not None else "",
-            live_at_peak=live[:top], ops=len(ops), values=[lv for _, lv in values],
+            live_at_peak=live[:top], ops=len(ops), values=[lv for _, lv in values], peak_loop_bytes=in_loop,
         )
