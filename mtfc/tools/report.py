@@ -38,7 +38,7 @@ from mtfc.errors import MtfcError
 from mtfc.mesh import tensor_layout
 from mtfc.passes import comm_analysis, memory_analysis, process_analysis
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: collectives carry "trips"; memory.peak_at carries "loop_body_bytes"
 
 
 def _dim_sizes(module: ir.Module) -> dict[str, int]:
