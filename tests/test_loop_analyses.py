@@ -20,6 +20,7 @@ import pytest
 
 from conftest import assert_close
 from mtfc import ir as mir
+from mtfc.mesh import Mesh
 from mtfc.passes import comm_analysis, layout_cost, memory_analysis, process_analysis
 from mtfc.passes.manager import run_passes
 from mtfc.runtime.execute import Program
@@ -250,3 +251,59 @@ def test_layout_cost_matches_the_hand_partitioned_mlp():
     got = [(c.kind, c.axes, c.bytes, c.trips) for c in prediction.collectives if c.kind == "all_reduce"]
     measured = [(c.kind, c.axes, c.bytes, c.trips) for c in comm_analysis.module_collectives(module)]
     assert got == measured
+
+
+# ---------------------------------------------------------------- XLA's HLO
+
+
+def test_hlo_collectives_count_xla_loops_per_trip():
+    """The HLO reader (gspmd modules) multiplies by XLA's known trip counts:
+    a psum over cols in a 3-trip fori_loop runs 3 times, a psum over rows in a
+    2-trip loop inside it 6 times."""
+    import inspect
+
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh as JaxMesh, PartitionSpec as P
+
+    try:
+        from jax import shard_map
+    except ImportError:  # older JAX
+        from jax.experimental.shard_map import shard_map
+    check = {"check_vma": False} if "check_vma" in inspect.signature(shard_map).parameters else {"check_rep": False}
+    mesh = JaxMesh(np.array(jax.devices()[:8]).reshape(2, 4), ("rows", "cols"))
+
+    def f(x, w):
+        def layer(i, h):
+            h = jax.lax.psum(h @ w[i], "cols")
+            return jax.lax.fori_loop(0, 2, lambda j, g: jax.lax.psum(g, "rows"), h)
+        return jax.lax.fori_loop(0, 3, layer, x)
+
+    g = shard_map(f, mesh=mesh, in_specs=(P("rows", "cols"), P(None, "cols", None)), out_specs=P("rows", "cols"),
+                  **check)
+    text = jax.jit(g).lower(jnp.ones((8, 16)), jnp.ones((3, 16, 4))).compile().as_text()
+    found = comm_analysis.hlo_collectives(text, Mesh.parse("rows:2,cols:4"))
+    assert sorted((c.kind, tuple(c.axes), c.bytes, c.trips) for c in found) == [
+        ("all_reduce", ("cols",), 64, 3), ("all_reduce", ("rows",), 64, 6)]
+    assert comm_analysis.summarize(found)["total"] == {"count": 9, "bytes": 9 * 64, "bus_bytes": 3 * 96 + 6 * 64}
+
+
+def test_hlo_while_without_known_trip_count_counts_once():
+    from mtfc.passes import hlo_text
+
+    text = """HloModule m
+%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]) parameter(0)
+  %x = f32[4] get-tuple-element(%p), index=1
+  %ar = f32[4] all-reduce(%x), replica_groups={{0,1}}, to_apply=%sum
+  ROOT %t = (s32[], f32[4]) tuple(%i, %ar)
+}
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %w = (s32[], f32[4]) while(%init), condition=%cond, body=%body
+  %w2 = (s32[], f32[4]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
+  ROOT %r = f32[4] all-reduce(%a), replica_groups={{0,1}}, to_apply=%sum
+}
+"""
+    trips = hlo_text.instruction_trips(text)
+    assert trips["ar"] == 1 + 5  # the body is called by both loops: once, then five times
+    assert trips["r"] == 1 and trips["w2"] == 1

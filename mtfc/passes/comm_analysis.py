@@ -45,8 +45,10 @@ says how often it runs in ``trips`` (`mir.enclosing_trip_count`, the product
 of the enclosing loops' ``mtfc.trip_count``, times that of a loop around the
 call site when reached through a call; 1 outside loops).  `summarize` counts
 it ``trips`` times: count, bytes and bus bytes per step are multiplied by
-``trips``.  The HLO reader does not see loops: each HLO collective has
-``trips`` 1.
+``trips``.  The HLO reader does the same with XLA's ``while`` loops: an
+instruction in a loop's body (or cond) computation has ``trips`` = the
+product of the enclosing loops' ``known_trip_count`` (`hlo_text.instruction_trips`;
+a while whose trip count XLA does not know counts once).
 """
 
 from __future__ import annotations
@@ -333,6 +335,7 @@ def hlo_collectives(text: str, mesh: Mesh) -> list[Collective]:
     """Every collective of an HLO module's text (``HloModule.to_string()``)."""
     found, shapes = hlo_text.instructions(text)
     frames = hlo_text.stack_frames(text)
+    trips = hlo_text.instruction_trips(text)
     out = []
     for ins in found:
         if ins.opcode.endswith("-done"):
@@ -366,5 +369,6 @@ def hlo_collectives(text: str, mesh: Mesh) -> list[Collective]:
             bytes=size, bus_bytes=bus_bytes(kind, n, size),
             shape=", ".join(hlo_text.shape_text(s) for s in operand_shapes), groups=groups,
             spans=spanned_axes(mesh, groups) if axes is None and groups and kind != "collective_permute" else None,
+            trips=trips.get(ins.name, 1),
         ))
     return out

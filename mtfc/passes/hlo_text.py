@@ -243,3 +243,52 @@ def instructions(text: str) -> tuple[list[Instruction], dict[str, str]]:
             out.append(Instruction(m.group("name"), m.group("shape"), m.group("opcode"), m.group("operands"),
                                    m.group("attrs")))
     return out, shapes
+
+
+# `[ENTRY] %name (params) -> shape {`: the first line of a computation.
+_COMPUTATION = re.compile(r"^(?P<entry>ENTRY\s+)?%?(?P<name>[\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
+# attributes naming computations an instruction runs: `body=%b`, `calls=%f`, `branch_computations={%a, %b}`
+_CALLED = re.compile(r"\b(?P<attr>condition|body|calls|to_apply|true_computation|false_computation|"
+                     r"branch_computations|called_computations)=(?P<value>\{[^}]*\}|%?[\w.\-]+)")
+_TRIP_COUNT = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)"?')
+
+
+def instruction_trips(text: str) -> dict[str, int]:
+    """Instruction name -> how many times it runs per execution of the entry
+    computation: the product of the ``known_trip_count`` of the ``while``
+    loops around it (their ``body=`` and ``condition=`` computations), summed
+    over the call sites of its computation; 1 outside loops.  A while without
+    a known trip count counts its body once (the HLO does not say more)."""
+    computation_of: dict[str, str] = {}
+    calls: dict[str, list[tuple[str, int]]] = {}  # callee -> [(caller, multiplier)]
+    entry, current = None, None
+    for line in text.splitlines():
+        head = _COMPUTATION.match(line)
+        if head:
+            current = head.group("name")
+            if head.group("entry"):
+                entry = current
+            continue
+        m = _INSTRUCTION.match(line)
+        if not m or current is None:
+            continue
+        computation_of[m.group("name")] = current
+        attrs = m.group("attrs")
+        trips = 1
+        if m.group("opcode") == "while":
+            count = _TRIP_COUNT.search(attrs)
+            trips = int(count.group(1)) if count else 1
+        for called in _CALLED.finditer(attrs):
+            loop = called.group("attr") in ("body", "condition") and m.group("opcode") == "while"
+            for callee in re.findall(r"%?([\w.\-]+)", called.group("value").strip("{}")):
+                calls.setdefault(callee, []).append((current, trips if loop else 1))
+    memo: dict[str, int] = {}
+
+    def runs(name: str, depth: int = 0) -> int:
+        if name == entry or name not in calls or depth > 64:
+            return 1
+        if name not in memo:
+            memo[name] = sum(runs(caller, depth + 1) * k for caller, k in calls[name])
+        return memo[name]
+
+    return {ins: runs(comp) for ins, comp in computation_of.items()}
