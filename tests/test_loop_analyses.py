@@ -200,6 +200,11 @@ def test_memory_of_a_loop_bounds_one_straight_line_trip():
     assert loop.peak_loop_bytes >= 4 + 256 + 1536 + 1536 + 512
     everything = sum(v.bytes for v in loop.values) + 2 * (4 + 256 + 1536 + 1536) + 8 * 512
     assert loop.peak_bytes <= everything
+    # by hand: at the loop, @main's live values are the all_reduce's 4x16 f32
+    # (256), the counter's init (4) and the loop's results (4 + 256 + 2 x
+    # 1536); in the body, its arguments (the same 3332 bytes) plus, at b2's
+    # reshape, a2, b1 and b2 (3 x 512)
+    assert (loop.peak_bytes, loop.peak_loop_bytes) == (256 + 4 + 3332 + 3332 + 1536, 3332 + 1536)
 
 
 # ------------------------------------------------------------ layout cost

@@ -311,14 +311,15 @@ def _processes_text(report: dict) -> list[str]:
     ops = report["collectives"]["ops"]
     crossing = [(i, op, x) for i, (op, x) in enumerate(zip(ops, p["ops"])) if x["crosses"] is not False]
     if crossing:
-        out += ["", "collectives that cross (bytes sent to other processes: the busiest device, all devices):"]
-        rows = [("#", "kind", "axes", "n", "processes", "per device", "all devices", "location")]
+        out += ["", "collectives that cross (bytes sent to other processes per execution: the busiest device, "
+                "all devices):"]
+        rows = [("#", "kind", "axes", "n", "processes", "per device", "all devices", "runs", "location")]
         for i, op, x in crossing:
             if x["crosses"] is None:
-                rows.append((i, op["kind"], _axes(op), op["n"], "?", "?", "?", op["location"]))
+                rows.append((i, op["kind"], _axes(op), op["n"], "?", "?", "?", _runs(op), op["location"]))
             else:
                 rows.append((i, op["kind"], _axes(op), op["n"], x["processes"], _num(x["bytes_per_device"]),
-                             _num(x["bytes_total"]), op["location"]))
+                             _num(x["bytes_total"]), _runs(op), op["location"]))
         out.append(_table(rows, right={0, 3, 4, 5, 6}))
     if p["by_axes"]:
         out += ["", "per mesh axes:"]
