@@ -234,6 +234,25 @@ def test_layout_cost_of_the_contract_loop(layout, expected):
     assert [(c.kind, c.axes, c.bytes, c.trips) for c in prediction.collectives] == expected
     assert prediction.summary()["total"]["count"] == sum(e[3] for e in expected)
     assert prediction.summary()["total"]["bytes"] == sum(e[2] * e[3] for e in expected)
+    assert all(line.endswith(", in loop (×3)") for line in prediction.lines())
+
+
+def test_layout_cost_reshards_a_returned_value_per_trip():
+    """Parameters replicated (empty parameter rules), activations
+    d_ff:cols: the body's `a + a` is an activation, split over cols, returned
+    into the replicated carried parameter -- one all_gather of its
+    3 x 16 x 32 f32 per trip, at the body's return."""
+    text = CONTRACT.read_text().replace('mtfc.layout = "batch:rows,d_ff:cols"',
+                                        'mtfc.layout = "d_ff:cols", mtfc.param_layout = ""')
+    text = text.replace("      stablehlo.return %i2, %h2, %a, %b",
+                        '      %a3 = stablehlo.add %a, %a {mtfc.dims = ["layers", "d_model", "d_ff"]} : tensor<3x16x32xf32>\n'
+                        "      stablehlo.return %i2, %h2, %a3, %b")
+    prediction = layout_cost.predict(_parse(text))
+    assert [(c.kind, c.axes, c.bytes, c.trips, c.op) for c in prediction.collectives] == [
+        ("all_gather", ["cols"], 2048, 3, "stablehlo.reshape"),      # b's slice, as above
+        ("all_reduce", ["cols"], 512, 3, "stablehlo.dot_general"),   # 8 x 16 f32 summed over d_ff
+        ("all_gather", ["cols"], 6144, 3, "stablehlo.return"),       # a + a back to the carried layout
+    ]
 
 
 def test_layout_cost_reshards_a_carried_value_once_at_entry():

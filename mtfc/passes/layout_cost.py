@@ -115,9 +115,9 @@ class Prediction:
         return comm_analysis.summarize(self.collectives)
 
     def lines(self) -> list[str]:
-        """One line per collective: what, over which axes, how many bytes, why."""
+        """One line per collective: what, over which axes, how many bytes, why (and ``in loop (×N)``)."""
         return [f"{c.kind} over {'+'.join(c.axes)} ({c.bytes} B): {c.reason} at {c.location}"
-                for c in self.collectives]
+                + ("" if c.trips == 1 else f", in loop (×{c.trips})") for c in self.collectives]
 
 
 @dataclass(frozen=True)

@@ -370,6 +370,7 @@ def _prediction_text(report: dict) -> list[str]:
     if not rows[0].get("error"):
         out += ["", "predicted collectives, and why:"]
         out += [f"  {c['kind']} over {'+'.join(c['axes'])} ({c['bytes']} B): {c['reason']} at {c['location']}"
+                + ("" if c.get("trips", 1) == 1 else f", {_runs(c)}")
                 for c in rows[0]["collectives"]] or ["  (none)"]
     return out
 
