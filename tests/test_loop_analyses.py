@@ -331,3 +331,48 @@ ENTRY %main (a: f32[4]) -> f32[4] {
     trips = hlo_text.instruction_trips(text)
     assert trips["ar"] == 1 + 5  # the body is called by both loops: once, then five times
     assert trips["r"] == 1 and trips["w2"] == 1
+
+
+# ------------------------------------------- the frontend's loops (mtf.layers.repeat)
+
+
+def _repeat_mlp(unroll: bool):
+    import mtfc as mtf
+
+    d_model, d_ff = mtf.Dim("d_model", 16), mtf.Dim("d_ff", 32)
+
+    def block(x):
+        h = mtf.layers.dense(mtf.layers.layer_norm(x, d_model), d_ff, [d_model], activation=mtf.tanh, name="wi")
+        return x + mtf.layers.dense(h, d_model, [d_ff], name="wo")
+
+    def model(x, t):
+        y = mtf.layers.repeat(block, x, 3, unroll=unroll)
+        return {"y": y, "loss": mtf.reduce_mean(mtf.square(y - t))}
+
+    return model
+
+
+@pytest.mark.parametrize("layout, param_layout", [("batch:rows+cols", None), ("batch:rows,d_ff:cols", None),
+                                                  ("batch:rows+cols", "d_model:rows+cols")])
+def test_layout_cost_of_a_scan_equals_the_partitioned_unrolled_model(layout, param_layout):
+    """`mtf.layers.repeat` lowered to one loop: its prediction (each body
+    record x 3 trips) equals, kind by kind in count and bytes, what the
+    explicit partitioner emits for the same model unrolled (`unroll=True`:
+    the same stacked parameters, sliced per trip in straight-line code)."""
+    import mtfc as mtf
+    from mtfc.compiler import compile_function
+
+    inputs = {"x": mtf.Input([mtf.Dim("batch", 8), mtf.Dim("d_model", 16)]),
+              "t": mtf.Input([mtf.Dim("batch", 8), mtf.Dim("d_model", 16)])}
+    kw = dict(mesh="rows:2,cols:4", mode="none", layout=layout, param_layout=param_layout)
+    scanned = compile_function(_repeat_mlp(False), inputs, **kw)
+    unrolled = compile_function(_repeat_mlp(True), inputs, **kw)
+    assert any(op.name == "stablehlo.while" for op in mir.body_ops(mir.entry_function(scanned)))
+    prediction = layout_cost.predict(scanned)
+    run_passes(unrolled, ["partition"])
+    measured = comm_analysis.module_collectives(unrolled)
+    assert prediction.summary() == comm_analysis.summarize(measured)
+    once = [c for c in prediction.collectives if c.trips == 1]
+    in_loop = [c for c in prediction.collectives if c.trips != 1]
+    assert [(c.kind, c.op) for c in once] == [("all_reduce", "stablehlo.reduce")]  # the loss's mean over batch
+    assert all(c.trips == 3 for c in in_loop) and len(in_loop) * 3 + 1 == len(measured)
