@@ -16,20 +16,24 @@ them); it is the program's own demand, comparable across layouts and
 partitioners.  XLA's own figure (``get_compiled_memory_stats().temp_size_in_bytes``)
 is the buffer assignment after fusion.
 
-**Loops** (``stablehlo.while``, docs/IR.md "Loops").  A loop is one
-top-level op: the values it carries in (its operands) are live up to it and
-its results from it, like any op's.  While it runs, its body's own demand
-is added at the loop's index: the peak, over the body's ops, of the body's
-block arguments (the carried values as the body sees them, live through the
-whole body) plus the body's temporaries live at that op (each from its
-definition to its last use in the body; a nested loop adds its own body's
-peak the same way); the cond's peak likewise, the larger of the two counts.
-So a carried value is counted both outside (operand, result) and inside
-(block argument): an upper bound -- XLA aliases a while's operand, body
-argument and result -- that is never below the straight-line figure of one
-trip.  Trip counts do not multiply memory: a trip's temporaries are dead
-when the next begins.  `Liveness.peak_loop_bytes` is the body's share of
-the peak (0 when the peak is not at a loop).
+**Loops** (``stablehlo.while``, docs/IR.md "Loops").  A loop is one op of
+its block: its operands are live up to it and its results from it, like any
+op's.  The results stand for the loop's state, the carried values, while it
+runs (XLA updates the state in place: a body's block argument and its
+result are that buffer), so the body's block arguments add nothing; a
+carried value the body returns unchanged (a stacked parameter, a captured
+mask) is its operand's buffer: that result counts 0 bytes and keeps the
+operand live until the result's last use.  While the loop runs, its body's
+own demand is added at the loop's index: the peak, over the body's ops, of
+the body's temporaries live there (each from its definition to its last use
+in the body; a nested loop adds its own body's peak the same way), the
+cond's likewise, the larger counting.  So at a loop both the operands and
+the new state are counted (an upper bound: XLA may reuse an operand that
+dies there), which is never below the straight-line figure of one trip
+(the same operands, the carried values and that trip's temporaries).  Trip
+counts do not multiply memory: a trip's temporaries are dead when the next
+begins.  `Liveness.peak_loop_bytes` is the body's share of the peak (0 when
+the peak is not at a loop).
 
 Per-device sizes: in a per-device program (``explicit``, ``shardy``) a value's
 type is its per-device shape; in a global program (``none``, ``gspmd``) the
@@ -122,7 +126,26 @@ def _values(ops: list[ir.Operation], local) -> tuple[dict, list[tuple[ir.Value, 
                 if j is not None:
                     lv = values[j][1]
                     lv.last_use = max(lv.last_use, i)
+    for op in ops:  # a carried value returned unchanged is its operand's buffer
+        if op.name != "stablehlo.while":
+            continue
+        for k in _passed_through(op):
+            j = index_of.get(op.results[k])
+            if j is None:
+                continue
+            result = values[j][1]
+            result.bytes = 0
+            source = index_of.get(op.operands[k])
+            if source is not None:
+                values[source][1].last_use = max(values[source][1].last_use, result.last_use)
     return index_of, values
+
+
+def _passed_through(loop: ir.Operation) -> list[int]:
+    """The carried values a loop's body returns unchanged (its block argument at the same position)."""
+    body = loop.regions[1].blocks[0]
+    ret = [op.operation for op in body.operations][-1]
+    return [k for k, (v, arg) in enumerate(zip(ret.operands, body.arguments)) if v == arg]
 
 
 def _running(ops: list[ir.Operation], values, local) -> list[int]:
@@ -139,31 +162,14 @@ def _running(ops: list[ir.Operation], values, local) -> list[int]:
     return out
 
 
-def _arg_bytes(arg: ir.BlockArgument, local) -> int:
-    """Per-device bytes of a loop block argument (the carried value's dims and class)."""
-    if not is_ranked(arg.type):
-        return 0
-    t = ir.RankedTensorType(arg.type)
-    owner = arg.owner.owner
-    owner = owner.operation if hasattr(owner, "operation") else owner
-    dims = mir.op_result_dims(owner)
-    classes = mir.op_result_classes(owner)
-    n = arg.arg_number
-    d = dims[n] if dims is not None and n < len(dims) else []
-    shape = local(d, tuple(t.shape), classes[n] if n < len(classes) else "activation")
-    return math.prod(shape) * element_bytes(str(t.element_type))
-
-
 def _loop_peak(loop: ir.Operation, local) -> int:
-    """The demand of a loop while it runs: the larger, over its cond and body,
-    of the block arguments' bytes plus the block's own peak."""
+    """The demand of a loop's temporaries while it runs: the larger of its
+    cond's and body's peaks (the carried values are the loop's results)."""
     peak = 0
     for region in loop.regions:
-        block = region.blocks[0]
-        ops = [op.operation for op in block.operations]
+        ops = [op.operation for op in region.blocks[0].operations]
         _, values = _values(ops, local)
-        args = sum(_arg_bytes(ir.BlockArgument(a), local) for a in block.arguments)
-        peak = max(peak, args + max(_running(ops, values, local), default=0))
+        peak = max(peak, max(_running(ops, values, local), default=0))
     return peak
 
 
@@ -182,7 +188,7 @@ def liveness(module: ir.Module, *, top: int = 8) -> Liveness:
         for i, r in enumerate(running):
             if r > peak:
                 peak, peak_index = r, i
-        live = [lv for _, lv in values if peak_index >= 0 and lv.index <= peak_index <= lv.last_use]
+        live = [lv for _, lv in values if peak_index >= 0 and lv.index <= peak_index <= lv.last_use and lv.bytes]
         live.sort(key=lambda lv: (-lv.bytes, lv.index))
         peak_op = ops[peak_index] if peak_index >= 0 else None
         in_loop = peak - sum(lv.bytes for lv in live) if peak_op is not None and peak_op.name == "stablehlo.while" else 0

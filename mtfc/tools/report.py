@@ -349,7 +349,7 @@ def _memory_text(report: dict) -> list[str]:
         out += ["", f"largest values live at the peak (op #{at['index']} {at['op']} at {at['location']}):"]
         if at.get("loop_body_bytes"):
             out.append(f"  (the peak is inside the loop: {_num(at['loop_body_bytes'])} bytes of it are the body's "
-                       "carried values and temporaries, not listed)")
+                       "temporaries, not listed)")
         rows = [("op", "dims", "dtype", "per device", "bytes", "live", "location")]
         for v in m["largest_live"]:
             rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["local_shape"]), _num(v["bytes"]),
