@@ -130,7 +130,7 @@ def _check_totals(t):
     assert isinstance(t["count"], int) and isinstance(t["bytes"], int) and isinstance(t["bus_bytes"], (int, float))
 
 
-COLLECTIVE_KEYS = {"kind", "op", "location", "axes", "n", "bytes", "bus_bytes", "shape", "groups", "spans"}
+COLLECTIVE_KEYS = {"kind", "op", "location", "axes", "n", "bytes", "bus_bytes", "shape", "groups", "spans", "trips"}
 
 
 def test_json_schema(tmp_path):
@@ -139,7 +139,7 @@ def test_json_schema(tmp_path):
         "schema", "mesh", "layout", "partitioning", "devices", "arguments", "results", "values",
         "parameter_bytes_per_device", "collectives", "processes", "memory", "comparison",
     }
-    assert report["schema"] == 3 and report["devices"] == 8 and report["partitioning"] == "explicit"
+    assert report["schema"] == 4 and report["devices"] == 8 and report["partitioning"] == "explicit"
     for a in report["arguments"] + report["results"]:
         assert set(a) == {"name", "role", "dims", "dtype", "shape", "local_shape", "bytes_per_device"}
     for v in report["values"]:
@@ -154,7 +154,7 @@ def test_json_schema(tmp_path):
     m = report["memory"]
     assert set(m) == {"parameter_bytes", "optimizer_state_bytes", "input_bytes", "output_bytes",
                       "peak_activation_bytes", "peak_at", "largest_live", "xla"}
-    assert set(m["peak_at"]) == {"index", "op", "location"}
+    assert set(m["peak_at"]) == {"index", "op", "location", "loop_body_bytes"}
     for v in m["largest_live"]:
         assert set(v) == {"op", "location", "dims", "dtype", "local_shape", "bytes", "defined_at", "last_use"}
     assert [row["partitioner"] for row in report["comparison"]] == list(PARTITIONERS)

@@ -50,8 +50,8 @@ def test_prediction_equals_the_partitioned_program(example, layout, param_layout
     prediction = layout_cost.predict(module)
     run_passes(module, ["partition"])
     measured = comm_analysis.module_collectives(module)
-    assert [(c.kind, c.axes, c.bytes, c.n) for c in prediction.collectives] == \
-        [(c.kind, c.axes, c.bytes, c.n) for c in measured]
+    assert [(c.kind, c.axes, c.bytes, c.n, c.trips) for c in prediction.collectives] == \
+        [(c.kind, c.axes, c.bytes, c.n, c.trips) for c in measured]
     assert prediction.summary() == comm_analysis.summarize(measured)
     if layout != "batch:rows+cols":
         assert measured, "a layout that communicates"
@@ -82,8 +82,8 @@ def test_prediction_equals_partition_on_its_lit_inputs(path):
     with module.context:
         prediction = layout_cost.predict(module)
     run_passes(module, ["partition"])
-    assert [(c.kind, c.axes, c.bytes, c.n) for c in prediction.collectives] == \
-        [(c.kind, c.axes, c.bytes, c.n) for c in comm_analysis.module_collectives(module)]
+    assert [(c.kind, c.axes, c.bytes, c.n, c.trips) for c in prediction.collectives] == \
+        [(c.kind, c.axes, c.bytes, c.n, c.trips) for c in comm_analysis.module_collectives(module)]
 
 
 BASE_DILATED_POOL = """
@@ -110,8 +110,8 @@ def test_base_dilated_pool_halo():
         prediction = layout_cost.predict(module)
     run_passes(module, ["partition"])
     measured = comm_analysis.module_collectives(module)
-    assert [(c.kind, c.axes, c.bytes, c.n) for c in prediction.collectives] == \
-        [(c.kind, c.axes, c.bytes, c.n) for c in measured]
+    assert [(c.kind, c.axes, c.bytes, c.n, c.trips) for c in prediction.collectives] == \
+        [(c.kind, c.axes, c.bytes, c.n, c.trips) for c in measured]
     assert measured and all(c.dims == ["d"] and c.op == "stablehlo.reduce_window" for c in prediction.collectives)
 
 

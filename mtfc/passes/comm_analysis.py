@@ -38,6 +38,17 @@ collective_broadcast operand bytes              S
 
 n is the group size.  Variadic collectives (several operands in one op) count
 once, with S the sum over their operands.
+
+**Loops.** A collective inside the body (or cond) of a ``stablehlo.while``
+runs once per trip: its record keeps S and bus bytes of one execution and
+says how often it runs in ``trips`` (`mir.enclosing_trip_count`, the product
+of the enclosing loops' ``mtfc.trip_count``, times that of a loop around the
+call site when reached through a call; 1 outside loops).  `summarize` counts
+it ``trips`` times: count, bytes and bus bytes per step are multiplied by
+``trips``.  The HLO reader does the same with XLA's ``while`` loops: an
+instruction in a loop's body (or cond) computation has ``trips`` = the
+product of the enclosing loops' ``known_trip_count`` (`hlo_text.instruction_trips`;
+a while whose trip count XLA does not know counts once).
 """
 
 from __future__ import annotations
@@ -78,6 +89,7 @@ class Collective:
     shape: str                     # per-device operand type(s), e.g. f32[8,32,64]
     groups: list[list[int]] = field(default_factory=list)  # replica groups (pairs for a permute)
     spans: list[str] | None = None  # when `axes` is None: the mesh axes a group's members differ along
+    trips: int = 1                 # executions per step (inside loops: the product of their trip counts)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -106,15 +118,18 @@ def bus_bytes(kind: str, n: int, size: int) -> float:
 def summarize(collectives: Iterable[Collective]) -> dict:
     """Per-step totals: ``{"by_kind": {kind: {count, bytes, bus_bytes}}, "total": {...}}``.
 
-    `by_kind` lists only the kinds that occur, in `KINDS` order."""
+    A record with ``trips`` (a collective inside loops) counts that many
+    times, in count and bytes.  `by_kind` lists only the kinds that occur, in
+    `KINDS` order."""
     by_kind: dict[str, dict] = {}
     total = {"count": 0, "bytes": 0, "bus_bytes": 0.0}
     for c in collectives:
         row = by_kind.setdefault(c.kind, {"count": 0, "bytes": 0, "bus_bytes": 0.0})
+        trips = getattr(c, "trips", 1)
         for r in (row, total):
-            r["count"] += 1
-            r["bytes"] += c.bytes
-            r["bus_bytes"] += c.bus_bytes
+            r["count"] += trips
+            r["bytes"] += trips * c.bytes
+            r["bus_bytes"] += trips * c.bus_bytes
     ordered = {k: by_kind[k] for k in KINDS if k in by_kind}
     for r in list(ordered.values()) + [total]:
         r["bus_bytes"] = _number(r["bus_bytes"])
@@ -252,17 +267,20 @@ def _dense_ints(attr) -> np.ndarray:
     return np.asarray(ir.DenseIntElementsAttr(attr), dtype=np.int64)
 
 
-def _walk_calls(fn: ir.Operation, functions: dict, depth: int = 0):
-    """Ops of `fn` in program order, nested regions included, entering each
-    called function at its call site."""
+def _walk_calls(fn: ir.Operation, functions: dict, depth: int = 0, trips: int = 1):
+    """(op, trips) for the ops of `fn` in program order, nested regions
+    included, entering each called function at its call site; `trips` is how
+    often the op runs per call of the entry function (its loops' trip counts,
+    times those around the call site)."""
     for op in mir.walk(fn):
         if op is fn or op == fn:
             continue
-        yield op
+        runs = trips * mir.enclosing_trip_count(op)
+        yield op, runs
         if op.name == "func.call" and depth < 32:
             callee = ir.FlatSymbolRefAttr(op.attributes["callee"]).value
             if callee in functions:
-                yield from _walk_calls(functions[callee], functions, depth + 1)
+                yield from _walk_calls(functions[callee], functions, depth + 1, runs)
 
 
 def stablehlo_collective(op: ir.Operation, mesh: Mesh) -> Collective | None:
@@ -295,15 +313,17 @@ def stablehlo_collective(op: ir.Operation, mesh: Mesh) -> Collective | None:
 
 
 def module_collectives(module: ir.Module) -> list[Collective]:
-    """Every collective of the per-device program @main, in program order."""
+    """Every collective of the per-device program @main, in program order
+    (a collective in a loop body once, with its ``trips``)."""
     with module.context:
         mesh = mir.module_mesh(module)
         functions = mir.functions(module)
         entry = mir.entry_function(module)
         out = []
-        for op in _walk_calls(entry, functions):
+        for op, trips in _walk_calls(entry, functions):
             c = stablehlo_collective(op, mesh)
             if c is not None:
+                c.trips = trips
                 out.append(c)
         return out
 
@@ -315,6 +335,7 @@ def hlo_collectives(text: str, mesh: Mesh) -> list[Collective]:
     """Every collective of an HLO module's text (``HloModule.to_string()``)."""
     found, shapes = hlo_text.instructions(text)
     frames = hlo_text.stack_frames(text)
+    trips = hlo_text.instruction_trips(text)
     out = []
     for ins in found:
         if ins.opcode.endswith("-done"):
@@ -348,5 +369,6 @@ def hlo_collectives(text: str, mesh: Mesh) -> list[Collective]:
             bytes=size, bus_bytes=bus_bytes(kind, n, size),
             shape=", ".join(hlo_text.shape_text(s) for s in operand_shapes), groups=groups,
             spans=spanned_axes(mesh, groups) if axes is None and groups and kind != "collective_permute" else None,
+            trips=trips.get(ins.name, 1),
         ))
     return out

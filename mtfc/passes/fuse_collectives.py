@@ -18,7 +18,15 @@ their replica groups.  Guarantees: the same results, computed with
   modules, whose manual program XLA's partitioner accepts only with
   single-operand all_reduces);
 * identical collectives on the same operands -> one;
-then ops left without uses are removed.  "The device's own block" is checked
+then ops left without uses are removed.
+
+Loops (docs/IR.md, "Loops"): the rewrites run on @main's block, then on the
+body (and cond) block of every ``stablehlo.while``, nested loops included,
+each block on its own like a function body.  A rewrite only combines ops of
+one block: a collective is never moved into or out of a loop (that would
+change how many times it runs), nor merged with one of another block; an op
+whose result is used inside a loop's body counts, in its own block, as used
+at the loop.  "The device's own block" is checked
 semantically: the slice's start, evaluated on every device, is the device's
 position in its replica group times the block size (`device_values`), so
 Shardy's ``partition_id`` arithmetic is recognised like mtfc's tables.
@@ -109,14 +117,20 @@ class _Bucket:
 
 
 class Fuser:
-    def __init__(self, fn: ir.Operation, num_devices: int, *, variadic: bool = True):
-        self.fn = fn
+    """The rewrites on one block: @main's body or a loop's body (`block`)."""
+
+    def __init__(self, block: ir.Block, num_devices: int, *, variadic: bool = True):
+        self.block = block
         self.n = num_devices
         self.variadic = variadic  # may all_reduces be merged into one variadic op
         self.changed = False
 
     def ops(self) -> list[ir.Operation]:
-        return [op.operation for op in self.fn.regions[0].blocks[0].operations]
+        return [op.operation for op in self.block.operations]
+
+    def here(self, op: ir.Operation | None) -> bool:
+        """Whether `op` is an op of this block (not of a nested region, not outside)."""
+        return op is not None and op.block == self.block
 
     def positions(self, groups: np.ndarray) -> np.ndarray | None:
         """Each device's index within its replica group (None if some device is in none)."""
@@ -161,7 +175,7 @@ class Fuser:
                 continue
             k = _int_attr(op, "all_gather_dim")
             for user in _users(op.results[0]):
-                if self.own_block_dim(user, op.results[0], _groups(op)) == k:
+                if self.here(user) and self.own_block_dim(user, op.results[0], _groups(op)) == k:
                     self.replace(user.results[0], op.operands[0])
 
     def own_slice_then_gather(self) -> None:
@@ -169,7 +183,7 @@ class Fuser:
             if op.name != "stablehlo.all_gather" or len(op.results) != 1:
                 continue
             ds = _producer(op.operands[0])
-            if ds is None or ds.name != "stablehlo.dynamic_slice":
+            if not self.here(ds) or ds.name != "stablehlo.dynamic_slice":
                 continue
             if self.own_block_dim(ds, ds.operands[0], _groups(op)) == _int_attr(op, "all_gather_dim"):
                 self.replace(op.results[0], ds.operands[0])
@@ -179,7 +193,7 @@ class Fuser:
             if op.name != "stablehlo.all_to_all" or len(op.results) != 1:
                 continue
             first = _producer(op.operands[0])
-            if first is None or first.name != "stablehlo.all_to_all" or len(first.results) != 1:
+            if not self.here(first) or first.name != "stablehlo.all_to_all" or len(first.results) != 1:
                 continue
             if (_int_attr(op, "split_dimension") == _int_attr(first, "concat_dimension")
                     and _int_attr(op, "concat_dimension") == _int_attr(first, "split_dimension")
@@ -204,7 +218,8 @@ class Fuser:
             if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
                 continue
             users = _users(op.results[0])
-            if len(users) != 1 or users[0].name not in ("stablehlo.transpose", "stablehlo.reshape"):
+            if (len(users) != 1 or users[0].name not in ("stablehlo.transpose", "stablehlo.reshape")
+                    or not self.here(users[0])):  # never sunk into a loop body
                 continue
             move = users[0]
             sunk = True
@@ -234,14 +249,17 @@ class Fuser:
             if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
                 continue
             users = _users(op.results[0])
-            convert = users[0] if len(users) == 1 and users[0].name == "stablehlo.convert" else None
+            convert = (users[0] if len(users) == 1 and users[0].name == "stablehlo.convert" and self.here(users[0])
+                       else None)
             source = convert.results[0] if convert is not None else op.results[0]
             slices = _users(source)
             cut = {self.own_block_dim(ds, source, _groups(op)) for ds in slices}
             if not slices or len(cut) != 1 or None in cut or len({str(ds.results[0].type) for ds in slices}) != 1:
                 continue
-            if len(slices) > 1 and any(self.in_entry_block(ds) != ds for ds in slices):
-                continue  # one reduce_scatter for slices in other regions would not dominate them all
+            if not all(self.here(ds) for ds in slices):
+                # a reduce_scatter for a slice in a loop body would run once per trip (and one
+                # for slices in other regions would not dominate them all)
+                continue
             first = slices[0]
             for ds in slices[1:]:
                 first = _earlier(first, ds)
@@ -264,36 +282,38 @@ class Fuser:
             for ds in slices:
                 self.replace(ds.results[0], block.results[0])
 
-    def in_entry_block(self, op: ir.Operation) -> ir.Operation | None:
-        """`op` if it is an op of @main's block, else the op of that block whose
+    def in_block(self, op: ir.Operation) -> ir.Operation | None:
+        """`op` if it is an op of this block, else the op of this block whose
         region holds it (a use inside a loop body counts at the loop); None if
-        `op` is outside @main."""
+        `op` is outside this block (e.g. a value of @main read in a loop body)."""
         while op is not None:
+            if op.block == self.block:
+                return op
             parent = op.parent
             if parent is None:
                 return None
-            if parent.operation == self.fn:
-                return op
-            op = parent.operation
+            op = parent.operation if hasattr(parent, "operation") else parent
+            if op.name in ("func.func", "builtin.module"):
+                return None
         return None
 
     def last_producer(self, op: ir.Operation) -> ir.Operation | None:
-        """The latest op of @main's block that computes an operand of `op`
-        (None when every operand is a function argument)."""
+        """The latest op of this block that computes an operand of `op` (None
+        when every operand is a block argument or is computed outside the block)."""
         last = None
         for value in op.operands:
             producer = _producer(value)
             if producer is not None:
-                last = _later(last, self.in_entry_block(producer))
+                last = _later(last, self.in_block(producer))
         return last
 
     def first_user(self, op: ir.Operation) -> ir.Operation | None:
-        """The earliest op of @main's block that uses a result of `op`
+        """The earliest op of this block that uses a result of `op`
         (directly or inside its regions); None when no result is used."""
         first = None
         for result in op.results:
             for user in _users(result):
-                first = _earlier(first, self.in_entry_block(user))
+                first = _earlier(first, self.in_block(user))
         return first
 
     def merge_all_reduces(self) -> None:
@@ -348,7 +368,7 @@ class Fuser:
                 self.replace(r, next(results))
         for result in merged.results:
             for user in _users(result):
-                assert merged.is_before_in_block(self.in_entry_block(user)), (
+                assert merged.is_before_in_block(self.in_block(user)), (
                     f"fuse-collectives: merged all_reduce placed after its user {user.name}")
 
     def deduplicate(self) -> None:
@@ -398,4 +418,15 @@ def fuse_collectives(module: ir.Module, options) -> None:
     # XLA runs Shardy's manual program through its SPMD partitioner, which
     # accepts only single-operand all_reduces
     variadic = mir.partitioning(module) != "shardy"
-    Fuser(mir.entry_function(module), mesh.size, variadic=variadic).run()
+    _fuse_block(mir.entry_function(module).regions[0].blocks[0], mesh.size, variadic)
+
+
+def _fuse_block(block: ir.Block, num_devices: int, variadic: bool) -> None:
+    """`Fuser` on `block`, then on the cond and body blocks of each loop left
+    in it (a loop whose results went unused is gone by then)."""
+    Fuser(block, num_devices, variadic=variadic).run()
+    for op in list(block.operations):
+        op = op.operation
+        if op.name == "stablehlo.while":
+            for region in op.regions:
+                _fuse_block(region.blocks[0], num_devices, variadic)

@@ -32,6 +32,21 @@ kernel-gradient spatial dims.  An op with split values that no prediction
 covers is refused in one line (`MtfcError`: "layout-cost has no prediction
 for <op> ...", saying whether the partitioner has a rule); nothing is guessed.
 
+**Loops** (``stablehlo.while``, docs/IR.md "Loops").  Each carried value
+has the layout of its dims and class (``mtfc.dims``, ``mtfc.classes``), at
+entry, in the body and at exit.  So a loop yields: each operand resharded to
+its carried value's layout at entry (once, at the loop's location); the
+body's ops predicted like @main's, each record with ``trips`` =
+`mir.enclosing_trip_count` (the cond's ops too; they are scalar); each value
+the body returns resharded to its carried value's layout (once per trip).
+The loop's results have the carried layouts.  Inside and outside loops, a
+``dynamic_slice`` whose sliced dims (size below the operand's) are whole is
+local, its pass-through dims keeping the operand's split; a
+``dynamic_update_slice`` likewise keeps its buffer's layout, with the update
+resharded to it (its sliced dims whole); a split sliced dim is refused.  Then
+the result is resharded to its own layout, as for every op.  `summarize`
+counts a record ``trips`` times.
+
 **What is predicted: the partitioner's output before `fuse-collectives`**
 (the program `mtfc opt --passes verify-names,partition` writes; equal to
 `comm_analysis.module_collectives` of it, kind by kind, in count and bytes).
@@ -82,6 +97,7 @@ class PredictedCollective:
     location: str             # that op's location
     dims: list[str]           # the dims that cause it (summed, gathered, or moved from -> to)
     reason: str               # one line: why
+    trips: int = 1            # executions per step (inside loops: the product of their trip counts)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,9 +115,9 @@ class Prediction:
         return comm_analysis.summarize(self.collectives)
 
     def lines(self) -> list[str]:
-        """One line per collective: what, over which axes, how many bytes, why."""
+        """One line per collective: what, over which axes, how many bytes, why (and ``in loop (×N)``)."""
         return [f"{c.kind} over {'+'.join(c.axes)} ({c.bytes} B): {c.reason} at {c.location}"
-                for c in self.collectives]
+                + ("" if c.trips == 1 else f", in loop (×{c.trips})") for c in self.collectives]
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,7 @@ class _Predictor:
         self._ids = itertools.count()
         self._reshards: dict[tuple, _Value] = {}
         self.where = ("", "")  # (op name, location) being predicted
+        self.trips = 1  # how often the op being predicted runs per step (its loops' trip counts)
 
     # ------------------------------------------------------------ values
     def factor(self, axes: Axes) -> int:
@@ -152,7 +169,7 @@ class _Predictor:
         n = self.factor(axes)
         self.out.collectives.append(PredictedCollective(
             kind, list(axes), n, size, comm_analysis.bus_bytes(kind, n, size), self.where[0], self.where[1],
-            dims, reason))
+            dims, reason, self.trips))
 
     # ----------------------------------------------------------- reshard
     def reshard(self, x: _Value, target) -> _Value:
@@ -346,7 +363,55 @@ class _Predictor:
             self.op(op, env)
         return self.out
 
+    def loop(self, op: ir.Operation, env: dict) -> None:
+        """A ``stablehlo.while`` (see the module docstring, "Loops")."""
+        what = mir.describe_op(op)
+        all_dims = mir.op_result_dims(op)
+        classes = mir.op_result_classes(op)
+        if all_dims is None or len(all_dims) != len(op.results) or len(classes) != len(op.results):
+            raise MtfcError(f"layout-cost: {what} has no {mir.DIMS} and {mir.CLASSES} per carried value")
+        carried = []
+        for k, r in enumerate(op.results):
+            shape = tuple(ir.RankedTensorType(r.type).shape)
+            axes = self.layouts.of_value(all_dims[k], shape, cls=classes[k],
+                                         what=f"value {k} carried by {what}").axes
+            carried.append((all_dims[k], shape, axes, _element_bytes(r)))
+        here = (op.name, mir.location_text(op.location))
+        for v, c in zip(op.operands, carried):  # entry: each operand to its carried layout
+            if env.get(v) is not None:
+                self.reshard(env[v], c[2])
+        outer = self.trips
+        self.trips = outer * mir.loop_trip_count(op)
+        for r_index, region in enumerate(op.regions):
+            block = region.blocks[0]
+            for arg, c in zip(block.arguments, carried):
+                env[arg] = self.value(*c)
+            for inner in block.operations:
+                inner = inner.operation
+                self.where = (inner.name, mir.location_text(inner.location))
+                if inner.name == "stablehlo.return":
+                    if r_index == 1:  # the body's: each returned value to its carried layout
+                        for v, c in zip(inner.operands, carried):
+                            if env.get(v) is not None:
+                                self.reshard(env[v], c[2])
+                    continue
+                self.op(inner, env)
+        self.trips = outer
+        self.where = here
+        for r, c in zip(op.results, carried):
+            env[r] = self.value(*c)
+
+    def sliced(self, op: ir.Operation, x: _Value, cut: list[int]) -> tuple:
+        """The layout of `x` with the dims in `cut` whole, the others as `x`'s
+        (a dynamic slice or update along whole dims is local); a split cut dim is refused."""
+        if any(x.axes[k] for k in cut):
+            raise MtfcError(_no_prediction(op))
+        return tuple(() if k in cut else x.axes[k] for k in range(len(x.shape)))
+
     def op(self, op: ir.Operation, env: dict) -> None:
+        if op.name == "stablehlo.while":
+            self.loop(op, env)
+            return
         all_dims = mir.op_result_dims(op)
         if all_dims is None or len(op.results) != 1:
             raise MtfcError(f"layout-cost: {mir.describe_op(op)} has no single result with {mir.DIMS}")
@@ -394,6 +459,15 @@ class _Predictor:
                     self.reshard(x, axes)
         elif op.name in ("stablehlo.constant", "stablehlo.iota"):
             pass  # made or cut locally
+        elif op.name == "stablehlo.dynamic_slice":
+            x = args[0]
+            sizes = list(ir.DenseI64ArrayAttr(op.attributes["slice_sizes"]))
+            out_axes = self.sliced(op, x, [k for k in range(len(x.shape)) if sizes[k] != x.shape[k]])
+        elif op.name == "stablehlo.dynamic_update_slice":
+            buffer, update = args[0], args[1]
+            out_axes = self.sliced(op, buffer, [k for k in range(len(buffer.shape))
+                                                if update.shape[k] != buffer.shape[k]])
+            self.reshard(update, out_axes)
         elif op.name == "stablehlo.convolution":
             out_axes = self.convolution(op, args, dims, shape, axes, ebytes)
         elif op.name == "stablehlo.reverse":

@@ -16,6 +16,25 @@ them); it is the program's own demand, comparable across layouts and
 partitioners.  XLA's own figure (``get_compiled_memory_stats().temp_size_in_bytes``)
 is the buffer assignment after fusion.
 
+**Loops** (``stablehlo.while``, docs/IR.md "Loops").  A loop is one op of
+its block: its operands are live up to it and its results from it, like any
+op's.  The results stand for the loop's state, the carried values, while it
+runs (XLA updates the state in place: a body's block argument and its
+result are that buffer), so the body's block arguments add nothing; a
+carried value the body returns unchanged (a stacked parameter, a captured
+mask) is its operand's buffer: that result counts 0 bytes and keeps the
+operand live until the result's last use.  While the loop runs, its body's
+own demand is added at the loop's index: the peak, over the body's ops, of
+the body's temporaries live there (each from its definition to its last use
+in the body; a nested loop adds its own body's peak the same way), the
+cond's likewise, the larger counting.  So at a loop both the operands and
+the new state are counted (an upper bound: XLA may reuse an operand that
+dies there), which is never below the straight-line figure of one trip
+(the same operands, the carried values and that trip's temporaries).  Trip
+counts do not multiply memory: a trip's temporaries are dead when the next
+begins.  `Liveness.peak_loop_bytes` is the body's share of the peak (0 when
+the peak is not at a loop).
+
 Per-device sizes: in a per-device program (``explicit``, ``shardy``) a value's
 type is its per-device shape; in a global program (``none``, ``gspmd``) the
 per-device shape is the layout's (each dim divided by its mesh axes).
@@ -59,6 +78,7 @@ class Liveness:
     live_at_peak: list[LiveValue]    # largest first
     ops: int
     values: list[LiveValue] = field(default_factory=list)
+    peak_loop_bytes: int = 0         # of peak_bytes: the loop body's demand, when the peak is at a loop
 
     @property
     def total_bytes(self) -> int:
@@ -82,51 +102,99 @@ def per_device_shape_fn(module: ir.Module) -> Callable[[list[str], tuple[int, ..
     return local
 
 
-def liveness(module: ir.Module, *, top: int = 8) -> Liveness:
-    """Live ranges of @main's values and the peak of their per-device bytes.
+def _values(ops: list[ir.Operation], local) -> tuple[dict, list[tuple[ir.Value, LiveValue]]]:
+    """The ranked results of `ops` (one block's), each live at its own op."""
+    index_of: dict = {}
+    values: list[tuple[ir.Value, LiveValue]] = []
+    for i, op in enumerate(ops):
+        dims = mir.op_result_dims(op) if op.name not in ("func.return", "stablehlo.return") else None
+        classes = mir.op_result_classes(op)
+        for k, r in enumerate(op.results):
+            if not is_ranked(r.type):
+                continue
+            t = ir.RankedTensorType(r.type)
+            d = dims[k] if dims is not None and k < len(dims) else []
+            shape = local(d, tuple(t.shape), classes[k] if k < len(classes) else "activation")
+            lv = LiveValue(i, op.name, mir.location_text(op.location), d, mir.dtype_name(t.element_type),
+                           shape, math.prod(shape) * element_bytes(str(t.element_type)), i)
+            index_of[r] = len(values)
+            values.append((r, lv))
+    for i, op in enumerate(ops):
+        for nested in mir.walk(op):
+            for v in nested.operands:
+                j = index_of.get(v)
+                if j is not None:
+                    lv = values[j][1]
+                    lv.last_use = max(lv.last_use, i)
+    for op in ops:  # a carried value returned unchanged is its operand's buffer
+        if op.name != "stablehlo.while":
+            continue
+        for k in _passed_through(op):
+            j = index_of.get(op.results[k])
+            if j is None:
+                continue
+            result = values[j][1]
+            result.bytes = 0
+            source = index_of.get(op.operands[k])
+            if source is not None:
+                values[source][1].last_use = max(values[source][1].last_use, result.last_use)
+    return index_of, values
 
-    `live_at_peak` keeps the `top` largest values live at the peak."""
+
+def _passed_through(loop: ir.Operation) -> list[int]:
+    """The carried values a loop's body returns unchanged (its block argument at the same position)."""
+    body = loop.regions[1].blocks[0]
+    ret = [op.operation for op in body.operations][-1]
+    return [k for k, (v, arg) in enumerate(zip(ret.operands, body.arguments)) if v == arg]
+
+
+def _running(ops: list[ir.Operation], values, local) -> list[int]:
+    """Per op of one block: bytes of that block's values live there plus the
+    peak of a loop's body at the loop (`_loop_peak`)."""
+    delta = [0] * (len(ops) + 1)
+    for _, lv in values:
+        delta[lv.index] += lv.bytes
+        delta[lv.last_use + 1] -= lv.bytes
+    out, running = [], 0
+    for i, op in enumerate(ops):
+        running += delta[i]
+        out.append(running + (_loop_peak(op, local) if op.name == "stablehlo.while" else 0))
+    return out
+
+
+def _loop_peak(loop: ir.Operation, local) -> int:
+    """The demand of a loop's temporaries while it runs: the larger of its
+    cond's and body's peaks (the carried values are the loop's results)."""
+    peak = 0
+    for region in loop.regions:
+        ops = [op.operation for op in region.blocks[0].operations]
+        _, values = _values(ops, local)
+        peak = max(peak, max(_running(ops, values, local), default=0))
+    return peak
+
+
+def liveness(module: ir.Module, *, top: int = 8) -> Liveness:
+    """Live ranges of @main's values and the peak of their per-device bytes
+    (a loop adds its body's peak at its own index, see the module docstring).
+
+    `live_at_peak` keeps the `top` largest values of @main's block live at the peak."""
     with module.context:
         local = per_device_shape_fn(module)
         fn = mir.entry_function(module)
         ops = list(mir.body_ops(fn))
-        index_of: dict = {}
-        values: list[tuple[ir.Value, LiveValue]] = []
-        for i, op in enumerate(ops):
-            dims = mir.op_result_dims(op) if op.name != "func.return" else None
-            for k, r in enumerate(op.results):
-                if not is_ranked(r.type):
-                    continue
-                t = ir.RankedTensorType(r.type)
-                d = dims[k] if dims is not None and k < len(dims) else []
-                shape = local(d, tuple(t.shape), mir.op_class(op))
-                lv = LiveValue(i, op.name, mir.location_text(op.location), d, mir.dtype_name(t.element_type),
-                               shape, math.prod(shape) * element_bytes(str(t.element_type)), i)
-                index_of[r] = len(values)
-                values.append((r, lv))
-        for i, op in enumerate(ops):
-            for nested in mir.walk(op):
-                for v in nested.operands:
-                    j = index_of.get(v)
-                    if j is not None:
-                        lv = values[j][1]
-                        lv.last_use = max(lv.last_use, i)
-        # sweep: +bytes at definition, -bytes after the last use
-        delta = [0] * (len(ops) + 1)
-        for _, lv in values:
-            delta[lv.index] += lv.bytes
-            delta[lv.last_use + 1] -= lv.bytes
-        peak, peak_index, running = 0, -1, 0
-        for i in range(len(ops)):
-            running += delta[i]
-            if running > peak:
-                peak, peak_index = running, i
-        live = [lv for _, lv in values if peak_index >= 0 and lv.index <= peak_index <= lv.last_use]
+        _, values = _values(ops, local)
+        running = _running(ops, values, local)
+        peak, peak_index = 0, -1
+        for i, r in enumerate(running):
+            if r > peak:
+                peak, peak_index = r, i
+        live = [lv for _, lv in values if peak_index >= 0 and lv.index <= peak_index <= lv.last_use and lv.bytes]
         live.sort(key=lambda lv: (-lv.bytes, lv.index))
         peak_op = ops[peak_index] if peak_index >= 0 else None
+        in_loop = peak - sum(lv.bytes for lv in live) if peak_op is not None and peak_op.name == "stablehlo.while" else 0
         return Liveness(
             peak_bytes=peak, peak_index=peak_index,
             peak_op=peak_op.name if peak_op is not None else "",
             peak_location=mir.location_text(peak_op.location) if peak_op is not None else "",
-            live_at_peak=live[:top], ops=len(ops), values=[lv for _, lv in values],
+            live_at_peak=live[:top], ops=len(ops), values=[lv for _, lv in values], peak_loop_bytes=in_loop,
         )

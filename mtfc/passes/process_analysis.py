@@ -39,6 +39,11 @@ device's share of each collective: an upper bound on what one device sends
 across, and the bytes that set the time over a link of known bandwidth), the
 total is the sum of their totals.  With N = 1 nothing crosses.
 
+A collective inside a loop body (``Collective.trips`` > 1, see
+`comm_analysis`) crosses once per trip: its `Crossing` is that of one
+execution, and the per-step figures (``by_axes``, ``total``: count, crossing,
+bytes) count it ``trips`` times.
+
 A collective whose groups cannot be read (a replica-group spelling the HLO
 reader does not know, a device id off the mesh) is counted as unknown:
 ``crosses`` is None and its bytes are not in the totals.
@@ -166,23 +171,25 @@ def process_report(collectives: Sequence[Collective], mesh: Mesh, num_processes:
 
     ``{"num_processes", "devices_per_process", "placement": "process-major",
     "axes": axis_placement, "ops": [Crossing.as_dict() per collective, in
-    order], "by_axes": {axes label: {count, crossing, bytes_per_device,
-    bytes_total}}, "total": {count, crossing, unknown, bytes_per_device,
-    bytes_total}}``.  An axes label is the collective's mesh axes joined with
+    order, one execution each], "by_axes": {axes label: {count, crossing,
+    bytes_per_device, bytes_total}}, "total": {count, crossing, unknown,
+    bytes_per_device, bytes_total}}``, per step (a collective in a loop
+    counted once per trip).  An axes label is the collective's mesh axes joined with
     ``+`` (``part of cols`` for groups that are no whole axes)."""
     k = check_process_count(mesh, num_processes, partitioning, what)
     found = [crossing(c, mesh, num_processes) for c in collectives]
     by_axes: dict[str, dict] = {}
     total = {"count": 0, "crossing": 0, "unknown": 0, "bytes_per_device": 0.0, "bytes_total": 0.0}
     for c, x in zip(collectives, found):
+        trips = getattr(c, "trips", 1)
         row = by_axes.setdefault(_axes_label(c), {"count": 0, "crossing": 0, "bytes_per_device": 0.0,
                                                   "bytes_total": 0.0})
         for r in (row, total):
-            r["count"] += 1
-            r["crossing"] += bool(x.crosses)
-            r["bytes_per_device"] += x.bytes_per_device
-            r["bytes_total"] += x.bytes_total
-        total["unknown"] += x.crosses is None
+            r["count"] += trips
+            r["crossing"] += trips * bool(x.crosses)
+            r["bytes_per_device"] += trips * x.bytes_per_device
+            r["bytes_total"] += trips * x.bytes_total
+        total["unknown"] += trips * (x.crosses is None)
     for r in list(by_axes.values()) + [total]:
         r["bytes_per_device"] = _number(r["bytes_per_device"])
         r["bytes_total"] = _number(r["bytes_total"])

@@ -11,7 +11,9 @@ prints it as is) has:
   the StableHLO of an ``explicit`` or ``shardy`` module, or from the HLO XLA
   compiled a ``gspmd`` module into -- with its mesh axes, group size n,
   per-device bytes S and NCCL-tests bus bytes, and the totals per step
-  (`mtfc.passes.comm_analysis`);
+  (`mtfc.passes.comm_analysis`); a collective inside a loop body is listed
+  once, with ``trips`` (how often it runs per step), shown as
+  ``in loop (×N)``, and counted N times in the totals;
 * ``memory``: per-device bytes of parameters, optimizer state and inputs, and
   the peak of live activations with the largest values live there
   (`mtfc.passes.memory_analysis`), plus XLA's buffer sizes when the module
@@ -36,7 +38,7 @@ from mtfc.errors import MtfcError
 from mtfc.mesh import tensor_layout
 from mtfc.passes import comm_analysis, memory_analysis, process_analysis
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: collectives carry "trips"; memory.peak_at carries "loop_body_bytes"
 
 
 def _dim_sizes(module: ir.Module) -> dict[str, int]:
@@ -178,7 +180,8 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
             "input_bytes": role_bytes("input"),
             "output_bytes": sum(r["bytes_per_device"] for r in results),
             "peak_activation_bytes": live.peak_bytes,
-            "peak_at": {"index": live.peak_index, "op": live.peak_op, "location": live.peak_location},
+            "peak_at": {"index": live.peak_index, "op": live.peak_op, "location": live.peak_location,
+                        "loop_body_bytes": live.peak_loop_bytes},
             "largest_live": [v.as_dict() for v in live.live_at_peak],
             "xla": xla_memory,
         }
@@ -238,6 +241,12 @@ def _axes(op: dict) -> str:
     return "+".join(op["axes"]) or "(none)"
 
 
+def _runs(op: dict) -> str:
+    """``once`` or ``in loop (×3)``: how often a collective runs per step."""
+    trips = op.get("trips", 1)
+    return "once" if trips == 1 else f"in loop (×{trips})"
+
+
 def _num(x) -> str:
     return f"{x:,}" if isinstance(x, int) else f"{x:,.1f}"
 
@@ -253,11 +262,12 @@ def _collectives_text(report: dict) -> list[str]:
         return out + [f"  error: {c['error']}"]
     if not c["ops"]:
         return out + ["  none"]
-    rows = [("#", "kind", "axes", "n", "operand", "S bytes", "bus bytes", "location")]
+    rows = [("#", "kind", "axes", "n", "operand", "S bytes", "bus bytes", "runs", "location")]
     for i, op in enumerate(c["ops"]):
-        rows.append((i, op["kind"], _axes(op), op["n"], op["shape"], _num(op["bytes"]), _num(op["bus_bytes"]), op["location"]))
+        rows.append((i, op["kind"], _axes(op), op["n"], op["shape"], _num(op["bytes"]), _num(op["bus_bytes"]),
+                     _runs(op), op["location"]))
     out.append(_table(rows, right={0, 3, 5, 6}))
-    out += ["", "collective totals per step:"]
+    out += ["", "collective totals per step (a collective in a loop counted once per trip):"]
     rows = [("kind", "count", "S bytes", "bus bytes", "bus")]
     for kind, t in list(c["by_kind"].items()) + [("total", c["total"])]:
         rows.append((_purpose(kind, report["partitioning"]), t["count"], _num(t["bytes"]), _num(t["bus_bytes"]),
@@ -301,14 +311,15 @@ def _processes_text(report: dict) -> list[str]:
     ops = report["collectives"]["ops"]
     crossing = [(i, op, x) for i, (op, x) in enumerate(zip(ops, p["ops"])) if x["crosses"] is not False]
     if crossing:
-        out += ["", "collectives that cross (bytes sent to other processes: the busiest device, all devices):"]
-        rows = [("#", "kind", "axes", "n", "processes", "per device", "all devices", "location")]
+        out += ["", "collectives that cross (bytes sent to other processes per execution: the busiest device, "
+                "all devices):"]
+        rows = [("#", "kind", "axes", "n", "processes", "per device", "all devices", "runs", "location")]
         for i, op, x in crossing:
             if x["crosses"] is None:
-                rows.append((i, op["kind"], _axes(op), op["n"], "?", "?", "?", op["location"]))
+                rows.append((i, op["kind"], _axes(op), op["n"], "?", "?", "?", _runs(op), op["location"]))
             else:
                 rows.append((i, op["kind"], _axes(op), op["n"], x["processes"], _num(x["bytes_per_device"]),
-                             _num(x["bytes_total"]), op["location"]))
+                             _num(x["bytes_total"]), _runs(op), op["location"]))
         out.append(_table(rows, right={0, 3, 4, 5, 6}))
     if p["by_axes"]:
         out += ["", "per mesh axes:"]
@@ -336,6 +347,9 @@ def _memory_text(report: dict) -> list[str]:
     at = m["peak_at"]
     if at["index"] >= 0:
         out += ["", f"largest values live at the peak (op #{at['index']} {at['op']} at {at['location']}):"]
+        if at.get("loop_body_bytes"):
+            out.append(f"  (the peak is inside the loop: {_num(at['loop_body_bytes'])} bytes of it are the body's "
+                       "temporaries, not listed)")
         rows = [("op", "dims", "dtype", "per device", "bytes", "live", "location")]
         for v in m["largest_live"]:
             rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["local_shape"]), _num(v["bytes"]),
@@ -356,6 +370,7 @@ def _prediction_text(report: dict) -> list[str]:
     if not rows[0].get("error"):
         out += ["", "predicted collectives, and why:"]
         out += [f"  {c['kind']} over {'+'.join(c['axes'])} ({c['bytes']} B): {c['reason']} at {c['location']}"
+                + ("" if c.get("trips", 1) == 1 else f", {_runs(c)}")
                 for c in rows[0]["collectives"]] or ["  (none)"]
     return out
 
