@@ -316,3 +316,12 @@ def execution_counts(text: str) -> dict[str, int | None]:
 
     add(entry, 1)
     return counts
+
+
+def instruction_trips(text: str) -> dict[str, int]:
+    """Instruction name -> how many times it runs per execution of the entry
+    computation (`execution_counts` of its computation); once where a loop
+    around it has no known trip count (the HLO does not say more)."""
+    counts = execution_counts(text)
+    found, _ = instructions(text)
+    return {ins.name: counts.get(ins.computation) or 1 for ins in found}
