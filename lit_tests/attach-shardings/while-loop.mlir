@@ -25,7 +25,7 @@
 // CHECK: stablehlo.return %{{.*}}, %{{.*}}, %[[X]], %[[W]], %[[H2]] :
 // CHECK: return %{{.*}}#1, %{{.*}}#4
 
-// SPLIT: error: layout rule layers:cols splits the dim 'layers' that the loop at {{.*}} runs over; a scanned dim must stay whole
+// SPLIT: error: {{.*}}layout rule layers:cols splits the dim 'layers' that the loop at {{.*}} runs over; a scanned dim must stay whole
 
 module @loop_reverse attributes {mtfc.layout = "batch:rows,d_ff:cols", mtfc.mesh = "rows:2,cols:4", mtfc.partitioning = "none"} {
   func.func @main(%g0: tensor<8x16xf32> {mtfc.dims = ["batch", "d_model"], mtfc.init = "normal:1.0", mtfc.name = "g", mtfc.role = "input"},

@@ -33,7 +33,7 @@
 // SDY-SAME: sdy.sharding = #sdy.sharding_per_value<[<@mesh, []>, <@mesh, [{}, {"cols"}]>, <@mesh, [{}, {}, {"cols"}]>]>
 // SDY: stablehlo.dot_general {{.*}} sdy.sharding = #sdy.sharding_per_value<[<@mesh, [{}, {"cols"}]>]>
 
-// SPLIT: error: layout rule layers:rows splits the dim 'layers' that the loop at {{.*}} runs over
+// SPLIT: error: {{.*}}layout rule layers:rows splits the dim 'layers' that the loop at {{.*}} runs over
 
 module @loop_shift attributes {mtfc.layout = "d_model:cols", mtfc.mesh = "rows:2,cols:4", mtfc.partitioning = "none"} {
   func.func @main(%x: tensor<8x16xf32> {mtfc.dims = ["batch", "d_model"], mtfc.init = "normal:1.0", mtfc.name = "x", mtfc.role = "input"},
