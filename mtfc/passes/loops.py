@@ -42,15 +42,18 @@ def check_loop_dims(module: ir.Module) -> None:
 
 def named_ops(fn: ir.Operation):
     """The ops of `fn` the IR contract names (``mtfc.dims``): those directly
-    in its body and, recursively, in its loops' ``cond`` and ``do`` bodies --
-    not the scalar ops of reducer bodies (a reduce's, an all_reduce's)."""
+    in its body and, recursively, in the ``cond`` and ``do`` bodies of its
+    loops (``stablehlo.while`` carrying ``mtfc.loop_dim``) -- not the scalar
+    ops of reducer bodies (a reduce's, an all_reduce's), nor those of a
+    while that is not such a loop (written by hand; the contract leaves its
+    regions unnamed)."""
     for op in fn.regions[0].blocks[0].operations:
         yield from _named(op.operation)
 
 
 def _named(op: ir.Operation):
     yield op
-    if op.name == "stablehlo.while":
+    if op.name == "stablehlo.while" and mir.LOOP_DIM in op.attributes:
         for region in op.regions:
             for block in region.blocks:
                 for inner in block.operations:
