@@ -87,6 +87,57 @@ module @loop_rev attributes {mtfc.layout = "", mtfc.mesh = "rows:2,cols:4", mtfc
 }
 """
 
+# Nested loops and a reduction in a loop body: for each layer l (outer loop),
+# two steps (inner loop, carrying the layer it was given) of
+# h += 0.1 * sum over d_ff of tanh(h @ w[l]), broadcast along d_model.
+NESTED = """
+module @loop_nested attributes {mtfc.layout = "", mtfc.mesh = "rows:2,cols:4", mtfc.partitioning = "none"} {
+  func.func @main(%x: tensor<8x16xf32> {mtfc.dims = ["batch", "d_model"], mtfc.name = "x", mtfc.role = "input"},
+                  %w: tensor<3x16x32xf32> {mtfc.dims = ["layers", "d_model", "d_ff"], mtfc.name = "w", mtfc.role = "parameter"})
+      -> (tensor<8x16xf32> {mtfc.dims = ["batch", "d_model"], mtfc.name = "y", mtfc.role = "output"}) {
+    %c0 = stablehlo.constant {mtfc.dims = []} dense<0> : tensor<i32>
+    %r:3 = stablehlo.while(%i = %c0, %h = %x, %a = %w) : tensor<i32>, tensor<8x16xf32>, tensor<3x16x32xf32>
+      attributes {mtfc.dims = [[], ["batch", "d_model"], ["layers", "d_model", "d_ff"]],
+                  mtfc.classes = ["activation", "activation", "param"],
+                  mtfc.loop_dim = "layers", mtfc.trip_count = 3 : i64}
+    cond {
+      %n = stablehlo.constant {mtfc.dims = []} dense<3> : tensor<i32>
+      %lt = stablehlo.compare LT, %i, %n {mtfc.dims = []} : (tensor<i32>, tensor<i32>) -> tensor<i1>
+      stablehlo.return %lt : tensor<i1>
+    } do {
+      %z = stablehlo.constant {mtfc.dims = []} dense<0> : tensor<i32>
+      %a1 = stablehlo.dynamic_slice %a, %i, %z, %z, sizes = [1, 16, 32] {mtfc.dims = ["layers", "d_model", "d_ff"]} : (tensor<3x16x32xf32>, tensor<i32>, tensor<i32>, tensor<i32>) -> tensor<1x16x32xf32>
+      %a2 = stablehlo.reshape %a1 {mtfc.dims = ["d_model", "d_ff"]} : (tensor<1x16x32xf32>) -> tensor<16x32xf32>
+      %q:3 = stablehlo.while(%j = %z, %g = %h, %wl = %a2) : tensor<i32>, tensor<8x16xf32>, tensor<16x32xf32>
+        attributes {mtfc.dims = [[], ["batch", "d_model"], ["d_model", "d_ff"]],
+                    mtfc.classes = ["activation", "activation", "activation"],
+                    mtfc.loop_dim = "steps", mtfc.trip_count = 2 : i64}
+      cond {
+        %m = stablehlo.constant {mtfc.dims = []} dense<2> : tensor<i32>
+        %lt2 = stablehlo.compare LT, %j, %m {mtfc.dims = []} : (tensor<i32>, tensor<i32>) -> tensor<i1>
+        stablehlo.return %lt2 : tensor<i1>
+      } do {
+        %u = stablehlo.dot_general %g, %wl, contracting_dims = [1] x [0] {mtfc.dims = ["batch", "d_ff"]} : (tensor<8x16xf32>, tensor<16x32xf32>) -> tensor<8x32xf32>
+        %t = stablehlo.tanh %u {mtfc.dims = ["batch", "d_ff"]} : tensor<8x32xf32>
+        %init = stablehlo.constant {mtfc.dims = []} dense<0.0> : tensor<f32>
+        %s = stablehlo.reduce(%t init: %init) applies stablehlo.add across dimensions = [1] {mtfc.dims = ["batch"]} : (tensor<8x32xf32>, tensor<f32>) -> tensor<8xf32>
+        %sb = stablehlo.broadcast_in_dim %s, dims = [0] {mtfc.dims = ["batch", "d_model"]} : (tensor<8xf32>) -> tensor<8x16xf32>
+        %tenth = stablehlo.constant {mtfc.dims = ["batch", "d_model"]} dense<0.1> : tensor<8x16xf32>
+        %st = stablehlo.multiply %sb, %tenth {mtfc.dims = ["batch", "d_model"]} : tensor<8x16xf32>
+        %g2 = stablehlo.add %g, %st {mtfc.dims = ["batch", "d_model"]} : tensor<8x16xf32>
+        %one2 = stablehlo.constant {mtfc.dims = []} dense<1> : tensor<i32>
+        %j2 = stablehlo.add %j, %one2 {mtfc.dims = []} : tensor<i32>
+        stablehlo.return %j2, %g2, %wl : tensor<i32>, tensor<8x16xf32>, tensor<16x32xf32>
+      }
+      %one = stablehlo.constant {mtfc.dims = []} dense<1> : tensor<i32>
+      %i2 = stablehlo.add %i, %one {mtfc.dims = []} : tensor<i32>
+      stablehlo.return %i2, %q#1, %a : tensor<i32>, tensor<8x16xf32>, tensor<3x16x32xf32>
+    }
+    return %r#1 : tensor<8x16xf32>
+  }
+}
+"""
+
 
 def mlp_reference(x, wi, wo):
     h = x.astype(np.float64)
@@ -102,6 +153,14 @@ def reverse_reference(x, w):
         h = np.tanh(h @ w[k])
         saved[k] = h
     return {"y": h, "saved": saved}
+
+
+def nested_reference(x, w):
+    h = x.astype(np.float64)
+    for layer in range(L):
+        for _ in range(2):
+            h = h + 0.1 * np.tanh(h @ w[layer]).sum(1)[:, None]
+    return {"y": h}
 
 
 def mlp_inputs(rng):
@@ -188,6 +247,26 @@ def test_reverse_loop_writes_stacked_output(tmp_path, rng, name, layout, param_l
         assert f"stablehlo.{c}" in body, (c, body)
     if not collectives:
         assert "all_" not in program and "collective" not in program
+
+
+NESTED_LAYOUTS = [
+    # the sum over the split d_ff completes inside the inner body
+    ("tensor", "batch:rows,d_ff:cols", None, ["all_reduce"]),
+    # h split along d_model: the contraction over it is summed inside the inner body
+    ("model", "d_model:cols", None, ["all_reduce"]),
+    ("fsdp", "batch:rows", "d_model:cols", ["all_gather"]),
+]
+
+
+@pytest.mark.parametrize("name,layout,param_layout,collectives", NESTED_LAYOUTS, ids=[c[0] for c in NESTED_LAYOUTS])
+def test_nested_loops_with_a_reduction_in_the_body(tmp_path, rng, name, layout, param_layout, collectives):
+    inputs = {"x": rng.normal(size=(B, D)), "w": rng.normal(size=(L, D, F)) * 0.25}
+    outputs, program = partition_and_run(tmp_path, NESTED, layout, param_layout, inputs)
+    assert_close(outputs["y"], nested_reference(**inputs)["y"])
+    assert program.count("stablehlo.while") == 2
+    body = body_of(program)
+    for c in collectives:
+        assert f"stablehlo.{c}" in body, (c, body)
 
 
 def test_carry_split_on_a_dim_the_body_regathers(tmp_path, rng):
