@@ -41,16 +41,18 @@ def check_loop_dims(module: ir.Module) -> None:
 
 
 def program_ops(fn: ir.Operation):
-    """Every op of `fn`'s program, each before the ops of its regions: the
-    ops of its body and, recursively, of each ``stablehlo.while``'s cond and
-    body -- not the ops of the computation regions other ops hold (a
-    reduce's or all_reduce's reducer, a sort's comparator: scalar code
-    without ``mtfc.dims``), which `mir.walk_ops` also yields."""
+    """The ops of `fn` the IR contract names (``mtfc.dims``), each before the
+    ops of its regions: those directly in its body and, recursively, in the
+    ``cond`` and ``do`` bodies of its loops (``stablehlo.while`` carrying
+    ``mtfc.loop_dim``) -- not the scalar ops of the computation regions other
+    ops hold (a reduce's or all_reduce's reducer, a sort's comparator), which
+    `mir.walk_ops` also yields, nor those of a while that is not such a loop
+    (written by hand; the contract leaves its regions unnamed)."""
     def visit(block):
         for op in block.operations:
             op = op.operation
             yield op
-            if op.name == "stablehlo.while":
+            if op.name == "stablehlo.while" and mir.LOOP_DIM in op.attributes:
                 for region in op.regions:
                     for inner in region.blocks:
                         yield from visit(inner)
