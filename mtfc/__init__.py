@@ -35,6 +35,8 @@ _LAZY = {
     "Shape": "mtfc.frontend.dims",
     "Tensor": "mtfc.frontend.graph",
     "recompute": "mtfc.frontend.graph",
+    "stack_variables": "mtfc.frontend.graph",
+    "scan": "mtfc.frontend.scan",
     "is_training": "mtfc.frontend.graph",
     "scope": "mtfc.frontend.graph",
     "grad": "mtfc.frontend.autodiff",

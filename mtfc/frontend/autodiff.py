@@ -53,9 +53,6 @@ def grad(y: Tensor, xs):
     on gets zeros.  Gradients sum over every path from x to y (a tensor used
     several times accumulates), and `stop_gradient` cuts a path.
     """
-    from mtfc.frontend import ops
-    from mtfc.frontend.primitives import PRIMITIVES
-
     graph = current_graph()
     if not isinstance(y, Tensor):
         raise fail(f"grad: y must be an mtfc tensor, got {type(y).__name__}")
@@ -70,9 +67,30 @@ def grad(y: Tensor, xs):
         if x.dtype not in FLOAT_DTYPES:
             raise fail(f"grad: only float tensors have gradients, got {x.dtype} {x.shape}")
 
-    # The ops on a path from some x to y, in graph (topological) order.
+    return rebuild(_backprop(graph, [y], {id(y): None}, targets))
+
+
+def vjp(outputs: list[Tensor], cotangents: list[Tensor | None], xs: list[Tensor]) -> list[Tensor]:
+    """The vector-Jacobian product: gradients with respect to each of `xs`
+    of ``sum(outputs[i] * cotangents[i])`` (a None cotangent is zero),
+    each with its x's dims and dtype (zeros where nothing depends on it).
+    Used by the gradient of loops, whose backward body differentiates the
+    forward body against the cotangents the loop carries."""
+    graph = current_graph()
+    seeds = {id(t): ct for t, ct in zip(outputs, cotangents) if ct is not None}
+    roots = [t for t, ct in zip(outputs, cotangents) if ct is not None]
+    return _backprop(graph, roots, seeds, list(xs))
+
+
+def _backprop(graph: Graph, roots: list[Tensor], seeds: dict, targets: list[Tensor]) -> list[Tensor]:
+    """Reverse mode from `roots`, whose gradients are `seeds` (id -> tensor;
+    None: the scalar one), to `targets`; the gradient ops not needed are pruned."""
+    from mtfc.frontend import ops
+    from mtfc.frontend.primitives import PRIMITIVES
+
+    # The ops on a path from some x to a root, in graph (topological) order.
     ancestors: set[int] = set()
-    stack = [y.op]
+    stack = [t.op for t in roots]
     while stack:
         op = stack.pop()
         if id(op) not in ancestors:
@@ -87,9 +105,14 @@ def grad(y: Tensor, xs):
 
     first_new = len(graph.operations)
     grads: dict[int, Tensor] = {}
-    if id(y) in depends:
-        with _at(graph, y.op):
-            grads[id(y)] = ops.constant(1.0, Shape(), y.dtype)
+    for root in roots:
+        if id(root) in depends:
+            seed = seeds[id(root)]
+            if seed is None:
+                with _at(graph, root.op):
+                    seed = ops.constant(1.0, Shape(), root.dtype)
+            previous = grads.get(id(root))
+            grads[id(root)] = seed if previous is None else ops.add(previous, seed)
     for op in reversed(path):
         out_grads = [grads.get(id(t)) for t in op.outputs]
         if all(g is None for g in out_grads):
@@ -117,7 +140,7 @@ def grad(y: Tensor, xs):
                 g = ops.zeros(x.shape, x.dtype)
         results.append(g)
     _prune(graph, first_new, results)
-    return rebuild(results)
+    return results
 
 
 def _prune(graph: Graph, first_new: int, keep: list[Tensor]) -> None:

@@ -189,6 +189,8 @@ class Operation:
     # made inside `recompute()`: gradient ops that read its outputs get a
     # fresh copy instead of the stored forward value
     recompute: bool = False
+    # the graph that recorded it (a loop body's ops belong to the body's graph)
+    graph: "Graph | None" = field(default=None, repr=False)
 
 
 @dataclass
@@ -203,11 +205,29 @@ class Variable:
 
 
 class Graph:
-    """Operations in creation order, and the variables (inputs, parameters)."""
+    """Operations in creation order, and the variables (inputs, parameters).
 
-    def __init__(self):
+    A *body* graph (`Graph.body`) records the body of a loop (`mtf.scan`):
+    its inputs are placeholders (`add_input`) the loop binds on every trip;
+    a tensor of an enclosing graph that a body op reads is *captured*
+    (`capture`: a placeholder standing for it, fed unchanged every trip);
+    and a parameter created in it is created in the enclosing graph --
+    stacked along the loop's dim when the body stacks variables, the body
+    then reading the trip's slice (`stacked`) -- so that the module's
+    arguments are always the root graph's variables."""
+
+    def __init__(self, parent: "Graph | None" = None, stack_dim=None):
         self.operations: list[Operation] = []
         self.variables: list[Variable] = []
+        self.parent = parent
+        self.stack_dim = stack_dim  # a body's: variables created in it are stacked along this Dim
+        self.variable_prefix: list = []  # dims prepended to every variable created here (`stack_variables`)
+        self.inputs: list[Tensor] = []  # a body's placeholders, in creation order
+        self.captures: list[tuple[Tensor, Tensor]] = []  # (enclosing graph's tensor, placeholder)
+        self._captured: dict[int, Tensor] = {}
+        self.stacked: list[tuple[Tensor, Tensor]] = []  # (stacked parameter of the enclosing graph, its slice)
+        # an unrolled loop's trip being traced: (dim, trip, name -> stacked parameter)
+        self.unrolled_trip: tuple | None = None
         self._scopes: list[str] = []
         self._names: dict[str, int] = {}
         # While set, ops are recorded at this location instead of the caller's
@@ -218,6 +238,52 @@ class Graph:
         self.compute_dtype: str = "f32"
         # True while a train step's model function is traced (`is_training`)
         self.training: bool = False
+        if parent is not None:
+            self._scopes = list(parent._scopes)
+            self.location_override = parent.location_override
+            self.compute_dtype = parent.compute_dtype
+            self.training = parent.training
+
+    @classmethod
+    def body(cls, parent: "Graph", stack_dim=None) -> "Graph":
+        """A loop body recorded inside `parent` (same scopes, precision and
+        training flag); `stack_dim`: stack the variables it creates along it."""
+        return cls(parent, stack_dim)
+
+    def root(self) -> "Graph":
+        graph = self
+        while graph.parent is not None:
+            graph = graph.parent
+        return graph
+
+    def add_input(self, shape: Shape, dtype: str, name: str) -> Tensor:
+        """A body placeholder: a value the loop binds (a carry, a slice, a capture)."""
+        op = Operation("body_input", [], {"name": name}, self.unique_name(name), self.location(), graph=self)
+        tensor = Tensor(shape, dtype, op)
+        op.outputs.append(tensor)
+        self.inputs.append(tensor)
+        return tensor
+
+    def owns(self, t: Tensor) -> bool:
+        return t.op.graph is self
+
+    def capture(self, t: Tensor) -> Tensor:
+        """`t` as a value of this graph: itself when recorded here, else the
+        placeholder standing for it (an enclosing graph's tensor, captured
+        through every body in between).  A tensor of a loop body used
+        outside that body is a model mistake."""
+        if t.op.graph is self or t.op.graph is None:
+            return t
+        if self.parent is None:
+            raise fail(f"a tensor {t.shape} computed inside a loop body (mtf.scan / layers.repeat, "
+                       f"op {t.op.name}) is used outside it; return it from the body instead")
+        outer = self.parent.capture(t)
+        inner = self._captured.get(id(outer))
+        if inner is None:
+            inner = self.add_input(outer.shape, outer.dtype, "capture")
+            self._captured[id(outer)] = inner
+            self.captures.append((outer, inner))
+        return inner
 
     def scope_prefix(self) -> str:
         return "/".join(self._scopes)
@@ -235,9 +301,30 @@ class Graph:
     def add_variable(
         self, name: str, role: str, shape: Shape, dtype: str, init: str, trainable: bool = False
     ) -> Tensor:
+        if self.unrolled_trip is not None:  # an unrolled loop's trip: this trip's slice of the stacked parameter
+            from mtfc.frontend import ops
+
+            dim, trip, stacked = self.unrolled_trip
+            if name not in stacked:
+                self.unrolled_trip = None
+                try:
+                    stacked[name] = self.add_variable(name, role, Shape([dim] + list(shape)), dtype, init, trainable)
+                finally:
+                    self.unrolled_trip = (dim, trip, stacked)
+            whole = stacked[name]
+            return ops.reshape(ops.slice(whole, trip, 1, dim), whole.shape.without([dim]))
+        if self.variable_prefix:
+            shape = Shape(list(self.variable_prefix) + list(shape))
+        if self.parent is not None:  # a loop body: the parameter lives in the enclosing graph
+            if self.stack_dim is None:
+                return self.capture(self.parent.add_variable(name, role, shape, dtype, init, trainable))
+            stacked = self.parent.add_variable(name, role, Shape([self.stack_dim] + list(shape)), dtype, init, trainable)
+            inner = self.add_input(shape, dtype, "slice")
+            self.stacked.append((stacked, inner))
+            return inner
         if any(v.name == name for v in self.variables):
             raise fail(f"variable {name!r} is created twice")
-        op = Operation("variable", [], {"name": name}, name, user_location())
+        op = Operation("variable", [], {"name": name}, name, user_location(), graph=self)
         tensor = Tensor(shape, dtype, op)
         op.outputs.append(tensor)
         self.variables.append(Variable(name, role, tensor, init, trainable))
@@ -281,6 +368,21 @@ def scope(name: str):
         yield
     finally:
         graph._scopes.pop()
+
+
+@contextlib.contextmanager
+def stack_variables(dim):
+    """``with mtf.stack_variables(stages): ...``: every parameter created
+    inside gets `dim` (a `Dim`) prepended to its dims -- one copy per
+    position of `dim`, which the ops inside carry like a batch dim (the
+    stages of a pipeline).  A loop body inside stacks its own dim after it:
+    ``[stages, layers, ...]``."""
+    graph = current_graph()
+    graph.variable_prefix.append(dim)
+    try:
+        yield
+    finally:
+        graph.variable_prefix.pop()
 
 
 @contextlib.contextmanager

@@ -103,6 +103,29 @@ def _location(op: Operation, prefix: str = "") -> ir.Location:
     return ir.Location.name(prefix + op.name, childLoc=ir.Location.file(os.path.basename(filename), line, 1))
 
 
+def lower_ops(lx: Lowerer, operations: list[Operation], values: dict[int, ir.Value], remat: "_Recompute | None" = None) -> None:
+    """Emit `operations` (in order) at the current insertion point, reading
+    and filling `values` (tensor id -> SSA value).  With `remat`, gradient
+    ops read fresh copies of the values made in `mtf.recompute()` blocks."""
+    for op in operations:
+        if op.primitive in ("variable", "body_input"):
+            continue
+        lx.layout_class = op.layout_class
+        if remat is not None and op.name.startswith("grad/"):
+            args = [remat.value(t) if t.op.recompute and t.op.primitive != "scan" else values[id(t)] for t in op.inputs]
+        else:
+            args = [values[id(t)] for t in op.inputs]
+        with _location(op):
+            results = PRIMITIVES[op.primitive].lower(lx, op, args)
+        for t, r in zip(op.outputs, results):
+            values[id(t)] = r
+
+
+def live_operations(graph: Graph, outputs: list[Tensor]) -> list[Operation]:
+    """The ops of `graph` that `outputs` depend on, in graph order."""
+    return _live_operations(graph, outputs)
+
+
 def _live_operations(graph: Graph, outputs: list[Tensor]) -> list[Operation]:
     live: set[int] = set()
     stack = [t.op for t in outputs]
@@ -128,7 +151,7 @@ class _Recompute:
     def value(self, t: Tensor) -> ir.Value:
         if id(t) not in self.copies:
             op = t.op
-            args = [self.value(i) if i.op.recompute else self._barrier(i) for i in op.inputs]
+            args = [self.value(i) if i.op.recompute and i.op.primitive != "scan" else self._barrier(i) for i in op.inputs]
             saved = self.lx.layout_class
             self.lx.layout_class = op.layout_class
             with _location(op, prefix="recompute/"):
@@ -211,16 +234,7 @@ def lower_graph(
         lx = Lowerer(module)
         remat = _Recompute(lx, values)
         with ir.InsertionPoint(block):
-            for op in _live_operations(graph, list(outputs.values())):
-                if op.primitive == "variable":
-                    continue
-                lx.layout_class = op.layout_class
-                gradient = op.name.startswith("grad/")
-                args = [remat.value(t) if gradient and t.op.recompute else values[id(t)] for t in op.inputs]
-                with _location(op):
-                    results = PRIMITIVES[op.primitive].lower(lx, op, args)
-                for t, r in zip(op.outputs, results):
-                    values[id(t)] = r
+            lower_ops(lx, _live_operations(graph, list(outputs.values())), values, remat)
             func.ReturnOp([values[id(t)] for t in outputs.values()])
         if not module.operation.verify():
             raise AssertionError("lowered module does not verify")

@@ -58,9 +58,10 @@ def bind(primitive: str, inputs: Sequence[Tensor], *, name: str | None = None, *
     for t in inputs:
         if not isinstance(t, Tensor):
             raise fail(f"{primitive} expects mtfc tensors, got {type(t).__name__}")
+    inputs = [t if t.op.graph is graph else graph.capture(t) for t in inputs]
     prim = PRIMITIVES[primitive]
-    outs = prim.infer(list(inputs), params)
-    op = Operation(primitive, list(inputs), params, graph.unique_name(name or primitive), graph.location())
+    outs = prim.infer(inputs, params)
+    op = Operation(primitive, inputs, params, graph.unique_name(name or primitive), graph.location(), graph=graph)
     op.outputs = [Tensor(shape, dtype, op, i) for i, (shape, dtype) in enumerate(outs)]
     graph.operations.append(op)
     return op.outputs
