@@ -47,11 +47,12 @@ def head(h, t):
     return {"y": h, "loss": mtf.reduce_mean(mtf.square(h - t))}
 
 
-def pipelined(S: int, M: int, layers: int | None = None):
+def pipelined(S: int, M: int, layers: int | None = None, unroll: bool = False):
     stages = mtf.Dim("stages", S)
 
     def model(x, t):
-        h = mtf.layers.pipeline(block, x, layers=layers or S * LAYERS_PER_STAGE, stages=stages, microbatches=M)
+        h = mtf.layers.pipeline(block, x, layers=layers or S * LAYERS_PER_STAGE, stages=stages, microbatches=M,
+                                   unroll=unroll)
         return head(h, t)
 
     return model
@@ -75,15 +76,16 @@ def mesh_of(S: int) -> str:
 LAYOUT = "stages:pipe,batch:data"
 
 
-def stack(flat: dict, S: int, per_stage: int, prefix: str = "params/pipeline") -> dict:
-    """The unpipelined model's per-block parameters as the pipeline's stacked ones."""
+def stack(flat: dict, S: int, per_stage: int, prefix: str = "params/pipeline/stage") -> dict:
+    """The unpipelined model's per-block parameters as the pipeline's stacked
+    ones: ``X[j, s]`` is block ``s * per_stage + j``."""
     out = {}
     for name in flat:
-        m = re.fullmatch(r"params/block(\d+)/(.*)", name)
-        if m and int(m.group(1)) < per_stage:
-            j, rest = int(m.group(1)), m.group(2)
-            out[f"{prefix}/layer{j}/{rest}"] = np.stack(
-                [flat[f"params/block{s * per_stage + j}/{rest}"] for s in range(S)])
+        m = re.fullmatch(r"params/block0/(.*)", name)
+        if m:
+            rest = m.group(1)
+            out[f"{prefix}/{rest}"] = np.stack([np.stack([flat[f"params/block{s * per_stage + j}/{rest}"]
+                                                          for s in range(S)]) for j in range(per_stage)])
     return out
 
 
@@ -174,7 +176,7 @@ def _jax_model(p, x, t, S, per):
     h = x
     for s in range(S):
         for j in range(per):
-            q = lambda n: p[f"params/pipeline/layer{j}/{n}"][s]  # noqa: E731
+            q = lambda n: p[f"params/pipeline/stage/{n}"][j, s]  # noqa: E731
             mean = h.mean(-1, keepdims=True)
             var = ((h - mean) ** 2).mean(-1, keepdims=True)
             u = (h - mean) / jnp.sqrt(var + 1e-6) * q("ln/scale") + q("ln/bias")

@@ -28,10 +28,12 @@ import contextlib
 
 from mtfc.frontend import ops
 from mtfc.frontend.dims import Dim, Shape
-from mtfc.frontend.graph import Tensor, current_graph, fail, scope
+from mtfc.frontend.graph import Tensor, current_graph, fail, scope, stack_variables
+from mtfc.frontend.scan import repeat, scan
 
 TICKS = "pipeline_ticks"  # the dim the tick loop runs over (never split)
 MICROBATCHES = "microbatches"
+LAYERS = "layers"  # the blocks of one stage (an inner loop's dim, never split)
 
 
 def bubble_fraction(stages: int, microbatches: int) -> float:
@@ -40,27 +42,23 @@ def bubble_fraction(stages: int, microbatches: int) -> float:
 
 
 @contextlib.contextmanager
-def _stacked_variables(dim: Dim, *, reuse: bool):
-    """Every variable created inside gets `dim` prepended to its dims; with
-    `reuse`, creating a variable that already exists (same name, same dims)
-    returns the existing one (the unrolled ticks create each block's
-    variables M + S - 1 times).  The graph's own `stack_variables` replaces
-    this once it exists (mtfc.frontend.graph)."""
+def _unrolled_variables(stages: Dim, layers: Dim, layer: int, created: dict):
+    """The unrolled schedule's variables: created once (the first tick),
+    stored ``[layers, stages, ...]`` like the scanned schedule's, and read as
+    layer `layer`'s slice ``[stages, ...]`` on every tick (`created`: name
+    -> the stored variable, shared by the ticks)."""
     graph = current_graph()
     original = graph.add_variable
-    created: dict[str, Tensor] = {}
 
     def add_variable(name, role, shape, dtype, init, trainable=False):
-        shape = Shape([dim, *shape])
-        if reuse and name in created:
-            t = created[name]
-            if t.shape != shape or t.dtype != dtype:
-                raise fail(f"pipeline: the block creates variable {name!r} as {shape} {dtype} on one tick "
-                           f"and {t.shape} {t.dtype} on another")
-            return t
-        t = original(name, role, shape, dtype, init, trainable)
-        created[name] = t
-        return t
+        whole = Shape([layers, stages, *shape])
+        if name not in created:
+            created[name] = original(name, role, whole, dtype, init, trainable)
+        t = created[name]
+        if t.shape != whole or t.dtype != dtype:
+            raise fail(f"pipeline: the block creates variable {name!r} as {whole} {dtype} on one tick "
+                       f"and {t.shape} {t.dtype} on another")
+        return ops.reshape(ops.slice(t, layer, 1, layers), t.shape.without([layers]))
 
     graph.add_variable = add_variable
     try:
@@ -70,17 +68,17 @@ def _stacked_variables(dim: Dim, *, reuse: bool):
 
 
 def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int, batch_dim=None,
-             name: str = "pipeline") -> Tensor:
+             name: str = "pipeline", unroll: bool = False) -> Tensor:
     """``layers`` applications of ``block_fn`` to `x`, pipelined over `stages`.
 
     Contract:
       * ``block_fn(h) -> h`` is one block (e.g. attention + feed-forward with
         residuals); it returns a tensor of h's dims and dtype and creates its
         parameters with `get_variable` (any layer does).  It is traced with
-        an ``h`` that carries the `stages` dim first; its parameters are
-        created ``[stages, ...]`` under ``params/<name>/layer<j>/...`` (block
-        j of each stage), so ``params/<name>/layer<j>/X[s]`` is block
-        ``s * layers/stages + j`` of the unpipelined model.
+        an ``h`` that carries the `stages` dim; its parameters are stored
+        ``params/<name>/stage/...`` with dims ``[layers, stages, ...]``
+        (``layers`` of size layers/S), so ``X[j, s]`` is block
+        ``s * layers/S + j`` of the unpipelined model.
       * `stages`: a Dim (``Dim("stages", S)``) whose name is not one of x's
         dims; a layout rule ``stages:AXIS`` puts stage s on AXIS position s.
       * `layers` must be a multiple of ``S``; `microbatches` (M >= 1) must
@@ -90,6 +88,12 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
         needs no communication to cut or reassemble microbatches.
       * Bubble slots run the block on zeros; the block must be finite there
         (their results are discarded and get zero gradient).
+      * The ticks are one ``stablehlo.while`` (`mtf.scan` over the dim
+        ``pipeline_ticks`` of size M + S - 1, attributes
+        ``mtfc.pipeline_stages``, ``mtfc.pipeline_microbatches``,
+        ``mtfc.pipeline_stages_dim``), each stage's blocks an inner loop
+        (`mtf.layers.repeat`); with `unroll`, both are Python loops instead
+        (the same parameters, the same numbers, no loop attributes).
       * Returns x's dims and dtype: the last stage's outputs, reassembled
         (one sum over `stages`: an all-reduce over its axis, once).
     Errors (one line, at the calling line): `layers` not a multiple of S,
@@ -112,48 +116,67 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
     if batch.size % M:
         raise fail(f"pipeline: {M} microbatches do not divide the batch dim {batch.name}={batch.size}")
     per_stage = layers // S
+    layers_dim = Dim(LAYERS, per_stage)
     mb_batch = Dim(batch.name, batch.size // M)
     micro = Dim(MICROBATCHES, M)
-    ticks = M + S - 1
+    ticks = Dim(TICKS, M + S - 1)
 
     # [.., batch, ..] -> [.., batch/M, microbatches, ..]: microbatch m = rows i*M + m
     xs = ops.replace_dimensions(x, batch, [mb_batch, micro])
     mb_shape = Shape([d for d in xs.shape if d.name != MICROBATCHES])
     state_shape = Shape([stages, *mb_shape])
-    first_stage = ops.equal(ops.range_(stages), 0)
-    last_stage = ops.cast(ops.equal(ops.range_(stages), S - 1), x.dtype)
+
+    def checked_block(h: Tensor) -> Tensor:
+        out = block_fn(h)
+        if not isinstance(out, Tensor) or out.shape != h.shape or out.dtype != h.dtype:
+            got = f"{out.shape} {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
+            raise fail(f"pipeline: the block must return its input's dims and dtype {h.shape} {h.dtype}, got {got}")
+        return out
+
+    def stage_block(h: Tensor) -> Tensor:
+        with stack_variables(stages):
+            return checked_block(h)
+
+    created: dict = {}
 
     def stage(h: Tensor) -> Tensor:
-        for j in range(per_stage):
-            with scope(f"layer{j}"):
-                out = block_fn(h)
-            if not isinstance(out, Tensor) or out.shape != h.shape or out.dtype != h.dtype:
-                got = f"{out.shape} {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
-                raise fail(f"pipeline: the block must return its input's dims and dtype {h.shape} {h.dtype}, got {got}")
-            h = out
+        if not unroll:
+            return repeat(stage_block, h, per_stage, dim_name=LAYERS, name="stage")
+        with scope("stage"):
+            for j in range(per_stage):
+                with _unrolled_variables(stages, layers_dim, j, created):
+                    h = checked_block(h)
         return h
 
-    def tick(state: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
+    def tick(state: Tensor, x_t: Tensor):
         # the previous tick's outputs move one stage on (the one permute);
         # stage 0 takes this tick's microbatch (zeros while draining)
         moved = ops.shift(state, 1, stages)
-        h = ops.where(first_stage, x_t, moved)
+        h = ops.where(ops.equal(ops.range_(stages), 0), x_t, moved)
         out = stage(h)
-        return out, out * last_stage
+        return out, out * ops.cast(ops.equal(ops.range_(stages), S - 1), x.dtype)
 
+    # microbatch t enters at tick t; ticks M .. M+S-2 feed zeros (the drain)
+    fed = ops.pad(xs, (0, S - 1), micro, new_name=TICKS) if S > 1 else ops.rename_dimension(xs, micro, TICKS)
     state = ops.zeros(state_shape, x.dtype)
-    done = ops.zeros(Shape([stages, *_with_micro_after(mb_shape, mb_batch, micro)]), x.dtype)
-    with scope(name), _stacked_variables(stages, reuse=True):
-        for t in range(ticks):
-            if t < M:
-                x_t = ops.reshape(ops.slice(xs, t, 1, micro), mb_shape)
-            else:
-                x_t = ops.zeros(mb_shape, x.dtype)
-            state, y = tick(state, x_t)
-            if t >= S - 1:  # microbatch t - S + 1 leaves the last stage
-                done = done + y * ops.one_hot(ops.constant(t - S + 1, (), "i32"), micro, x.dtype)
+    with scope(name):
+        if unroll:
+            outs = []
+            for t in range(ticks.size):
+                state, y = tick(state, ops.reshape(ops.slice(fed, t, 1, ticks), mb_shape))
+                outs.append(y)
+            done = ops.zeros(Shape([stages, *_with_micro_after(mb_shape, mb_batch, micro)]), x.dtype)
+            for t in range(S - 1, ticks.size):  # microbatch t - S + 1 left the last stage at tick t
+                done = done + outs[t] * ops.one_hot(ops.constant(t - S + 1, (), "i32"), micro, x.dtype)
+            y = ops.reduce_sum(done, stages)
+        else:
+            attributes = {"pipeline_stages": S, "pipeline_microbatches": M, "pipeline_stages_dim": stages.name}
+            _, ys = scan(tick, state, fed, dim=ticks, stack_variables=False, loop_attributes=attributes)
+            # ys [ticks, stages, ...]: one sum over stages, then the last M ticks are the microbatches
+            y = ops.rename_dimension(ops.slice(ops.reduce_sum(ys, stages), S - 1, M, ticks), TICKS, MICROBATCHES)
+            y = ops.transpose(y, _with_micro_after(mb_shape, mb_batch, micro))
     # the one sum over `stages` (only the last stage's slot is non-zero)
-    return ops.replace_dimensions(ops.reduce_sum(done, stages), [mb_batch, micro], batch)
+    return ops.replace_dimensions(y, [mb_batch, micro], batch)
 
 
 def _with_micro_after(mb_shape: Shape, mb_batch: Dim, micro: Dim) -> Shape:
