@@ -15,6 +15,7 @@ over the mesh axes (see `mtfc.mesh.Mesh.coords`).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -93,6 +94,20 @@ class Emitter:
         self._replica_id: ir.Value | None = None
         self._offsets: dict[tuple[Axes, int], ir.Value] = {}
         self._reshards: dict[tuple, Local] = {}  # one reshard per (value, target layout)
+
+    @contextmanager
+    def region(self):
+        """Emit into a nested region (a loop's body): values emitted once per
+        function (the replica id, shard offsets, reshards) are made afresh
+        inside it, and the ones made inside are forgotten when it closes, so
+        no value is used outside the block that defines it and the region
+        uses no value from outside."""
+        saved = self._replica_id, self._offsets, self._reshards
+        self._replica_id, self._offsets, self._reshards = None, {}, {}
+        try:
+            yield
+        finally:
+            self._replica_id, self._offsets, self._reshards = saved
 
     # -------------------------------------------------------------- basics
     def factor(self, axes: Axes) -> int:

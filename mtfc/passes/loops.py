@@ -38,3 +38,20 @@ def check_loop_dims(module: ir.Module) -> None:
                     f"{which} rule {dim}:{'+'.join(axes)} splits the dim {dim!r} that the loop at "
                     f"{mir.location_text(op.location)} runs over; a scanned dim must stay whole "
                     f"(split a 'stages' dim for pipeline parallelism instead)")
+
+
+def named_ops(fn: ir.Operation):
+    """The ops of `fn` the IR contract names (``mtfc.dims``): those directly
+    in its body and, recursively, in its loops' ``cond`` and ``do`` bodies --
+    not the scalar ops of reducer bodies (a reduce's, an all_reduce's)."""
+    for op in fn.regions[0].blocks[0].operations:
+        yield from _named(op.operation)
+
+
+def _named(op: ir.Operation):
+    yield op
+    if op.name == "stablehlo.while":
+        for region in op.regions:
+            for block in region.blocks:
+                for inner in block.operations:
+                    yield from _named(inner.operation)

@@ -535,4 +535,8 @@ for _name in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "colle
 for _name in ("replica_id", "partition_id", "dynamic_slice", "dynamic_update_slice", "copy"):
     register(OpRule(f"stablehlo.{_name}", "device", result_dims_of_operand=_name in ("dynamic_slice", "copy")))
 register(OpRule("stablehlo.return", "control"))
+# A loop over stacked layers (docs/IR.md "Loops"): no factors -- each carried
+# value keeps the layout its dims and class imply; the explicit partitioner
+# partitions its regions (mtfc/passes/partition/loops.py).
+register(OpRule("stablehlo.while", "control"))
 register(OpRule("func.return", "control"))

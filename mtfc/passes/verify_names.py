@@ -17,10 +17,15 @@ the whole contract, "Verification" in docs/IR.md:
   unique among the arguments (among the results), a valid ``mtfc.init``;
   ``tf.aliasing_output`` names a result of the argument's type, each result
   at most once;
-* every op directly in @main's body carries ``mtfc.dims`` the same way (in a
-  shardy module, ops Shardy added may lack them); within one op a dim name
-  has one size (over its results, and over its operands too for ops that
-  keep every dim's size);
+* every op directly in @main's body or in a loop's body (not a reducer's)
+  carries ``mtfc.dims`` the same way (in a shardy module, ops Shardy added
+  may lack them); within one op a dim name has one size (over its results,
+  and over its operands too for ops that keep every dim's size);
+* a loop (``stablehlo.while``, docs/IR.md "Loops") carries ``mtfc.classes``,
+  ``mtfc.loop_dim`` and ``mtfc.trip_count``; each operand, each block
+  argument of its regions and each value its body returns has the dims
+  ``mtfc.dims`` gives that carried value, and no layout rule splits its loop
+  dim;
 * shardings agree with the layout: in a gspmd module every argument and
   result carries the ``mhlo.sharding`` its dims imply (ops that carry one
   too); a shardy module's arguments and results are ``{manual}``; none and
@@ -46,6 +51,7 @@ from mtfc import initializers
 from mtfc.errors import MtfcError
 from mtfc.mesh import LayoutRules
 from mtfc.passes import op_rules
+from mtfc.passes.loops import check_loop_dims, named_ops
 from mtfc.passes.manager import register_pass
 
 KINDS = ("none", "gspmd", "explicit", "shardy")
@@ -163,9 +169,12 @@ def _check_aliases(args: list[_Interface], results: list[_Interface]) -> None:
         taken[k] = a
 
 
+_TERMINATORS = ("func.return", "stablehlo.return")
+
+
 def _check_body(fn: ir.Operation, kind: str) -> None:
-    for op in mir.body_ops(fn):
-        if op.name == "func.return":
+    for op in named_ops(fn):
+        if op.name in _TERMINATORS:
             continue
         what = mir.describe_op(op)
         if mir.DIMS not in op.attributes:
@@ -181,6 +190,49 @@ def _check_body(fn: ir.Operation, kind: str) -> None:
         for d, r in zip(dims, op.results):
             _check_dims(d, r.type, what)
         _check_one_size(op, dims, kind, what)
+        if op.name == "stablehlo.while":
+            _check_loop(op, dims, kind, what)
+
+
+def _check_loop(op: ir.Operation, dims: list[list[str]], kind: str, what: str) -> None:
+    """A loop's attributes, and the dims of what enters, circulates and leaves
+    (the results' dims are `dims` itself)."""
+    for key in (mir.CLASSES, mir.LOOP_DIM, mir.TRIP_COUNT):
+        if key not in op.attributes:
+            raise MtfcError(f"{what}: a loop carries {mir.CLASSES}, {mir.LOOP_DIM} and {mir.TRIP_COUNT} "
+                            f"(docs/IR.md, \"Loops\"); {key} is missing")
+    try:
+        classes = mir.read_str_array(op.attributes[mir.CLASSES])
+        _string_attr(op.attributes, mir.LOOP_DIM, what)
+        trips = ir.IntegerAttr(op.attributes[mir.TRIP_COUNT]).value
+    except (ValueError, TypeError):
+        raise MtfcError(f"{what}: {mir.CLASSES} is a list of strings, {mir.LOOP_DIM} a string and "
+                        f"{mir.TRIP_COUNT} an integer") from None
+    if len(classes) != len(dims):
+        raise MtfcError(f"{what}: {mir.CLASSES} lists {len(classes)} classes for {len(dims)} carried values")
+    for k, cls in enumerate(classes):
+        if cls not in ("activation", "param"):
+            raise MtfcError(f"{what}: carried value #{k} has unknown class {cls!r} (activation or param)")
+    if trips < 0:
+        raise MtfcError(f"{what}: {mir.TRIP_COUNT} = {trips} is negative")
+    for k, v in enumerate(op.operands):
+        _check_carried(v, dims[k], kind, f"{what}: carried value #{k} enters", k)
+    body = op.regions[1].blocks[0]
+    ret = list(body.operations)[-1].operation
+    for k, v in enumerate(ret.operands):
+        _check_carried(v, dims[k], kind, f"{what}: its body returns carried value #{k}", k)
+
+
+def _check_carried(value: ir.Value, want: list[str], kind: str, where: str, k: int) -> None:
+    try:
+        got = mir.value_dims(value)
+    except (MtfcError, KeyError, IndexError, ValueError):
+        if kind == "shardy":
+            return  # a value Shardy made, unnamed
+        raise
+    if got != want:
+        raise MtfcError(f"{where} with dims {got}, but the loop's {mir.DIMS} give it {want}; a carried value "
+                        "has the same dims at entry, in the body and at exit")
 
 
 def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: str) -> None:
@@ -188,10 +240,13 @@ def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: st
     keep sizes (elementwise, dot_general, reduce, transpose) in a global
     program over its named operands too.  A collective's results are
     independent values, as an optimization_barrier's (a fused all_reduce of
-    two kernels' gradients may hold ``kh:1`` and ``kh:3``): each is checked
-    on its own."""
+    two kernels' gradients may hold ``kh:1`` and ``kh:3``), and so are a
+    loop's carried values (in a per-device program a param-class one may
+    hold a dim split that an activation leaves whole): each is checked on
+    its own."""
     rule = op_rules.rule_of(op.name)
-    if rule is not None and (rule.family == "collective" or rule.result_dims_of_operand) and len(op.results) > 1:
+    independent = rule is not None and (rule.family == "collective" or rule.result_dims_of_operand)
+    if (independent or op.name == "stablehlo.while") and len(op.results) > 1:
         for k, d in enumerate(dims):
             _check_sizes([(d, op.results[k].type, f"result #{k}")], what)
         return
@@ -272,14 +327,14 @@ def _check_shardings(fn: ir.Operation, kind: str, layouts: mir.Layouts,
                             "(mtfc.partitioning = \"gspmd\" for a module XLA splits)")
     if kind != "gspmd":
         return
-    for op in mir.body_ops(fn):
+    for op in named_ops(fn):
         if SHARDING not in op.attributes or mir.DIMS not in op.attributes:
             continue
         what = mir.describe_op(op)
         whole = set(mir.read_str_array(op.attributes[mir.WHOLE])) if mir.WHOLE in op.attributes else set()
         texts = [hlo_sharding(_without(layouts.of_value(d, tuple(ir.RankedTensorType(r.type).shape),
-                                                        cls=mir.op_class(op), what=f"value of {what}"), whole))
-                 for d, r in zip(mir.op_result_dims(op), op.results)]
+                                                        cls=cls, what=f"value of {what}"), whole))
+                 for d, r, cls in zip(mir.op_result_dims(op), op.results, mir.op_result_classes(op))]
         expected = texts[0] if len(texts) == 1 else "{" + ", ".join(texts) + "}"
         text = _string_attr(op.attributes, SHARDING, what)
         if not _same_sharding(text, expected):
@@ -335,12 +390,12 @@ def module_dims(fn: ir.Operation, args, results) -> tuple[set[str], set[str]]:
         every.update(v.dims)
         if v.role in mir.STATE_ROLES:
             state.update(v.dims)
-    for op in mir.body_ops(fn):
-        if mir.DIMS not in op.attributes or op.name == "func.return":
+    for op in named_ops(fn):
+        if mir.DIMS not in op.attributes or op.name in _TERMINATORS:
             continue
-        for d in mir.op_result_dims(op):
+        for d, cls in zip(mir.op_result_dims(op), mir.op_result_classes(op)):
             every.update(d)
-            if mir.op_class(op) == "param":
+            if cls == "param":
                 state.update(d)
     return every, state
 
@@ -391,6 +446,7 @@ def _verify(module: ir.Module, *, where: str = "", allow_unused: bool = False) -
         args, results = _interfaces(fn)
         _check_interfaces(args, results)
         _check_body(fn, kind)
+        check_loop_dims(module)
         if kind in ("none", "gspmd"):
             _check_layouts_apply(layouts, args, results)
         if not allow_unused:

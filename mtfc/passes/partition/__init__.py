@@ -1,7 +1,8 @@
 """Pass `partition` (explicit mode): Mesh TF's lowering as an MLIR pass.
 
 Requires: the IR contract (`verify-names`): ``mtfc.dims`` on every argument,
-result and body op of @main, a mesh and layout rules on the module.
+result and body op of @main (loop bodies included), a mesh and layout rules
+on the module, no layout rule splitting a loop's dim (refused in one line).
 
 Guarantees: @main becomes the program one device runs (device ``d`` of the
 mesh is replica ``d``): every value has its local shape -- each dim divided by
@@ -26,7 +27,10 @@ result to the layout its dims imply.  The package:
 - `contraction` -- dot_general and reduce (all_reduce over summed dims);
 - `windows`     -- slice, pad, concatenate and shifts (window and halo
                    exchange by collective_permute);
-- `gather`      -- the lookup table[indices].
+- `gather`      -- the lookup table[indices];
+- `loops`       -- ``stablehlo.while`` over stacked layers (its regions
+                   partitioned recursively), dynamic_slice and
+                   dynamic_update_slice.
 
 What each op's dims do (pass, sum, window, whole) is declared once in
 `mtfc.passes.op_rules`.
@@ -39,6 +43,7 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.passes.composites import erase_unused_decompositions
+from mtfc.passes.loops import check_loop_dims
 from mtfc.passes.manager import register_pass
 from mtfc.passes.partition.common import RULES, clone_region, rule  # noqa: F401 - the package's API
 from mtfc.passes.partition.driver import Partitioner
@@ -49,6 +54,7 @@ def partition(module: ir.Module, options) -> None:
     """Split @main into the per-device program with explicit collectives."""
     if mir.partitioning(module) not in ("none", "gspmd"):
         raise MtfcError(f"partition: the module is already partitioned ({mir.partitioning(module)})")
+    check_loop_dims(module)
     reference = ir.Module.parse(mir.strip_partitioning_text(module), module.context)
     reference.operation.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
     mir.strip_partitioning_in_place(module)

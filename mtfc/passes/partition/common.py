@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
 Rule = Callable[["Partitioner", ir.Operation, list[Local], list[str], tuple[int, ...]], Local]
 RULES: dict[str, Rule] = {}
+# Ops with regions the driver partitions recursively (a loop): (partitioner,
+# op, env) -> one `Local` per result, each already in its result's layout.
+RegionRule = Callable[["Partitioner", ir.Operation, dict], list[Local]]
+REGION_RULES: dict[str, RegionRule] = {}
 
 
 def rule(*names: str):
@@ -22,6 +26,17 @@ def rule(*names: str):
     def wrap(fn):
         for n in names:
             RULES[n] = fn
+        return fn
+
+    return wrap
+
+
+def region_rule(*names: str):
+    """Register the decorated function as the explicit rule of the ops
+    `names`, which have regions and any number of results (`RegionRule`)."""
+    def wrap(fn):
+        for n in names:
+            REGION_RULES[n] = fn
         return fn
 
     return wrap

@@ -9,12 +9,12 @@ from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.passes import op_rules
 from mtfc.passes.collectives import Axes, Emitter, Local
-from mtfc.passes.partition import contraction, convolution, gather, local, pooling, windows  # noqa: F401 - their rules register on import
-from mtfc.passes.partition.common import RULES, clone_region
+from mtfc.passes.partition import contraction, convolution, gather, local, loops, pooling, windows  # noqa: F401 - their rules register on import
+from mtfc.passes.partition.common import REGION_RULES, RULES, clone_region
 from mtfc.passes.partition.local import elementwise, replicated
 from mtfc.passes.partition.windows import halo_exchange, window_of
 
-ELEMENTWISE = op_rules.names(family=("elementwise", "control")) - {"func.return", "stablehlo.return"}
+ELEMENTWISE = op_rules.names(family=("elementwise", "control")) - {"func.return", "stablehlo.return"} - set(REGION_RULES)
 
 
 class Partitioner:
@@ -68,17 +68,13 @@ class Partitioner:
         env: dict[ir.Value, Local] = {}
         for old_arg, new_arg, sig, axes in zip(old.regions[0].blocks[0].arguments, block.arguments, args, arg_axes):
             env[old_arg] = Local(new_arg, tuple(sig.dims), tuple(sig.shape), axes)
-        with ir.InsertionPoint(block):
-            for op in mir.body_ops(old):
-                with op.location:
-                    if op.name == "func.return":
-                        values = [
-                            self.emit.reshard(env[v], axes, f"result {sig.name!r}").value
-                            for v, sig, axes in zip(op.operands, results, res_axes)
-                        ]
-                        func.ReturnOp(values)
-                        continue
-                    self.partition_op(op, env)
+
+        def ret(op, env):
+            values = [self.emit.reshard(env[v], axes, f"result {sig.name!r}").value
+                      for v, sig, axes in zip(op.operands, results, res_axes)]
+            func.ReturnOp(values)
+
+        self.partition_block(old.regions[0].blocks[0], block, env, ret)
         old.erase()
         new.attributes["sym_name"] = ir.StringAttr.get(mir.ENTRY)
         attrs = module.operation.attributes
@@ -86,10 +82,30 @@ class Partitioner:
         attrs["mhlo.num_partitions"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(32), 1)
         mir.set_partitioning(module, "explicit")
 
+    def partition_block(self, old: ir.Block, new: ir.Block, env: dict, terminator) -> None:
+        """Append to `new` the per-device ops of `old`'s ops, value by value.
+
+        `env` maps each value of the global program visible in `old` (its
+        block arguments included) to its `Local`, and gains the block's
+        values; `terminator(op, env)` writes the block's terminator (the
+        function's return, a loop region's ``stablehlo.return``).  Each op's
+        location is current while its ops are made."""
+        with ir.InsertionPoint(new):
+            for op in old.operations:
+                op = op.operation
+                with op.location:
+                    if op.name in ("func.return", "stablehlo.return"):
+                        terminator(op, env)
+                    else:
+                        self.partition_op(op, env)
+
     def partition_op(self, op: ir.Operation, env: dict) -> None:
         all_dims = mir.op_result_dims(op)
         if all_dims is None:
             raise MtfcError(f"{mir.describe_op(op)} carries no mtfc.dims")
+        if op.name in REGION_RULES:  # one Local per result, its regions partitioned recursively
+            env.update(zip(op.results, REGION_RULES[op.name](self, op, env)))
+            return
         if len(op.results) != 1:
             raise MtfcError(f"partition: cannot split {mir.describe_op(op)}: ops with {len(op.results)} results have no rule")
         dims = all_dims[0]

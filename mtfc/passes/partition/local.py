@@ -116,10 +116,15 @@ def reshape_segments(a: list[int], b: list[int]) -> list[tuple[list[int], list[i
 def reshape_plan(x_shape: list[int], shape: list[int], axes, factor) -> tuple[list, list]:
     """(the operand's layout, the local reshape's result layout) of a reshape
     whose result is laid out as `axes`: a run of dims keeps the axes of its
-    leading result dim when the run's other result dims are whole."""
+    leading result dim when the run's other result dims are whole.  Size-1
+    dims leading a run (the layer dim of one layer sliced from a stack) are
+    whole and do not count: the run's leading dims are its first larger
+    ones."""
     target_in: list[Axes] = [()] * len(x_shape)
     middle: list[Axes] = [()] * len(shape)
     for si, sj in reshape_segments(x_shape, shape):
+        si = [i for k, i in enumerate(si) if any(x_shape[m] != 1 for m in si[: k + 1])]
+        sj = [j for k, j in enumerate(sj) if any(shape[m] != 1 for m in sj[: k + 1])]
         if not si or not sj:
             continue
         lead = axes[sj[0]]
