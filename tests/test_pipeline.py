@@ -78,14 +78,14 @@ LAYOUT = "stages:pipe,batch:data"
 
 def stack(flat: dict, S: int, per_stage: int, prefix: str = "params/pipeline/stage") -> dict:
     """The unpipelined model's per-block parameters as the pipeline's stacked
-    ones: ``X[j, s]`` is block ``s * per_stage + j``."""
+    ones: ``X[s, j]`` is block ``s * per_stage + j``."""
     out = {}
     for name in flat:
         m = re.fullmatch(r"params/block0/(.*)", name)
         if m:
             rest = m.group(1)
             out[f"{prefix}/{rest}"] = np.stack([np.stack([flat[f"params/block{s * per_stage + j}/{rest}"]
-                                                          for s in range(S)]) for j in range(per_stage)])
+                                                          for j in range(per_stage)]) for s in range(S)])
     return out
 
 
@@ -176,7 +176,7 @@ def _jax_model(p, x, t, S, per):
     h = x
     for s in range(S):
         for j in range(per):
-            q = lambda n: p[f"params/pipeline/stage/{n}"][j, s]  # noqa: E731
+            q = lambda n: p[f"params/pipeline/stage/{n}"][s, j]  # noqa: E731
             mean = h.mean(-1, keepdims=True)
             var = ((h - mean) ** 2).mean(-1, keepdims=True)
             u = (h - mean) / jnp.sqrt(var + 1e-6) * q("ln/scale") + q("ln/bias")

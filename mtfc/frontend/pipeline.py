@@ -28,8 +28,8 @@ import contextlib
 
 from mtfc.frontend import ops
 from mtfc.frontend.dims import Dim, Shape
-from mtfc.frontend.graph import Tensor, current_graph, fail, scope, stack_variables
-from mtfc.frontend.scan import repeat, scan
+from mtfc.frontend.graph import Tensor, current_graph, fail, scope
+from mtfc.frontend.scan import scan
 
 TICKS = "pipeline_ticks"  # the dim the tick loop runs over (never split)
 MICROBATCHES = "microbatches"
@@ -42,16 +42,16 @@ def bubble_fraction(stages: int, microbatches: int) -> float:
 
 
 @contextlib.contextmanager
-def _unrolled_variables(stages: Dim, layers: Dim, layer: int, created: dict):
-    """The unrolled schedule's variables: created once (the first tick),
-    stored ``[layers, stages, ...]`` like the scanned schedule's, and read as
-    layer `layer`'s slice ``[stages, ...]`` on every tick (`created`: name
-    -> the stored variable, shared by the ticks)."""
+def _stage_variables(stages: Dim, layers: Dim, layer: int, created: dict):
+    """The variables of block `layer` of every stage: stored ``[stages,
+    layers, ...]`` (created by the first block to ask, `created` holding
+    them by name) and read as this block's slice ``[stages, ...]``.  In
+    the unrolled schedule every tick asks again and gets the same variable."""
     graph = current_graph()
     original = graph.add_variable
 
     def add_variable(name, role, shape, dtype, init, trainable=False):
-        whole = Shape([layers, stages, *shape])
+        whole = Shape([stages, layers, *shape])
         if name not in created:
             created[name] = original(name, role, whole, dtype, init, trainable)
         t = created[name]
@@ -76,8 +76,8 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
         residuals); it returns a tensor of h's dims and dtype and creates its
         parameters with `get_variable` (any layer does).  It is traced with
         an ``h`` that carries the `stages` dim; its parameters are stored
-        ``params/<name>/stage/...`` with dims ``[layers, stages, ...]``
-        (``layers`` of size layers/S), so ``X[j, s]`` is block
+        ``params/<name>/stage/...`` with dims ``[stages, layers, ...]``
+        (``layers`` of size layers/S), so ``X[s, j]`` is block
         ``s * layers/S + j`` of the unpipelined model.
       * `stages`: a Dim (``Dim("stages", S)``) whose name is not one of x's
         dims; a layout rule ``stages:AXIS`` puts stage s on AXIS position s.
@@ -91,8 +91,8 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
       * The ticks are one ``stablehlo.while`` (`mtf.scan` over the dim
         ``pipeline_ticks`` of size M + S - 1, attributes
         ``mtfc.pipeline_stages``, ``mtfc.pipeline_microbatches``,
-        ``mtfc.pipeline_stages_dim``), each stage's blocks an inner loop
-        (`mtf.layers.repeat`); with `unroll`, both are Python loops instead
+        ``mtfc.pipeline_stages_dim``), whose body applies a stage's blocks
+        in a Python loop; with `unroll`, the ticks are a Python loop too
         (the same parameters, the same numbers, no loop attributes).
       * Returns x's dims and dtype: the last stage's outputs, reassembled
         (one sum over `stages`: an all-reduce over its axis, once).
@@ -133,18 +133,14 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
             raise fail(f"pipeline: the block must return its input's dims and dtype {h.shape} {h.dtype}, got {got}")
         return out
 
-    def stage_block(h: Tensor) -> Tensor:
-        with stack_variables(stages):
-            return checked_block(h)
-
     created: dict = {}
 
     def stage(h: Tensor) -> Tensor:
-        if not unroll:
-            return repeat(stage_block, h, per_stage, dim_name=LAYERS, name="stage")
+        # the stage's blocks, in order (a Python loop: the tick loop's body
+        # is traced once, so the module does not grow with the ticks)
         with scope("stage"):
             for j in range(per_stage):
-                with _unrolled_variables(stages, layers_dim, j, created):
+                with _stage_variables(stages, layers_dim, j, created):
                     h = checked_block(h)
         return h
 

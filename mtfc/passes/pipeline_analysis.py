@@ -16,6 +16,9 @@ gradient loop carries them too).  For each such loop:
   per-device slab of ``|offset|`` stages (nothing when the dim is not split);
 * ``permute_bytes``: per tick times the trip count.
 
+The train step's gradient loop over the same loop dim (no pipeline
+attributes of its own) is reported too, as the ``gradient`` loop.
+
 Reads only; knows nothing of the frontend.
 """
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from mlir import ir
+from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.passes import comm_analysis
@@ -72,16 +75,30 @@ def _predicted_bytes(op: ir.Operation, dim: str, offset: int, layouts: mir.Layou
 
 
 def pipeline_report(module: ir.Module) -> list[dict]:
-    """One record per pipeline tick loop of `module` (empty: not pipelined)."""
+    """One record per pipeline tick loop of `module` (empty: not pipelined):
+    the loops carrying the pipeline attributes (``"loop": "forward"``), and
+    the loops over the same loop dim without them -- the train step's
+    gradient loops, which run the ticks backwards (``"loop": "gradient"``,
+    with the schedule of the forward loop over that dim)."""
     out = []
     with module.context:
         per_device = mir.partitioning(module) in mir.PER_DEVICE
         layouts = None if per_device else mir.module_layouts(module)
-        for op in mir.walk_ops(mir.entry_function(module)):
-            if op.name != "stablehlo.while" or STAGES not in op.attributes:
+        loops = [op for op in mir.walk_ops(mir.entry_function(module))
+                 if op.name == "stablehlo.while" and mir.LOOP_DIM in op.attributes]
+        schedules = {}
+        for op in loops:
+            if STAGES in op.attributes:
+                schedules.setdefault(_str(op, mir.LOOP_DIM), (_int(op, STAGES), _int(op, MICROBATCHES),
+                                                              _str(op, STAGES_DIM)))
+        for op in loops:
+            loop_dim = _str(op, mir.LOOP_DIM)
+            if STAGES in op.attributes:
+                S, M, stages_dim, role = _int(op, STAGES), _int(op, MICROBATCHES), _str(op, STAGES_DIM), "forward"
+            elif loop_dim in schedules:
+                (S, M, stages_dim), role = schedules[loop_dim], "gradient"
+            else:
                 continue
-            S, M = _int(op, STAGES), _int(op, MICROBATCHES)
-            stages_dim = _str(op, STAGES_DIM)
             ticks = mir.loop_trip_count(op)
             count = per_tick = 0
             for inner in _body_ops(op):
@@ -95,7 +112,7 @@ def pipeline_report(module: ir.Module) -> list[dict]:
                         count += 1 if sent else 0
                         per_tick += sent
             out.append({
-                "location": mir.location_text(op.location),
+                "loop": role, "location": mir.location_text(op.location),
                 "stages": S, "microbatches": M, "ticks": ticks,
                 "bubble_fraction": (S - 1) / (M + S - 1),
                 "permutes_per_tick": count,
@@ -111,7 +128,7 @@ def render_text(records: list[dict]) -> list[str]:
     lines = []
     for r in records:
         lines += [
-            "", f"pipeline ({r['location']}): {r['stages']} stages, {r['microbatches']} microbatches, "
+            "", f"pipeline, {r['loop']} ticks ({r['location']}): {r['stages']} stages, {r['microbatches']} microbatches, "
             f"{r['ticks']} ticks; bubble fraction (S-1)/(M+S-1) = {r['bubble_fraction']:.3f}",
             f"  stage-to-stage collective_permute ({r['source']}): {r['permutes_per_tick']} per tick, "
             f"{r['permute_bytes_per_tick']} bytes/device per tick, {r['permute_bytes']} bytes/device in all",
