@@ -122,10 +122,10 @@ CONFIGS = [(S, M) for S in (2, 4) for M in (1, S, 2 * S)]
 
 
 @pytest.mark.parametrize("S,M", CONFIGS)
-def test_pipelined_forward_equals_unpipelined(S, M, mode="explicit"):
+def test_pipelined_forward_equals_unpipelined(S, M, mode="explicit", unroll=False):
     per = LAYERS_PER_STAGE
     flat_m = compile_function(unpipelined(S * per), INPUTS, mesh=mesh_of(S), layout="batch:data", mode=mode)
-    pipe_m = compile_function(pipelined(S, M), INPUTS, mesh=mesh_of(S), layout=LAYOUT, mode=mode)
+    pipe_m = compile_function(pipelined(S, M, unroll=unroll), INPUTS, mesh=mesh_of(S), layout=LAYOUT, mode=mode)
     flat_p, pipe_p = Program(flat_m), Program(pipe_m)
     flat, pipe = shared_data(flat_p, pipe_p, S, per)
     want = flat_p.run(flat).outputs
@@ -135,11 +135,11 @@ def test_pipelined_forward_equals_unpipelined(S, M, mode="explicit"):
     assert not np.allclose(want["y"], flat["x"])  # the blocks did something
 
 
-def _train_compare(S, M, mode):
+def _train_compare(S, M, mode, unroll=False):
     per = LAYERS_PER_STAGE
     kw = dict(mode=mode, train=True, optimizer=OPTIMIZER)
     flat_m = compile_function(unpipelined(S * per), INPUTS, mesh=mesh_of(S), layout="batch:data", **kw)
-    pipe_m = compile_function(pipelined(S, M), INPUTS, mesh=mesh_of(S), layout=LAYOUT, **kw)
+    pipe_m = compile_function(pipelined(S, M, unroll=unroll), INPUTS, mesh=mesh_of(S), layout=LAYOUT, **kw)
     flat_p, pipe_p = Program(flat_m), Program(pipe_m)
     flat, pipe = shared_data(flat_p, pipe_p, S, per)
     want_losses, want_state = train(flat_p, flat)
@@ -157,6 +157,13 @@ def _train_compare(S, M, mode):
 @pytest.mark.parametrize("S,M", CONFIGS)
 def test_pipelined_train_steps_equal_unpipelined(S, M):
     _train_compare(S, M, "explicit")
+
+
+@pytest.mark.parametrize("S,M", [(2, 4), (4, 1)])
+def test_unrolled_schedule_equals_unpipelined(S, M):
+    """``unroll=True`` (the ticks as a Python loop): the same numbers."""
+    test_pipelined_forward_equals_unpipelined(S, M, unroll=True)
+    _train_compare(S, M, "explicit", unroll=True)
 
 
 @pytest.mark.parametrize("mode", ["gspmd", "shardy"])
@@ -209,22 +216,54 @@ def _count(text: str, op: str) -> int:
 
 @pytest.mark.parametrize("S,M", [(2, 2), (4, 8)])
 def test_one_collective_permute_per_tick(S, M):
-    module = compile_function(pipelined(S, M), INPUTS, mesh=mesh_of(S), layout=LAYOUT, mode="explicit")
-    text = str(module)
+    """Explicit mode, stages split: the tick loop is one stablehlo.while of
+    M + S - 1 trips whose body holds exactly one collective_permute (the
+    stage buffer, one stage's rows per device) and no other collective; the
+    outputs leave the last stage by one all_reduce after the loop."""
+    from mtfc import ir as mir
     from mtfc.passes.pipeline_analysis import pipeline_report
 
-    report = pipeline_report(module)
-    assert report is not None
-    assert report["stages"] == S and report["microbatches"] == M and report["ticks"] == M + S - 1
+    module = compile_function(pipelined(S, M), INPUTS, mesh=mesh_of(S), layout=LAYOUT, mode="explicit")
+    with module.context:
+        loops = [op for op in mir.walk_ops(mir.entry_function(module)) if op.name == "stablehlo.while"]
+        assert len(loops) == 1 and mir.loop_trip_count(loops[0]) == M + S - 1
+        in_body = [op.name for op in mir.walk_ops(mir.entry_function(module))
+                   if mir.enclosing_trip_count(op) > 1 and op.name in COLLECTIVES]
+        everywhere = [op.name for op in mir.walk_ops(mir.entry_function(module)) if op.name in COLLECTIVES]
+    assert in_body == ["stablehlo.collective_permute"]
+    # after the loop: the sum over stages (pipe) and the loss's mean (data)
+    assert sorted(everywhere) == ["stablehlo.all_reduce", "stablehlo.all_reduce", "stablehlo.collective_permute"]
+    (report,) = pipeline_report(module)
+    assert (report["loop"], report["stages"], report["microbatches"], report["ticks"]) == ("forward", S, M, M + S - 1)
     assert report["bubble_fraction"] == pytest.approx((S - 1) / (M + S - 1))
-    assert report["permutes_per_tick"] == 1
-    # the state buffer of one stage: [1 stage, 16/M/(8/S) rows, d] f32
-    per_tick = (batch.size // M // (8 // S)) * d.size * 4
-    assert report["permute_bytes_per_tick"] == per_tick
+    per_tick = (batch.size // M // (8 // S)) * d.size * 4  # [1 stage, rows per device, d] f32
+    assert report["permutes_per_tick"] == 1 and report["permute_bytes_per_tick"] == per_tick
     assert report["permute_bytes"] == per_tick * (M + S - 1)
-    assert _count(text, "all_gather") == 0 and _count(text, "all_to_all") == 0
-    # one all-reduce over pipe (the outputs leave the last stage once) + the loss's over data
-    assert _count(text, "all_reduce") == 2
+
+
+COLLECTIVES = {f"stablehlo.{k}" for k in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all",
+                                          "collective_permute")}
+
+
+def test_inspect_reports_the_pipeline(tmp_path):
+    """`mtfc inspect` of the example's train step: the bubble and the
+    permutes of the forward and the gradient tick loops."""
+    out = tmp_path / "train.mlir"
+    runner = CliRunner()
+    result = runner.invoke(main, ["compile", EXAMPLE, "--train", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    # 4 stages, 4 microbatches: 7 ticks, bubble 3/7; one [1, 2, 32, 64] f32 buffer slab per tick
+    for loop in ("forward", "gradient"):
+        assert re.search(rf"pipeline, {loop} ticks .*: 4 stages, 4 microbatches, 7 ticks; "
+                         r"bubble fraction \(S-1\)/\(M\+S-1\) = 0\.429", result.output), result.output
+    assert result.output.count("1 per tick, 16384 bytes/device per tick, 114688 bytes/device in all") == 2
+    result = runner.invoke(main, ["inspect", str(out), "--json"])
+    import json
+
+    records = json.loads(result.output)["pipeline"]
+    assert [r["loop"] for r in records] == ["forward", "gradient"]
 
 
 # ----------------------------------------------------------------- errors
