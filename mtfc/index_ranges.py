@@ -15,7 +15,9 @@ writes on each::
     mtfc.range_dim = "vocab"            the dim they index (for messages)
 
 The search follows the argument through ops that only move its values
-(reshape, transpose, broadcast_in_dim, slice) to
+(reshape, transpose, broadcast_in_dim, slice), and into a loop (a
+``stablehlo.while`` operand: its cond's and body's block argument, which hold
+it on the first trip), to
 
 * the start indices of a single-dim ``stablehlo.gather``: ``[0, size - slice
   size + 1)`` of the looked-up operand dim (``[0, vocab)`` for a lookup);
@@ -107,6 +109,11 @@ def value_range(value: ir.Value) -> IndexRange | None:
             elif op.name == "stablehlo.compare":
                 r = _iota_range(op, use.operand_number)
                 found += [r] if r else []
+            elif op.name == "stablehlo.while":
+                # carried into a loop: the cond's and the body's block argument hold
+                # it on the first trip (and on every trip when the body returns it unchanged)
+                # (no cycle: a block argument never reaches its own loop's operands)
+                stack += [region.blocks[0].arguments[use.operand_number] for region in op.regions]
     if not found:
         return None
     lo = max(r.lo for r in found)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
+from mtfc.passes.loops import program_ops
 from mtfc.errors import MtfcError
 
 SHIFT = "mtfc.shift"
@@ -106,14 +107,12 @@ def _clone_into(op: ir.Operation, mapping: dict) -> ir.Operation:
 
 
 def inline_composites(module: ir.Module) -> None:
-    """Every ``stablehlo.composite`` in @main becomes the ops of its
-    decomposition (which keep their dims and locations); decompositions
-    left unused are erased."""
+    """Every ``stablehlo.composite`` in @main, loop bodies included, becomes
+    the ops of its decomposition, in place (which keep their dims and
+    locations); decompositions left unused are erased."""
     functions = mir.functions(module)
     fn = mir.entry_function(module)
-    for op in list(mir.body_ops(fn)):
-        if op.name != "stablehlo.composite":
-            continue
+    for op in [o for o in program_ops(fn) if o.name == "stablehlo.composite"]:
         callee = ir.FlatSymbolRefAttr(op.attributes["decomposition"]).value
         if callee not in functions:
             raise MtfcError(f"{mir.describe_op(op)}: its decomposition @{callee} is not in the module")

@@ -25,6 +25,7 @@ from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo as hlo
 
 from mtfc import ir as mir
+from mtfc.passes.loops import program_ops
 from mtfc.mesh import TensorLayout
 from mtfc.passes.hlo_sharding import hlo_sharding
 from mtfc.passes.op_rules import conv_numbers
@@ -60,9 +61,9 @@ def _constrain(value: ir.Value, layout: TensorLayout, cls: str, whole=()) -> ir.
 
 
 def whole_spatial_convolutions(fn: ir.Operation, layouts: mir.Layouts) -> None:
-    """Rewrite every ``stablehlo.convolution`` of `fn` (already carrying
+    """Rewrite every ``stablehlo.convolution`` of `fn`, loop bodies included (already carrying
     ``mhlo.sharding``) to run whole along its spatial dims (module docstring)."""
-    for op in [o for o in mir.body_ops(fn) if o.name == "stablehlo.convolution"]:
+    for op in [o for o in program_ops(fn) if o.name == "stablehlo.convolution"]:  # loop bodies too
         c = conv_numbers(op)
         cls = mir.op_class(op)
         what = f"operand of {mir.describe_op(op)}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
+from mtfc.passes.loops import program_ops
 from mtfc.mesh import TensorLayout
 from mtfc.passes.composites import SELECT_AND_SCATTER, composite_name, select_and_scatter_windows
 from mtfc.passes.hlo_sharding import hlo_sharding
@@ -46,10 +47,10 @@ def _constraint(value: ir.Value, dims, sharding: str, whole: list[str]) -> ir.Va
 
 
 def keep_windows_whole(fn: ir.Operation, layouts: mir.Layouts) -> None:
-    """Make each op of @main that XLA mis-partitions with a split windowed
+    """Make each op of @main (loop bodies included) that XLA mis-partitions with a split windowed
     dim whole along its windowed dims (operands constrained, result
     annotated); a no-op where those dims are not split."""
-    for op in list(mir.body_ops(fn)):
+    for op in list(program_ops(fn)):  # loop bodies too
         windowed = _windowed(op)
         if not windowed:
             continue

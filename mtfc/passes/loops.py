@@ -55,3 +55,20 @@ def _named(op: ir.Operation):
             for block in region.blocks:
                 for inner in block.operations:
                     yield from _named(inner.operation)
+
+
+def program_ops(fn: ir.Operation):
+    """Every op of `fn`'s program, each before the ops of its regions: the
+    ops of its body and, recursively, of each ``stablehlo.while``'s cond and
+    body -- not the ops of the computation regions other ops hold (a
+    reduce's or all_reduce's reducer, a sort's comparator: scalar code
+    without ``mtfc.dims``), which `mir.walk_ops` also yields."""
+    def visit(block):
+        for op in block.operations:
+            op = op.operation
+            yield op
+            if op.name == "stablehlo.while":
+                for region in op.regions:
+                    for inner in region.blocks:
+                        yield from visit(inner)
+    yield from visit(fn.regions[0].blocks[0])

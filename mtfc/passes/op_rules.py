@@ -532,11 +532,17 @@ register(OpRule("stablehlo.iota", "creation", creation_factors, shardy=True))
 for _name in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute",
               "collective_broadcast"):
     register(OpRule(f"stablehlo.{_name}", "collective", result_dims_of_operand=True))
+# dynamic_slice / dynamic_update_slice also read and write a loop's stacked values
+# (docs/IR.md, "Loops"): Shardy reshards a dim they slice whole and passes the
+# others through (checked under several layouts: tests/test_loops_gspmd_shardy.py).
 for _name in ("replica_id", "partition_id", "dynamic_slice", "dynamic_update_slice", "copy"):
-    register(OpRule(f"stablehlo.{_name}", "device", result_dims_of_operand=_name in ("dynamic_slice", "copy")))
+    register(OpRule(f"stablehlo.{_name}", "device", result_dims_of_operand=_name in ("dynamic_slice", "copy"),
+                    shardy=_name in ("dynamic_slice", "dynamic_update_slice")))
+# A loop (docs/IR.md, "Loops"): no factors -- each carried value keeps the
+# layout its dims and class imply; the explicit partitioner partitions its
+# regions (mtfc/passes/partition/loops.py); Shardy propagates through its
+# data-flow edges (operand, block arguments, returned value, result of each
+# carried value).
+register(OpRule("stablehlo.while", "control", shardy=True))
 register(OpRule("stablehlo.return", "control"))
-# A loop over stacked layers (docs/IR.md "Loops"): no factors -- each carried
-# value keeps the layout its dims and class imply; the explicit partitioner
-# partitions its regions (mtfc/passes/partition/loops.py).
-register(OpRule("stablehlo.while", "control"))
 register(OpRule("func.return", "control"))

@@ -1,7 +1,9 @@
 """mtfc's layouts as closed Shardy shardings: Shardy's mesh for an mtfc mesh
 (`SdyMesh`), a value's layout (`value_layout`), and `annotate`, which writes
 ``sdy.mesh @mesh`` and a closed ``sdy.sharding`` on every argument, result and
-body-op result of @main (docs/passes/shardy.md, "Layouts as sdy shardings").
+body-op result of @main (the ops of a loop's cond and body too; a
+``stablehlo.while`` gets one sharding per carried value, from its
+``mtfc.dims`` and ``mtfc.classes``) (docs/passes/shardy.md, "Layouts as sdy shardings").
 
 Requires: the IR contract (``mtfc.dims`` everywhere, a mesh, layout rules).
 Guarantees: the module is otherwise unchanged; every dim is closed, so
@@ -13,6 +15,7 @@ from __future__ import annotations
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
+from mtfc.passes.loops import program_ops
 from mtfc.errors import MtfcError
 from mtfc.mesh import Mesh, TensorLayout
 
@@ -110,16 +113,19 @@ def annotate(module: ir.Module, layouts: mir.Layouts, sdy_mesh: SdyMesh) -> None
             for a, s in zip(ir.ArrayAttr(fn.attributes[key]), sigs)
         ]
         fn.attributes[key] = ir.ArrayAttr.get(attrs)
-    for op in mir.body_ops(fn):
-        if op.name == "func.return" or not len(op.results):
+    for op in program_ops(fn):  # loop bodies and conds too
+        if op.name in ("func.return", "stablehlo.return") or not len(op.results):
             continue
         dims = mir.op_result_dims(op)
         if dims is None:
             raise MtfcError(f"sdy-partition: {mir.describe_op(op)} carries no {mir.DIMS}")
-        results = [
-            layouts.of_value(d, ir.RankedTensorType(r.type).shape, cls=mir.op_class(op),
+        if len(dims) != len(op.results):
+            raise MtfcError(f"sdy-partition: {mir.describe_op(op)} has {len(op.results)} results but "
+                            f"{mir.DIMS} for {len(dims)}")
+        results = [  # a loop: each carried value by its dims and its class (mtfc.classes)
+            layouts.of_value(d, ir.RankedTensorType(r.type).shape, cls=cls,
                              what=f"value of {mir.describe_op(op)}")
-            for d, r in zip(dims, op.results)
+            for d, r, cls in zip(dims, op.results, mir.op_result_classes(op))
         ]
         op.attributes[SDY_SHARDING] = ir.Attribute.parse(sdy_mesh.op_sharding(results))
     for op in list(module.body.operations):  # a stale mesh of the same name

@@ -15,6 +15,7 @@ from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import Mesh
 from mtfc.passes import op_rules
+from mtfc.passes.loops import program_ops
 
 # Ops whose result is their first operand moved between layouts: same dims.
 _SAME_DIMS_AS_OPERAND = op_rules.names(result_dims_of_operand=True)
@@ -40,7 +41,7 @@ def _shapes(op: ir.Operation) -> list[list[int]]:
 def dims_by_location(fn: ir.Operation) -> DimsTable:
     """The `DimsTable` of a global @main."""
     table: DimsTable = {}
-    for op in mir.body_ops(fn):
+    for op in program_ops(fn):
         dims = mir.op_result_dims(op)
         if dims is None or len(dims) != len(op.results):
             continue
@@ -72,8 +73,8 @@ def restore_dims(fn: ir.Operation, by_location: DimsTable, mesh: Mesh) -> None:
     location with results of its ranks, if its shapes are blocks of that op's.
     Any other op is left without (the reshapes and transposes inside one of
     Shardy's multi-dim all_gathers, whose extra dims have no name)."""
-    for op in mir.body_ops(fn):
-        if op.name == "func.return" or not len(op.results) or mir.DIMS in op.attributes:
+    for op in program_ops(fn):
+        if op.name in ("func.return", "stablehlo.return") or not len(op.results) or mir.DIMS in op.attributes:
             continue
         ranks = [_rank(r) for r in op.results]
         dims: list[list[str]] | None = None

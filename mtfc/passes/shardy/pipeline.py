@@ -39,9 +39,12 @@ def diagnostic_line(error: Exception) -> str:
     return " ".join(lines[:3]) or type(error).__name__
 
 
-def run_stage(module: ir.Module, stage: str, pipeline: str) -> None:
-    """Run one of Shardy's `STAGES`; its failure is one `MtfcError` line."""
+def run_stage(module: ir.Module, stage: str, pipeline: str, *, verify: bool = True) -> None:
+    """Run one of Shardy's `STAGES`; its failure is one `MtfcError` line.
+    With `verify` False the module is not verified after it (the caller
+    fixes it up and verifies it)."""
     pm = passmanager.PassManager.parse(pipeline)
+    pm.enable_verifier(verify)
     try:
         pm.run(module.operation)
     except Exception as e:  # MLIRError carries the diagnostics
@@ -60,7 +63,9 @@ def plan_and_lower(text: str, context: ir.Context, layouts: mir.Layouts, skip: f
     Shardy plans on the mesh as it is; if a ``replan`` workaround asks
     (`workarounds.uses_sub_axes`), it plans again on the prime-factored mesh,
     where no sub-axis can arise.  Then the ``planned`` workarounds, the
-    lowering."""
+    lowering: `sdy-convert-global-to-local` without the verifier, the
+    ``converted`` workarounds (a loop's block argument types), the
+    verifier (an invalid module is one `MtfcError` line), the rest."""
     for sdy_mesh in (SdyMesh(layouts.mesh, prime=False), SdyMesh(layouts.mesh, prime=True)):
         work = ir.Module.parse(text, context)
         prepare(work, layouts, sdy_mesh, skip)
@@ -71,7 +76,14 @@ def plan_and_lower(text: str, context: ir.Context, layouts: mir.Layouts, skip: f
         if sdy_mesh.prime:
             raise MtfcError("sdy-partition: Shardy's plan uses sub-axes even on the prime-factored mesh")
     workarounds.apply("planned", skip, work)
-    for stage, pipeline in LOWER_STAGES:
+    (convert, convert_pipeline), rest = LOWER_STAGES[0], LOWER_STAGES[1:]
+    run_stage(work, convert, convert_pipeline, verify=False)  # loops: `workarounds` "converted"
+    workarounds.apply("converted", skip, work)
+    try:
+        work.operation.verify()
+    except Exception as e:  # MLIRError
+        raise MtfcError(f"sdy-partition: Shardy's {convert} wrote an invalid module: {diagnostic_line(e)}") from None
+    for stage, pipeline in rest:
         run_stage(work, stage, pipeline)
     leftovers = [op for op in mir.walk(work.operation) if op.name.startswith("sdy.")]
     if leftovers:

@@ -17,6 +17,9 @@ Stages (`STAGES`), in pipeline order, and what `apply` passes:
 ``replan``    Shardy's planned module -> whether to plan again on the
               prime-factored mesh;
 ``planned``   Shardy's planned module, before it is lowered to local shapes;
+``converted`` the module `sdy-convert-global-to-local` wrote, before it is
+              verified (the pass runs without the verifier: it leaves a loop's
+              block arguments and a ``dynamic_slice``'s sizes global);
 ``lowered``   the per-device @main Shardy wrote.
 """
 
@@ -35,10 +38,11 @@ from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import TensorLayout
 from mtfc.passes import op_rules
+from mtfc.passes.loops import program_ops
 from mtfc.passes.shardy.annotation import SDY_SHARDING, SdyMesh, reshard, value_layout
 
 ENV = "MTFC_SDY_SKIP_WORKAROUNDS"
-STAGES = ("check", "annotate", "replan", "planned", "lowered")
+STAGES = ("check", "annotate", "replan", "planned", "converted", "lowered")
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,9 @@ def check_supported(fn: ir.Operation, layouts: mir.Layouts) -> None:
     refused too: Shardy would complete each of its results with a sum
     (`fix_reducers`)."""
     supported = op_rules.names(shardy=True)
-    for op in mir.body_ops(fn):
+    for op in program_ops(fn):
         variadic = op.name == "stablehlo.reduce" and len(op.results) != 1
-        if (op.name in supported and not variadic) or op.name == "func.return":
+        if (op.name in supported and not variadic) or op.name in ("func.return", "stablehlo.return"):
             continue
         values = [v for v in list(op.operands) + list(op.results) if isinstance(v.type, ir.RankedTensorType)]
         split = [mir.value_dims(v) for v in values
@@ -167,7 +171,7 @@ def whole_along_cut_dims(op: ir.Operation, layouts: mir.Layouts, sdy_mesh: SdyMe
 def _each_op(op_name: str, rewrite: Callable) -> Callable:
     """A workaround applying `rewrite(op, *args)` to every `op_name` op of @main."""
     def run(module: ir.Module, layouts: mir.Layouts, sdy_mesh: SdyMesh) -> None:
-        for op in list(mir.body_ops(mir.entry_function(module))):
+        for op in list(program_ops(mir.entry_function(module))):
             if op.name == op_name:
                 rewrite(op, layouts, sdy_mesh)
     run.__doc__ = f"{rewrite.__name__} on every {op_name}."
@@ -335,7 +339,12 @@ def _axis_refs(attr: ir.Attribute) -> list[str]:
 def _sdy_sharding_of(value: ir.Value, fn: ir.Operation) -> list[list[str]] | None:
     """Per dim, the axes of `value`'s sharding in Shardy's planned module."""
     op = _op_of(value)
-    if op is None:
+    owner = ir.BlockArgument(value).owner.owner if op is None else None
+    owner = owner.operation if owner is not None and hasattr(owner, "operation") else owner
+    if op is None and owner.name != "func.func":  # a loop's block argument: its carried value's sharding
+        attr = (sdy.TensorShardingPerValueAttr(owner.attributes[SDY_SHARDING]).shardings[ir.BlockArgument(value).arg_number]
+                if SDY_SHARDING in owner.attributes else None)
+    elif op is None:
         attrs = ir.DictAttr(ir.ArrayAttr(fn.attributes["arg_attrs"])[ir.BlockArgument(value).arg_number])
         attr = attrs[SDY_SHARDING] if SDY_SHARDING in attrs else None
     elif "out_sharding" in op.attributes:
@@ -355,7 +364,7 @@ def _sdy_sharding_of(value: ir.Value, fn: ir.Operation) -> list[list[str]] | Non
 def _split_contractions(fn: ir.Operation):
     """(dot_general, its lhs's planned sharding, the axes of Shardy's
     all_reduce after it) for every dot Shardy completes with an all_reduce."""
-    for op in mir.body_ops(fn):
+    for op in program_ops(fn):
         if op.name != "stablehlo.dot_general":
             continue
         reductions = [u.owner for u in op.results[0].uses if getattr(u.owner, "name", "") == "sdy.all_reduce"]
@@ -461,7 +470,7 @@ def _reducer(op: ir.Operation) -> ir.Operation | None:
 def fix_reducers(fn: ir.Operation) -> None:
     """An all_reduce completing a ``stablehlo.reduce`` over split dims combines
     with that reduce's own reducer."""
-    for op in mir.body_ops(fn):
+    for op in program_ops(fn):
         if op.name != "stablehlo.all_reduce" or len(op.operands) != 1:
             continue
         source = _op_of(op.operands[0])
@@ -477,3 +486,36 @@ def fix_reducers(fn: ir.Operation) -> None:
             combined = ir.Operation.create(want.name, results=[have.results[0].type], operands=list(have.operands))
         have.results[0].replace_all_uses_with(combined.results[0])
         have.erase()
+
+
+# -------------------------------------------------------------------- loops
+@workaround("while-block-types", "converted",
+            "`sdy-convert-global-to-local` gives a `stablehlo.while`'s operands and results their local types but "
+            "leaves its cond's and body's block arguments global (the module then fails to verify: \"expect operands "
+            "to be compatible with condition block arguments\"); so each block argument gets its carried value's "
+            "local type (the while's operand's, which Shardy set from the same closed sharding)")
+def while_block_types(module: ir.Module) -> None:
+    """Each cond and body block argument of every ``stablehlo.while`` takes
+    the (local) type of the while operand it carries."""
+    for op in mir.walk(module.operation):
+        if op.name != "stablehlo.while":
+            continue
+        for region in op.regions:
+            for arg, x in zip(region.blocks[0].arguments, op.operands):
+                if arg.type != x.type:
+                    arg.set_type(x.type)
+
+
+@workaround("dynamic-slice-sizes", "converted",
+            "`sdy-convert-global-to-local` gives a `stablehlo.dynamic_slice` its local result type but keeps its "
+            "global `slice_sizes` (a loop slicing a stacked parameter split along a non-loop dim fails to verify: "
+            "\"slice size 32 greater than dimension size 8\"); so the sizes become the local result's shape -- "
+            "right because Shardy slices only whole dims (a dim it slices partly is resharded whole first)")
+def dynamic_slice_sizes(module: ir.Module) -> None:
+    """Each ``stablehlo.dynamic_slice``'s ``slice_sizes`` become its result's (local) shape."""
+    for op in mir.walk(module.operation):
+        if op.name != "stablehlo.dynamic_slice":
+            continue
+        shape = list(ir.RankedTensorType(op.results[0].type).shape)
+        if list(ir.DenseI64ArrayAttr(op.attributes["slice_sizes"])) != shape:
+            op.attributes["slice_sizes"] = ir.DenseI64ArrayAttr.get(shape)
