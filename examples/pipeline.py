@@ -16,11 +16,13 @@ MICROBATCHES + STAGES - 1 ticks and leaves each stage idle for the bubble
 fraction (STAGES - 1) / (MICROBATCHES + STAGES - 1) (`mtfc inspect` reports
 it).  LAYERS and MICROBATCHES are set here, or from the environment when
 compiling: ``PIPELINE_LAYERS=8 PIPELINE_MICROBATCHES=8 mtfc compile
-examples/pipeline.py``.
+examples/pipeline.py``.  The ticks are one loop (`stablehlo.while`);
+``PIPELINE_UNROLL=1`` unrolls them (the same parameters and numbers), which
+``--mode shardy`` needs for now (docs/dsl.md, "Pipeline parallelism").
 
 Numerics are the unpipelined transformer's: block j of stage s is block
 ``s * LAYERS / STAGES + j`` of examples/transformer.py's `decoder`
-(``params/pipeline/layer<j>/X[s]`` is ``params/block<i>/X``), and
+(``params/pipeline/stage/X[s, j]`` is ``params/block<i>/X``), and
 tests/test_pipeline.py checks the outputs, gradients and train losses
 against it with the same parameter values.  Training:
   mtfc compile examples/pipeline.py --train -o train.mlir
@@ -33,6 +35,7 @@ import mtfc as mtf
 
 LAYERS = int(os.environ.get("PIPELINE_LAYERS", "4"))
 MICROBATCHES = int(os.environ.get("PIPELINE_MICROBATCHES", "4"))
+UNROLL = os.environ.get("PIPELINE_UNROLL", "0") == "1"  # the ticks as a Python loop (shardy mode needs it)
 STAGES = 4
 stages = mtf.Dim("stages", STAGES)
 batch = mtf.Dim("batch", 16)
@@ -73,7 +76,8 @@ def block(x):
 def pipelined_decoder(tokens, targets, *, layers, stages, microbatches):
     """examples/transformer.py's decoder with its blocks pipelined."""
     x = mtf.layers.embedding(tokens, vocab, d_model)
-    x = mtf.layers.pipeline(block, x, layers=layers, stages=stages, microbatches=microbatches, batch_dim=batch)
+    x = mtf.layers.pipeline(block, x, layers=layers, stages=stages, microbatches=microbatches, batch_dim=batch,
+                            unroll=UNROLL)
     x = mtf.layers.layer_norm(x, d_model, name="ln_final")
     logits = mtf.layers.dense(x, vocab, [d_model], use_bias=False, name="logits")
     target_logit = mtf.reduce_sum(logits * mtf.one_hot(targets, vocab), vocab)

