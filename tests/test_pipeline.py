@@ -135,11 +135,12 @@ def test_pipelined_forward_equals_unpipelined(S, M, mode="explicit", unroll=Fals
     assert not np.allclose(want["y"], flat["x"])  # the blocks did something
 
 
-def _train_compare(S, M, mode, unroll=False):
+def _train_compare(S, M, mode, unroll=False, mesh=None, extra_rules=""):
     per = LAYERS_PER_STAGE
     kw = dict(mode=mode, train=True, optimizer=OPTIMIZER)
-    flat_m = compile_function(unpipelined(S * per), INPUTS, mesh=mesh_of(S), layout="batch:data", **kw)
-    pipe_m = compile_function(pipelined(S, M, unroll=unroll), INPUTS, mesh=mesh_of(S), layout=LAYOUT, **kw)
+    mesh = mesh or mesh_of(S)
+    flat_m = compile_function(unpipelined(S * per), INPUTS, mesh=mesh, layout="batch:data" + extra_rules, **kw)
+    pipe_m = compile_function(pipelined(S, M, unroll=unroll), INPUTS, mesh=mesh, layout=LAYOUT + extra_rules, **kw)
     flat_p, pipe_p = Program(flat_m), Program(pipe_m)
     flat, pipe = shared_data(flat_p, pipe_p, S, per)
     want_losses, want_state = train(flat_p, flat)
@@ -164,6 +165,13 @@ def test_unrolled_schedule_equals_unpipelined(S, M):
     """``unroll=True`` (the ticks as a Python loop): the same numbers."""
     test_pipelined_forward_equals_unpipelined(S, M, unroll=True)
     _train_compare(S, M, "explicit", unroll=True)
+
+
+@pytest.mark.parametrize("mode", ["explicit", "gspmd"])
+def test_pipeline_with_data_and_tensor_parallelism(mode):
+    """4 stages on pipe:2 (two per device), the batch on data, the block's
+    hidden dim on model: 3 train steps equal the unpipelined model's."""
+    _train_compare(4, 4, mode, mesh="pipe:2,data:2,model:2", extra_rules=",dh:model")
 
 
 # Shardy (jaxlib 0.10, in-process) does not yet partition a shift along a
