@@ -255,6 +255,26 @@ def test_one_collective_permute_per_tick(S, M):
     assert report["permute_bytes"] == per_tick * (M + S - 1)
 
 
+@pytest.mark.parametrize("mesh,per_tick", [("pipe:4,data:2", 4 * 8 * 4), ("pipe:2,data:4", 2 * 8 * 4)])
+def test_predicted_permutes_equal_measured(mesh, per_tick):
+    """The global (gspmd) module's predicted stage-to-stage bytes are the
+    explicit module's measured ones, forward and gradient loops; with two
+    stages per device (pipe:2) a device sends one of its two stages."""
+    from mtfc.passes.pipeline_analysis import pipeline_report
+
+    reports = {}
+    for mode in ("explicit", "gspmd"):
+        module = compile_function(pipelined(4, 2), INPUTS, mesh=mesh, layout=LAYOUT, mode=mode, train=True,
+                                  optimizer=OPTIMIZER)
+        reports[mode] = pipeline_report(module)
+    assert [r["source"] for r in reports["gspmd"]] == ["predicted from the layout"] * 2
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "source"} for r in rs]  # noqa: E731
+    assert strip(reports["gspmd"]) == strip(reports["explicit"])
+    assert [r["loop"] for r in reports["explicit"]] == ["forward", "gradient"]
+    # [1 stage, 16/M rows / data, d] f32
+    assert all(r["permute_bytes_per_tick"] == per_tick and r["ticks"] == 5 for r in reports["explicit"])
+
+
 COLLECTIVES = {f"stablehlo.{k}" for k in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all",
                                           "collective_permute")}
 
