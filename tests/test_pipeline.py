@@ -312,6 +312,8 @@ def test_inspect_reports_the_pipeline(tmp_path):
      r"pipeline: microbatches must be at least 1"),
     (dict(layers=4, stages=mtf.Dim("d", 4), microbatches=2),
      r"pipeline: the stages dim 'd' is already a dim of the input"),
+    (dict(layers=4, stages=mtf.Dim("layers", 4), microbatches=2),
+     r"pipeline: the dim name 'layers' is the pipeline's own"),
 ])
 def test_one_line_errors(kwargs, message):
     def model(x, t):

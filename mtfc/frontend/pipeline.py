@@ -2,9 +2,10 @@
 (GPipe-order) pipeline of MaxText's pipeline.py written in named-dim ops.
 
 The model's `layers` blocks are cut into ``S = stages.size`` stages of
-``L = layers / S`` consecutive blocks.  Every stage parameter carries the
-`stages` dim first (``[stages, ...]``, one slice per stage), so a layout rule
-``stages:pipe`` puts stage s's weights on the devices of `pipe` position s.
+``L = layers / S`` consecutive blocks.  Every block parameter is stored
+``[stages, layers, ...]`` (block j of stage s at ``[s, j]``), so a layout
+rule ``stages:pipe`` puts stage s's weights on the devices of `pipe`
+position s.
 The batch is cut into M microbatches; a state buffer ``[stages, ...]`` holds
 each stage's current activation.  One *tick* applies all stages at once (the
 block's named einsums treat `stages` as a batch dim) and then shifts the
@@ -12,7 +13,8 @@ buffer by one along `stages` (`mtf.shift`: along a split `stages` dim the
 explicit partitioner sends it with one ``collective_permute``).  Microbatch t
 enters stage 0 at tick t; the last stage finishes microbatch t at tick
 t + S - 1; M + S - 1 ticks in all, of which each stage idles S - 1: the bubble
-fraction (S - 1) / (M + S - 1).
+fraction (S - 1) / (M + S - 1).  The ticks are one loop (`mtf.scan`), so the
+module does not grow with M.
 
 The train step's backward runs the ticks in reverse (autodiff of this
 forward): all M forwards, then all M backwards -- GPipe's order.
@@ -98,7 +100,9 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
         (one sum over `stages`: an all-reduce over its axis, once).
     Errors (one line, at the calling line): `layers` not a multiple of S,
     M not dividing the batch, M or S below 1, `stages` already one of x's
-    dims, a block that changes its input's dims or dtype.
+    dims, x or `stages` using the pipeline's own dim names
+    (``pipeline_ticks``, ``microbatches``, ``layers``), a block that changes
+    its input's dims or dtype.
     """
     if not isinstance(stages, Dim):
         raise fail(f"pipeline: stages must be a Dim, e.g. mtf.Dim('stages', 4), got {stages!r}")
@@ -108,6 +112,10 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
         raise fail(f"pipeline: {stages} must have at least one stage")
     if stages.name in x.shape.names:
         raise fail(f"pipeline: the stages dim {stages.name!r} is already a dim of the input {x.shape}")
+    for reserved in (TICKS, MICROBATCHES, LAYERS):
+        if reserved in x.shape.names or reserved == stages.name:
+            raise fail(f"pipeline: the dim name {reserved!r} is the pipeline's own; the input {x.shape} "
+                       f"and the stages dim may not use it")
     if M < 1:
         raise fail(f"pipeline: microbatches must be at least 1, got {microbatches}")
     if layers < 1 or layers % S:
@@ -171,7 +179,6 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
             # ys [ticks, stages, ...]: one sum over stages, then the last M ticks are the microbatches
             y = ops.rename_dimension(ops.slice(ops.reduce_sum(ys, stages), S - 1, M, ticks), TICKS, MICROBATCHES)
             y = ops.transpose(y, _with_micro_after(mb_shape, mb_batch, micro))
-    # the one sum over `stages` (only the last stage's slot is non-zero)
     return ops.replace_dimensions(y, [mb_batch, micro], batch)
 
 
