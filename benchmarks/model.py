@@ -35,6 +35,10 @@ class Size:
     d_kv: int
     d_ff: int
     vocab: int
+    scan: bool = False  # the layers as one loop (mtf.layers.repeat / jax.lax.scan), parameters stacked
+
+    def scanned(self, scan: bool = True) -> "Size":
+        return Size(**{**asdict(self), "name": f"{self.name}{'-scan' if scan else ''}", "scan": scan})
 
     def with_layers(self, n: int) -> "Size":
         return Size(**{**asdict(self), "name": f"{self.name}-L{n}", "layers": n})
@@ -107,7 +111,7 @@ def mtfc_model(size: Size):
 
     def transformer(tokens, targets):
         return decoder(tokens, targets, vocab=vocab, d_model=d_model, heads=heads, d_kv=d_kv, d_ff=d_ff,
-                       n_layers=size.layers)
+                       n_layers=size.layers, scan=size.scan)
 
     return transformer, inputs
 
@@ -130,8 +134,9 @@ def compile_mtfc(size: Size, layout: Layout, mode: str, *, train: bool, precisio
 def jax_param_dims(size: Size) -> dict[str, tuple[str, ...]]:
     """Every parameter's name and dim names (the names mtfc gives them)."""
     dims = {"params/embedding/table": ("vocab", "d_model")}
-    for i in range(size.layers):
-        q = f"params/block{i}/"
+    for i in range(1 if size.scan else size.layers):
+        q = "params/blocks/" if size.scan else f"params/block{i}/"
+        first = len(dims)
         dims.update({
             q + "ln_attention/scale": ("d_model",), q + "ln_attention/bias": ("d_model",),
             q + "attention/w_q": ("d_model", "heads", "d_kv"), q + "attention/w_k": ("d_model", "heads", "d_kv"),
@@ -140,13 +145,19 @@ def jax_param_dims(size: Size) -> dict[str, tuple[str, ...]]:
             q + "feed_forward/wi/kernel": ("d_model", "d_ff"), q + "feed_forward/wi/bias": ("d_ff",),
             q + "feed_forward/wo/kernel": ("d_ff", "d_model"), q + "feed_forward/wo/bias": ("d_model",),
         })
+        if size.scan:  # stacked along the layers (mtfc's names and dims for mtf.layers.repeat)
+            for k in list(dims)[first:]:
+                dims[k] = ("layers", *dims[k])
     dims.update({"params/ln_final/scale": ("d_model",), "params/ln_final/bias": ("d_model",),
                  "params/logits/kernel": ("d_model", "vocab")})
     return dims
 
 
-def jax_loss(params: dict, tokens, targets, *, layers: int, dtype="float32", with_logits: bool = False):
-    """The transformer's mean next-token cross-entropy, in jax.numpy."""
+def jax_loss(params: dict, tokens, targets, *, layers: int, dtype="float32", with_logits: bool = False,
+             scan: bool = False):
+    """The transformer's mean next-token cross-entropy, in jax.numpy; with
+    `scan`, the layers are one `jax.lax.scan` over stacked parameters
+    (``params/blocks/...``, layers first)."""
     import jax
     import jax.numpy as jnp
 
@@ -164,8 +175,7 @@ def jax_loss(params: dict, tokens, targets, *, layers: int, dtype="float32", wit
     x = jnp.take(p["params/embedding/table"], tokens, axis=0)  # [b, l, d]
     length = x.shape[1]
     causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
-    for i in range(layers):
-        q = f"params/block{i}/"
+    def block(x, p, q):
         h = layer_norm(x, p[q + "ln_attention/scale"], p[q + "ln_attention/bias"])
         qh = jnp.einsum("bld,dhk->blhk", h, p[q + "attention/w_q"])
         kh = jnp.einsum("bmd,dhk->bmhk", h, p[q + "attention/w_k"])
@@ -179,7 +189,14 @@ def jax_loss(params: dict, tokens, targets, *, layers: int, dtype="float32", wit
         x = x + jnp.einsum("blhk,hkd->bld", o, p[q + "attention/w_o"])
         h = layer_norm(x, p[q + "ln_feed_forward/scale"], p[q + "ln_feed_forward/bias"])
         h = gelu(jnp.einsum("bld,df->blf", h, p[q + "feed_forward/wi/kernel"]) + p[q + "feed_forward/wi/bias"])
-        x = x + jnp.einsum("blf,fd->bld", h, p[q + "feed_forward/wo/kernel"]) + p[q + "feed_forward/wo/bias"]
+        return x + jnp.einsum("blf,fd->bld", h, p[q + "feed_forward/wo/kernel"]) + p[q + "feed_forward/wo/bias"]
+
+    if scan:
+        stacked = {k: v for k, v in p.items() if k.startswith("params/blocks/")}
+        x, _ = jax.lax.scan(lambda x, layer: (block(x, layer, "params/blocks/"), None), x, stacked)
+    else:
+        for i in range(layers):
+            x = block(x, p, f"params/block{i}/")
     x = layer_norm(x, p["params/ln_final/scale"], p["params/ln_final/bias"])
     logits = jnp.einsum("bld,dv->blv", x, p["params/logits/kernel"])
     peak = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
@@ -211,7 +228,8 @@ def jax_train_step(size: Size, dtype="float32", spec: dict = ADAMW):
     b1, b2, eps, wd, clip = spec["b1"], spec["b2"], spec["eps"], spec["wd"], spec["clip"]
 
     def step_fn(params, m, v, step, tokens, targets):
-        loss, grads = jax.value_and_grad(jax_loss)(params, tokens, targets, layers=size.layers, dtype=dtype)
+        loss, grads = jax.value_and_grad(jax_loss)(params, tokens, targets, layers=size.layers, dtype=dtype,
+                                                   scan=size.scan)
         norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads.values()))
         scale = jnp.minimum(1.0, clip / (norm + 1e-6)) if clip > 0 else 1.0
         lr = jnp.asarray(table)[jnp.minimum(step, len(table) - 1)]
@@ -234,7 +252,8 @@ def jax_forward(size: Size, dtype="float32"):
     """`forward(params, tokens, targets) -> (logits, loss)`."""
 
     def forward(params, tokens, targets):
-        loss, logits = jax_loss(params, tokens, targets, layers=size.layers, dtype=dtype, with_logits=True)
+        loss, logits = jax_loss(params, tokens, targets, layers=size.layers, dtype=dtype, with_logits=True,
+                                scan=size.scan)
         return logits, loss
 
     return forward

@@ -24,7 +24,9 @@ warning (docs/training.md, "Metrics").
 
 import mtfc as mtf
 
-N_LAYERS = 2
+N_LAYERS = 2  # the depth: mtfc compile examples/transformer.py -D N_LAYERS=48
+SCAN = False  # True: the layers are one loop (mtf.layers.repeat): -D SCAN=True
+RECOMPUTE = False  # with SCAN: rematerialize each layer in the backward pass
 batch = mtf.Dim("batch", 16)
 length = mtf.Dim("length", 32)
 vocab = mtf.Dim("vocab", 64)
@@ -45,24 +47,38 @@ d_ff = mtf.Dim("d_ff", 256)
 )
 def transformer(tokens, targets):
     return decoder(tokens, targets, vocab=vocab, d_model=d_model, heads=heads, d_kv=d_kv, d_ff=d_ff,
-                   n_layers=N_LAYERS)
+                   n_layers=N_LAYERS, scan=SCAN, recompute=RECOMPUTE)
 
 
-def decoder(tokens, targets, *, vocab, d_model, heads, d_kv, d_ff, n_layers):
+def decoder(tokens, targets, *, vocab, d_model, heads, d_kv, d_ff, n_layers, scan=False, recompute=False,
+            unroll=False):
     """The model at any size (the benchmarks build it at several): logits
-    over `vocab` and the mean next-token cross-entropy against `targets`."""
+    over `vocab` and the mean next-token cross-entropy against `targets`.
+
+    `scan`: the layers are one loop (`mtf.layers.repeat`, parameters
+    ``params/blocks/...`` stacked along ``layers``), else unrolled
+    (``params/block0/...``, ``params/block1/...``); `recompute`: the scanned
+    layers are rematerialized in the backward pass; `unroll` (with `scan`):
+    the same stacked parameters, the block traced once per layer."""
     length = tokens.shape[1]
+
+    def block(x):
+        x = x + mtf.layers.attention(
+            mtf.layers.layer_norm(x, d_model, name="ln_attention"),
+            io_dim=d_model, heads_dim=heads, kv_dim=d_kv, length_dim=length, causal=True,
+        )
+        return x + mtf.layers.feed_forward(
+            mtf.layers.layer_norm(x, d_model, name="ln_feed_forward"),
+            io_dim=d_model, hidden_dim=d_ff, activation=mtf.gelu,
+        )
+
     x = mtf.layers.embedding(tokens, vocab, d_model)
-    for i in range(n_layers):
-        with mtf.scope(f"block{i}"):
-            x = x + mtf.layers.attention(
-                mtf.layers.layer_norm(x, d_model, name="ln_attention"),
-                io_dim=d_model, heads_dim=heads, kv_dim=d_kv, length_dim=length, causal=True,
-            )
-            x = x + mtf.layers.feed_forward(
-                mtf.layers.layer_norm(x, d_model, name="ln_feed_forward"),
-                io_dim=d_model, hidden_dim=d_ff, activation=mtf.gelu,
-            )
+    if scan:
+        x = mtf.layers.repeat(block, x, n_layers, recompute=recompute, unroll=unroll)
+    else:
+        for i in range(n_layers):
+            with mtf.scope(f"block{i}"):
+                x = block(x)
     x = mtf.layers.layer_norm(x, d_model, name="ln_final")
     logits = mtf.layers.dense(x, vocab, [d_model], use_bias=False, name="logits")
     target_logit = mtf.reduce_sum(logits * mtf.one_hot(targets, vocab), vocab)

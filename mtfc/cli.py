@@ -129,6 +129,9 @@ _dump_option = click.option(
 @_allow_unused_option
 @click.option("--portable", is_flag=True, help="Write a versioned portable StableHLO artifact.")
 @click.option("--entry", "entry_name", default=None, help="The @mtf.entry function to compile, if the file has several.")
+@click.option("-D", "--define", "defines", multiple=True, metavar="NAME=VALUE",
+              help="Set a module-level constant of the model file before tracing, e.g. -D N_LAYERS=48 "
+              "(a Python literal of the constant's type; repeatable).")
 @click.option("--train", is_flag=True, help="Build the train step (params, optimizer state, batch) -> "
               "(loss, metrics, new params, new state) from the model's loss.")
 @click.option("--optimizer", default=None, help='With --train: optimizer spec, e.g. "adamw:lr=3e-3,clip=1,warmup=10" '
@@ -137,10 +140,11 @@ _dump_option = click.option(
               help="With --train: compute dtype (bf16 keeps f32 master weights and optimizer state).")
 @_dump_option
 @_handle_errors
-def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode, portable, entry_name, train,
+def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode, portable, entry_name, defines, train,
             optimizer, precision, dump_dir):  # noqa: A001
     """Compile a model file to StableHLO."""
     from mtfc.compiler import DEFAULT_MODE, compile_file
+    from mtfc.frontend.model import parse_defines
     from mtfc.emit.artifact import write_module
     from mtfc.files.modules import is_module_file
     from mtfc.files.atomic import check_writable
@@ -154,7 +158,7 @@ def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode,
     module = compile_file(
         model, mesh=mesh, layout=layout, param_layout=param_layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir,
         entry_name=entry_name, train=train, optimizer=optimizer, precision=precision,
-        allow_unused_rules=allow_unused_rules or None,
+        allow_unused_rules=allow_unused_rules or None, defines=parse_defines(defines),
     )
     write_module(module, output, portable=portable)
     click.echo(f"wrote {output}", err=True)

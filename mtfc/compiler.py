@@ -80,7 +80,8 @@ def compile_entry(
 def compile_file(path: str, **kwargs) -> ir.Module:
     """`mtfc compile`: a model file to a module."""
     entry_name = kwargs.pop("entry_name", None)
-    return compile_entry(load_model_file(path, entry_name), path=path, **kwargs)
+    defines = kwargs.pop("defines", None)
+    return compile_entry(load_model_file(path, entry_name, defines), path=path, **kwargs)
 
 
 def compile_function(

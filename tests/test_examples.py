@@ -110,3 +110,28 @@ def test_example_matches_plain_jax(example, reference, kind, mode):
         expected = reference({k: jnp.asarray(v) for k, v in data.items()})
     for name, value in expected.items():
         assert_close(outputs[name], np.asarray(value))
+
+
+SCANNED_LAYOUTS = {
+    "data": ["--layout", "batch:rows+cols"],
+    "tensor": ["--layout", "batch:rows,heads:cols,d_ff:cols,vocab:cols"],
+    "fsdp": ["--layout", "batch:rows+cols", "--param-layout", "d_model:rows+cols"],
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", list(SCANNED_LAYOUTS))
+@pytest.mark.parametrize("train", [False, True], ids=["forward", "train"])
+def test_scanned_transformer_compiles_and_passes_check(kind, mode, train, tmp_path):
+    """examples/transformer.py with -D SCAN=True: one loop over 4 layers."""
+    out = tmp_path / "model.mlir"
+    runner = CliRunner()
+    args = ["compile", os.path.join(EXAMPLES, "transformer.py"), "-D", "SCAN=True", "-D", "N_LAYERS=4", "-o", str(out),
+            "--mode", mode, *SCANNED_LAYOUTS[kind], *(["--train"] if train else [])]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    program = out.read_text().split("module @mtfc.reference")[0]  # not the global reference copy
+    assert "mtfc.trip_count = 4" in program and program.count("stablehlo.while") == (2 if train else 1)
+    result = runner.invoke(main, ["run", str(out), "--check", "--repeat", "1"])
+    assert result.exit_code == 0, result.output
+    assert "check: passed" in result.output

@@ -226,7 +226,8 @@ class Graph:
         self.captures: list[tuple[Tensor, Tensor]] = []  # (enclosing graph's tensor, placeholder)
         self._captured: dict[int, Tensor] = {}
         self.stacked: list[tuple[Tensor, Tensor]] = []  # (stacked parameter of the enclosing graph, its slice)
-        # an unrolled loop's trip being traced: (dim, trip, name -> stacked parameter)
+        # an unrolled loop's trip being traced: (dim, trip, name -> stacked parameter, the enclosing
+        # unrolled trip or None)
         self.unrolled_trip: tuple | None = None
         self._scopes: list[str] = []
         self._names: dict[str, int] = {}
@@ -304,13 +305,21 @@ class Graph:
         if self.unrolled_trip is not None:  # an unrolled loop's trip: this trip's slice of the stacked parameter
             from mtfc.frontend import ops
 
-            dim, trip, stacked = self.unrolled_trip
-            if name not in stacked:
-                self.unrolled_trip = None
+            dim, trip, stacked, enclosing = self.unrolled_trip
+            if dim is None:  # a loop that does not stack its variables: created once, shared by every trip
+                if name not in stacked:
+                    self.unrolled_trip = enclosing
+                    try:
+                        stacked[name] = self.add_variable(name, role, shape, dtype, init, trainable)
+                    finally:
+                        self.unrolled_trip = (dim, trip, stacked, enclosing)
+                return stacked[name]
+            if name not in stacked:  # created by the enclosing unrolled loop's trip, if any
+                self.unrolled_trip = enclosing
                 try:
                     stacked[name] = self.add_variable(name, role, Shape([dim] + list(shape)), dtype, init, trainable)
                 finally:
-                    self.unrolled_trip = (dim, trip, stacked)
+                    self.unrolled_trip = (dim, trip, stacked, enclosing)
             whole = stacked[name]
             return ops.reshape(ops.slice(whole, trip, 1, dim), whole.shape.without([dim]))
         if self.variable_prefix:
@@ -319,7 +328,8 @@ class Graph:
             if self.stack_dim is None:
                 return self.capture(self.parent.add_variable(name, role, shape, dtype, init, trainable))
             stacked = self.parent.add_variable(name, role, Shape([self.stack_dim] + list(shape)), dtype, init, trainable)
-            inner = self.add_input(shape, dtype, "slice")
+            # the enclosing graphs may have prepended dims of their own (`stack_variables`)
+            inner = self.add_input(stacked.shape.without([self.stack_dim]), dtype, "slice")
             self.stacked.append((stacked, inner))
             return inner
         if any(v.name == name for v in self.variables):

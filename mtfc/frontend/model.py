@@ -204,8 +204,45 @@ def trace(fn: Callable, inputs: dict[str, Input], name: str = "model") -> Traced
 # ----------------------------------------------------------------- model files
 
 
-def load_model_file(path: str, entry_name: str | None = None) -> Entry:
-    """Import a model file and return its entry (the one `@mtf.entry`, or `entry_name`)."""
+def parse_defines(items) -> dict[str, object]:
+    """``NAME=VALUE`` items (``mtfc compile -D``) -> name -> value, each VALUE
+    a Python literal (``48``, ``True``, ``'gelu'``, ``0.1``)."""
+    import ast
+
+    out: dict[str, object] = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise MtfcError(f"--define {item!r}: expected NAME=VALUE, e.g. N_LAYERS=48")
+        try:
+            out[name] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise MtfcError(f"--define {item!r}: {text.strip()!r} is not a Python literal "
+                            "(a number, True/False, or a quoted string)") from None
+    return out
+
+
+def _apply_defines(path: str, module, defines: dict[str, object]) -> None:
+    """Set the model file's module-level constants named by `defines` (read
+    by the entry function when it is traced, e.g. ``N_LAYERS``); each must
+    exist and keep its type."""
+    for name, value in defines.items():
+        if name not in vars(module):
+            raise MtfcError(f"--define {name}: {os.path.basename(path)} has no module-level name {name!r}")
+        old = vars(module)[name]
+        if not isinstance(old, (bool, int, float, str)):
+            raise MtfcError(f"--define {name}: {os.path.basename(path)}'s {name} is {type(old).__name__}; "
+                            "only int, float, bool and str constants can be set")
+        if type(value) is not type(old) and not (isinstance(old, float) and type(value) is int):
+            raise MtfcError(f"--define {name}={value!r}: {os.path.basename(path)}'s {name} is "
+                            f"{type(old).__name__} ({old!r}), not {type(value).__name__}")
+        setattr(module, name, type(old)(value))
+
+
+def load_model_file(path: str, entry_name: str | None = None, defines: dict[str, object] | None = None) -> Entry:
+    """Import a model file and return its entry (the one `@mtf.entry`, or
+    `entry_name`), after setting its module-level constants `defines`."""
     if not os.path.isfile(path):
         raise MtfcError(f"model file {path!r} does not exist")
     module_name = "mtfc_model_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
@@ -230,6 +267,7 @@ def load_model_file(path: str, entry_name: str | None = None) -> Entry:
         raise exit_error(path, e) from None
     finally:
         sys.path.remove(folder)
+    _apply_defines(path, module, defines or {})
     entries = {k: v for k, v in vars(module).items() if isinstance(v, Entry)}
     if entry_name is not None:
         if entry_name not in entries:

@@ -114,7 +114,8 @@ def scan(fn: Callable, init, xs=None, *, dim: Dim, reverse: bool = False, stack_
             if dim.name in y.shape.names:
                 raise fail(f"scan: y {y.shape} already has the loop dim {dim.name!r}")
     x_in += [inner for _, inner in body.stacked]
-    sliced += [outer for outer, _ in body.stacked]
+    sliced += [outer if outer.shape.names[0] == dim.name else ops.transpose(outer, [dim, *outer.shape.without([dim])])
+               for outer, _ in body.stacked]
     captures = body.captures
     loop = Body(body, carry_in, x_in, [inner for _, inner in captures], fixed, ys)
     outputs = bind("scan", carry + sliced + [outer for outer, _ in captures], name="scan", body=loop, dim=dim,
@@ -132,7 +133,7 @@ def _unrolled(fn, carry, rebuild_carry, sliced, rebuild_x, has_xs, dim, reverse,
     saved = graph.unrolled_trip
     for trip in (reversed(range(dim.size)) if reverse else range(dim.size)):
         xs_t = [ops.reshape(ops.slice(x, trip, 1, dim), r) for x, r in zip(sliced, rest)]
-        graph.unrolled_trip = (dim, trip, stacked) if stack_variables else saved
+        graph.unrolled_trip = (dim if stack_variables else None, trip, stacked, saved)
         try:
             result = fn(rebuild_carry(carry), rebuild_x(xs_t) if has_xs else None)
         finally:

@@ -73,7 +73,10 @@ def _zero_const(lx, sizes, dtype: str, dims) -> ir.Value:
 @register
 class Scan(Primitive):
     """params: body (`Body`), dim (the loop's `Dim`), reverse, recompute,
-    attributes (name -> int | str, written on the while as ``mtfc.<name>``)."""
+    attributes (name -> int | str, written on the while as ``mtfc.<name>``),
+    n_ys (how many stacked outputs the user asked for; the gradient appends
+    saved ones after them), y_classes (the layout class of each stacked
+    output, default ``activation``)."""
 
     name = "scan"
 
@@ -94,12 +97,21 @@ class Scan(Primitive):
         carries, xs, caps = args[:nc], args[nc:nc + nx], args[nc + nx:]
         outer_x, outer_k = op.inputs[nc:nc + nx], op.inputs[nc + nx:]
         y_dims = [[dim.name, *y.shape.names] for y in body.y_out]
-        y_init = [_zero_const(lx, [n] + list(y.shape.sizes), y.dtype, d) for y, d in zip(body.y_out, y_dims)]
+        # a stacked output's class: `param` for the gradient of a stacked parameter, so that an FSDP
+        # layout keeps its accumulator split (each trip's slice is resharded into it)
+        y_classes = list(op.params.get("y_classes") or []) + ["activation"] * ny
+        y_classes = y_classes[:ny]
+        saved_class = lx.layout_class
+        y_init = []
+        for y, d, cls in zip(body.y_out, y_dims, y_classes):
+            lx.layout_class = cls
+            y_init.append(_zero_const(lx, [n] + list(y.shape.sizes), y.dtype, d))
+        lx.layout_class = saved_class
         counter = lx.scalar(0, "i32")
         operands = [counter, *carries, *y_init, *xs, *caps]
         dims = ([[]] + [list(t.shape.names) for t in body.carry_in] + y_dims
                 + [list(t.shape.names) for t in outer_x] + [list(t.shape.names) for t in outer_k])
-        classes = (["activation"] * (1 + nc + ny) + ["param" if _is_state(t) else "activation" for t in outer_x]
+        classes = (["activation"] * (1 + nc) + y_classes + ["param" if _is_state(t) else "activation" for t in outer_x]
                    + ["param" if _is_state(t) else "activation" for t in outer_k])
         types = [v.type for v in operands]
         loop = hlo.WhileOp(types, operands)
@@ -141,14 +153,15 @@ class Scan(Primitive):
                 piece = lx.tag(piece, outer.shape.names)
                 values[id(t)] = lx.tag(hlo.ReshapeOp(lx.type(t), piece), t.shape.names)
             outputs = body.carry_out + body.y_out
-            saved_class = lx.layout_class
             lower_ops(lx, live_operations(body.graph, outputs), values)
             lx.layout_class = saved_class
             new_ys = []
-            for y, acc, d in zip(body.y_out, y_args, y_dims):
+            for y, acc, d, cls in zip(body.y_out, y_args, y_dims, y_classes):
                 one = lx.tag(hlo.ReshapeOp(lx.type_of([1] + list(y.shape.sizes), y.dtype), values[id(y)]), d)
                 starts = [index] + [zero] * len(y.shape)
+                lx.layout_class = cls
                 new_ys.append(lx.tag(hlo.DynamicUpdateSliceOp(acc, one, starts), d))
+                lx.layout_class = saved_class
             step = lx.scalar(1, "i32")
             next_i = lx.tag(hlo.AddOp(i_arg, step), [])
             hlo.ReturnOp([next_i, *[values[id(t)] for t in body.carry_out], *new_ys, *x_args, *cap_args])
@@ -206,10 +219,17 @@ class Scan(Primitive):
         if remat:
             keep = list(saved_carry)
         else:
-            keep = _residuals(g, n_forward, replayed, carry={id(t) for t in saved_carry})
+            keep = [t for t in _residuals(g, n_forward, replayed, carry={id(t) for t in saved_carry})
+                    if id(t) in inverse]  # not: what a nested loop's gradient added to its replay (recomputed)
         saved_forward = [forward_of[inverse[id(t)]] for t in keep]
         if not remat:
             keep = _rewire(g, n_forward, keep)
+            # a replayed op that stays live (a nested loop, whose gradient added outputs to its replay)
+            # may read the incoming carry: saved too, when used
+            for t in saved_carry:
+                if all(t is not k for k in keep):
+                    keep.append(t)
+                    saved_forward.append(forward_of[inverse[id(t)]])
         carry_out = [d for d in d_carry if d is not None] + [a for a in new_acc if a is not None]
         used = _used_inputs(g, carry_out + [d for d in d_x if d is not None])
         saved_forward = [f for f, t in zip(saved_forward, keep) if id(t) in used]
@@ -243,8 +263,10 @@ class Scan(Primitive):
                 for t, ct, f in zip(body.carry_in, carry_cts, floats) if f]
         init += [ops.zeros(t.shape, t.dtype) for t in dcap_acc if t is not None]
         inputs = init + [o for _, o in pairs] + [o for _, o in cap_pairs] + [o for o, _ in g.captures]
+        y_classes = ["param" if _is_state(o) else "activation"
+                     for o, d in zip(op.inputs[nc:nc + nx], d_x) if d is not None]
         results = bind("scan", inputs, name="scan", body=back, dim=dim, reverse=not op.params.get("reverse"),
-                       recompute=False, attributes=None, n_ys=len(back.y_out))
+                       recompute=False, attributes=None, n_ys=len(back.y_out), y_classes=y_classes)
         r = iter(results)
         grad_carry = [next(r) if f else None for f in floats]
         grad_cap = [next(r) if t is not None else None for t in dcap_acc]
