@@ -14,11 +14,12 @@ e.g. ``--mesh "pipe:2,data:2,model:2" --layout
 The batch of 16 is cut into MICROBATCHES microbatches; the schedule runs
 MICROBATCHES + STAGES - 1 ticks and leaves each stage idle for the bubble
 fraction (STAGES - 1) / (MICROBATCHES + STAGES - 1) (`mtfc inspect` reports
-it).  LAYERS and MICROBATCHES are set here, or from the environment when
-compiling: ``PIPELINE_LAYERS=8 PIPELINE_MICROBATCHES=8 mtfc compile
-examples/pipeline.py``.  The ticks are one loop (`stablehlo.while`);
-``PIPELINE_UNROLL=1`` unrolls them (the same parameters and numbers), which
-``--mode shardy`` needs for now (docs/dsl.md, "Pipeline parallelism").
+it).  LAYERS, STAGES, MICROBATCHES and UNROLL are set here or on the
+command line: ``mtfc compile examples/pipeline.py -D LAYERS=8 -D
+MICROBATCHES=8`` (``-D STAGES=2 --mesh pipe:2,data:4`` for two stages).  The
+ticks are one loop (`stablehlo.while`); ``-D UNROLL=True`` unrolls them (the
+same parameters and numbers), which ``--mode shardy`` needs for now
+(docs/dsl.md, "Pipeline parallelism").
 
 Numerics are the unpipelined transformer's: block j of stage s is block
 ``s * LAYERS / STAGES + j`` of examples/transformer.py's `decoder`
@@ -29,15 +30,12 @@ against it with the same parameter values.  Training:
   mtfc run train.mlir --steps 60 --data examples/data/tokens.npy
 """
 
-import os
-
 import mtfc as mtf
 
-LAYERS = int(os.environ.get("PIPELINE_LAYERS", "4"))
-MICROBATCHES = int(os.environ.get("PIPELINE_MICROBATCHES", "4"))
-UNROLL = os.environ.get("PIPELINE_UNROLL", "0") == "1"  # the ticks as a Python loop (shardy mode needs it)
+LAYERS = 4  # blocks in all, a multiple of STAGES
 STAGES = 4
-stages = mtf.Dim("stages", STAGES)
+MICROBATCHES = 4  # must divide the batch (16)
+UNROLL = False  # the ticks as a Python loop (shardy mode needs it for now)
 batch = mtf.Dim("batch", 16)
 length = mtf.Dim("length", 32)
 vocab = mtf.Dim("vocab", 64)
@@ -57,7 +55,8 @@ d_ff = mtf.Dim("d_ff", 256)
     optimizer="adamw:lr=0.01,b2=0.99,warmup=10,decay=cosine,steps=200,clip=1.0",
 )
 def pipelined_transformer(tokens, targets):
-    return pipelined_decoder(tokens, targets, layers=LAYERS, stages=stages, microbatches=MICROBATCHES)
+    return pipelined_decoder(tokens, targets, layers=LAYERS, stages=mtf.Dim("stages", STAGES),
+                             microbatches=MICROBATCHES)
 
 
 def block(x):

@@ -47,12 +47,12 @@ def head(h, t):
     return {"y": h, "loss": mtf.reduce_mean(mtf.square(h - t))}
 
 
-def pipelined(S: int, M: int, layers: int | None = None, unroll: bool = False):
+def pipelined(S: int, M: int, layers: int | None = None, unroll: bool = False, stage_loop: bool = False):
     stages = mtf.Dim("stages", S)
 
     def model(x, t):
         h = mtf.layers.pipeline(block, x, layers=layers or S * LAYERS_PER_STAGE, stages=stages, microbatches=M,
-                                   unroll=unroll)
+                                   unroll=unroll, stage_loop=stage_loop)
         return head(h, t)
 
     return model
@@ -122,10 +122,11 @@ CONFIGS = [(S, M) for S in (2, 4) for M in (1, S, 2 * S)]
 
 
 @pytest.mark.parametrize("S,M", CONFIGS)
-def test_pipelined_forward_equals_unpipelined(S, M, mode="explicit", unroll=False):
+def test_pipelined_forward_equals_unpipelined(S, M, mode="explicit", unroll=False, stage_loop=False):
     per = LAYERS_PER_STAGE
     flat_m = compile_function(unpipelined(S * per), INPUTS, mesh=mesh_of(S), layout="batch:data", mode=mode)
-    pipe_m = compile_function(pipelined(S, M, unroll=unroll), INPUTS, mesh=mesh_of(S), layout=LAYOUT, mode=mode)
+    pipe_m = compile_function(pipelined(S, M, unroll=unroll, stage_loop=stage_loop), INPUTS, mesh=mesh_of(S),
+                              layout=LAYOUT, mode=mode)
     flat_p, pipe_p = Program(flat_m), Program(pipe_m)
     flat, pipe = shared_data(flat_p, pipe_p, S, per)
     want = flat_p.run(flat).outputs
@@ -135,12 +136,13 @@ def test_pipelined_forward_equals_unpipelined(S, M, mode="explicit", unroll=Fals
     assert not np.allclose(want["y"], flat["x"])  # the blocks did something
 
 
-def _train_compare(S, M, mode, unroll=False, mesh=None, extra_rules=""):
+def _train_compare(S, M, mode, unroll=False, mesh=None, extra_rules="", stage_loop=False):
     per = LAYERS_PER_STAGE
     kw = dict(mode=mode, train=True, optimizer=OPTIMIZER)
     mesh = mesh or mesh_of(S)
     flat_m = compile_function(unpipelined(S * per), INPUTS, mesh=mesh, layout="batch:data" + extra_rules, **kw)
-    pipe_m = compile_function(pipelined(S, M, unroll=unroll), INPUTS, mesh=mesh, layout=LAYOUT + extra_rules, **kw)
+    pipe_m = compile_function(pipelined(S, M, unroll=unroll, stage_loop=stage_loop), INPUTS, mesh=mesh,
+                              layout=LAYOUT + extra_rules, **kw)
     flat_p, pipe_p = Program(flat_m), Program(pipe_m)
     flat, pipe = shared_data(flat_p, pipe_p, S, per)
     want_losses, want_state = train(flat_p, flat)
@@ -165,6 +167,23 @@ def test_unrolled_schedule_equals_unpipelined(S, M):
     """``unroll=True`` (the ticks as a Python loop): the same numbers."""
     test_pipelined_forward_equals_unpipelined(S, M, unroll=True)
     _train_compare(S, M, "explicit", unroll=True)
+
+
+@pytest.mark.parametrize("mode", ["explicit", "gspmd"])
+def test_stage_loop_equals_unpipelined(mode):
+    """``stage_loop=True`` (each stage's blocks an inner loop): the same
+    numbers; its gradient loop recomputes each tick's forward, so it sends
+    two permutes per tick (the flat body: one)."""
+    from mtfc.passes.pipeline_analysis import pipeline_report
+
+    test_pipelined_forward_equals_unpipelined(2, 4, mode=mode, stage_loop=True)
+    _train_compare(2, 4, mode, stage_loop=True)
+    counts = {}
+    for stage_loop in (False, True):
+        module = compile_function(pipelined(2, 4, stage_loop=stage_loop), INPUTS, mesh=mesh_of(2), layout=LAYOUT,
+                                  mode="explicit", train=True, optimizer=OPTIMIZER)
+        counts[stage_loop] = [(r["loop"], r["permutes_per_tick"]) for r in pipeline_report(module)]
+    assert counts == {False: [("forward", 1), ("gradient", 1)], True: [("forward", 1), ("gradient", 2)]}
 
 
 @pytest.mark.parametrize("mode", ["explicit", "gspmd"])
@@ -337,12 +356,10 @@ def test_block_changing_dims_is_an_error():
 
 
 @pytest.mark.parametrize("mode,unroll", [("explicit", False), ("gspmd", False), ("shardy", True)])
-def test_example_compiles_and_passes_check(mode, unroll, tmp_path, monkeypatch):
-    if unroll:
-        monkeypatch.setenv("PIPELINE_UNROLL", "1")
+def test_example_compiles_and_passes_check(mode, unroll, tmp_path):
     out = tmp_path / "pipeline.mlir"
     runner = CliRunner()
-    result = runner.invoke(main, ["compile", EXAMPLE, "-o", str(out), "--mode", mode])
+    result = runner.invoke(main, ["compile", EXAMPLE, "-o", str(out), "--mode", mode, "-D", f"UNROLL={unroll}"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["run", str(out), "--check", "--repeat", "1"])
     assert result.exit_code == 0, result.output
@@ -359,6 +376,7 @@ def _example_modules(mode="explicit"):
     from mtfc.compiler import compile_entry
 
     pipe_m = compile_entry(example.pipelined_transformer, mode=mode, train=True)
+    assert example.LAYERS == 4 and example.STAGES == 4
     dims = dict(vocab=example.vocab, d_model=example.d_model, heads=example.heads, d_kv=example.d_kv,
                 d_ff=example.d_ff)
     flat_entry = mtf.entry(inputs=example.pipelined_transformer.inputs, mesh="pipe:4,data:2", layout="batch:data",

@@ -26,12 +26,10 @@ rows (microbatch m is the batch rows ``i * M + m``, see `pipeline`).
 
 from __future__ import annotations
 
-import contextlib
-
 from mtfc.frontend import ops
 from mtfc.frontend.dims import Dim, Shape
-from mtfc.frontend.graph import Tensor, current_graph, fail, scope
-from mtfc.frontend.scan import scan
+from mtfc.frontend.graph import Tensor, fail, scope, stack_variables
+from mtfc.frontend.scan import repeat, scan
 
 TICKS = "pipeline_ticks"  # the dim the tick loop runs over (never split)
 MICROBATCHES = "microbatches"
@@ -43,34 +41,8 @@ def bubble_fraction(stages: int, microbatches: int) -> float:
     return (stages - 1) / (microbatches + stages - 1)
 
 
-@contextlib.contextmanager
-def _stage_variables(stages: Dim, layers: Dim, layer: int, created: dict):
-    """The variables of block `layer` of every stage: stored ``[stages,
-    layers, ...]`` (created by the first block to ask, `created` holding
-    them by name) and read as this block's slice ``[stages, ...]``.  In
-    the unrolled schedule every tick asks again and gets the same variable."""
-    graph = current_graph()
-    original = graph.add_variable
-
-    def add_variable(name, role, shape, dtype, init, trainable=False):
-        whole = Shape([stages, layers, *shape])
-        if name not in created:
-            created[name] = original(name, role, whole, dtype, init, trainable)
-        t = created[name]
-        if t.shape != whole or t.dtype != dtype:
-            raise fail(f"pipeline: the block creates variable {name!r} as {whole} {dtype} on one tick "
-                       f"and {t.shape} {t.dtype} on another")
-        return ops.reshape(ops.slice(t, layer, 1, layers), t.shape.without([layers]))
-
-    graph.add_variable = add_variable
-    try:
-        yield
-    finally:
-        del graph.add_variable  # the instance attribute: back to the class's method
-
-
 def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int, batch_dim=None,
-             name: str = "pipeline", unroll: bool = False) -> Tensor:
+             name: str = "pipeline", unroll: bool = False, stage_loop: bool = False) -> Tensor:
     """``layers`` applications of ``block_fn`` to `x`, pipelined over `stages`.
 
     Contract:
@@ -94,8 +66,13 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
         ``pipeline_ticks`` of size M + S - 1, attributes
         ``mtfc.pipeline_stages``, ``mtfc.pipeline_microbatches``,
         ``mtfc.pipeline_stages_dim``), whose body applies a stage's blocks
-        in a Python loop; with `unroll`, the ticks are a Python loop too
-        (the same parameters, the same numbers, no loop attributes).
+        in a Python loop (`mtf.layers.repeat(..., unroll=True)`): each
+        tick of the forward and of the gradient loop sends one permute.
+        `stage_loop`: the blocks as an inner loop instead (the module does
+        not grow with layers / S; the gradient loop then recomputes each
+        tick's forward, its shift included: two permutes per gradient
+        tick).  `unroll`: the ticks (and blocks) as Python loops (the same
+        parameters, the same numbers, no loop attributes).
       * Returns x's dims and dtype: the last stage's outputs, reassembled
         (one sum over `stages`: an all-reduce over its axis, once).
     Errors (one line, at the calling line): `layers` not a multiple of S,
@@ -141,16 +118,12 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
             raise fail(f"pipeline: the block must return its input's dims and dtype {h.shape} {h.dtype}, got {got}")
         return out
 
-    created: dict = {}
-
     def stage(h: Tensor) -> Tensor:
-        # the stage's blocks, in order (a Python loop: the tick loop's body
-        # is traced once, so the module does not grow with the ticks)
-        with scope("stage"):
-            for j in range(per_stage):
-                with _stage_variables(stages, layers_dim, j, created):
-                    h = checked_block(h)
-        return h
+        # the stage's blocks, every parameter stacked [stages, layers, ...]:
+        # a Python loop in the tick loop's body, or an inner loop
+        with stack_variables(stages):
+            return repeat(checked_block, h, per_stage, dim_name=LAYERS, name="stage",
+                          unroll=unroll or not stage_loop)
 
     def tick(state: Tensor, x_t: Tensor):
         # the previous tick's outputs move one stage on (the one permute);
@@ -163,22 +136,12 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
     # microbatch t enters at tick t; ticks M .. M+S-2 feed zeros (the drain)
     fed = ops.pad(xs, (0, S - 1), micro, new_name=TICKS) if S > 1 else ops.rename_dimension(xs, micro, TICKS)
     state = ops.zeros(state_shape, x.dtype)
+    attributes = {"pipeline_stages": S, "pipeline_microbatches": M, "pipeline_stages_dim": stages.name}
     with scope(name):
-        if unroll:
-            outs = []
-            for t in range(ticks.size):
-                state, y = tick(state, ops.reshape(ops.slice(fed, t, 1, ticks), mb_shape))
-                outs.append(y)
-            done = ops.zeros(Shape([stages, *_with_micro_after(mb_shape, mb_batch, micro)]), x.dtype)
-            for t in range(S - 1, ticks.size):  # microbatch t - S + 1 left the last stage at tick t
-                done = done + outs[t] * ops.one_hot(ops.constant(t - S + 1, (), "i32"), micro, x.dtype)
-            y = ops.reduce_sum(done, stages)
-        else:
-            attributes = {"pipeline_stages": S, "pipeline_microbatches": M, "pipeline_stages_dim": stages.name}
-            _, ys = scan(tick, state, fed, dim=ticks, stack_variables=False, loop_attributes=attributes)
-            # ys [ticks, stages, ...]: one sum over stages, then the last M ticks are the microbatches
-            y = ops.rename_dimension(ops.slice(ops.reduce_sum(ys, stages), S - 1, M, ticks), TICKS, MICROBATCHES)
-            y = ops.transpose(y, _with_micro_after(mb_shape, mb_batch, micro))
+        _, ys = scan(tick, state, fed, dim=ticks, stack_variables=False, loop_attributes=attributes, unroll=unroll)
+    # ys [ticks, stages, ...]: one sum over stages, then the last M ticks are the microbatches
+    y = ops.rename_dimension(ops.slice(ops.reduce_sum(ys, stages), S - 1, M, ticks), TICKS, MICROBATCHES)
+    y = ops.transpose(y, _with_micro_after(mb_shape, mb_batch, micro))
     return ops.replace_dimensions(y, [mb_batch, micro], batch)
 
 
