@@ -239,11 +239,15 @@ def inspect(module_file, as_json, compare, predict, no_xla, backend, processes):
     """Show a module's values, collectives and per-device memory."""
     from mtfc import ir as mir
     from mtfc.files.modules import read_module
+    from mtfc.passes import pipeline_analysis
     from mtfc.tools.report import inspect_module, render_text
 
-    report = inspect_module(read_module(module_file, mir.new_context()), xla=not no_xla, compare=compare, backend=backend,
+    module = read_module(module_file, mir.new_context())
+    report = inspect_module(module, xla=not no_xla, compare=compare, backend=backend,
                             source=module_file, processes=processes, predict=predict)
-    click.echo(json.dumps(report, indent=2) if as_json else render_text(report))
+    report["pipeline"] = pipeline_analysis.pipeline_report(module)
+    text = None if as_json else "\n".join([render_text(report), *pipeline_analysis.render_text(report["pipeline"])])
+    click.echo(json.dumps(report, indent=2) if as_json else text)
 
 
 @main.command()

@@ -137,8 +137,9 @@ def test_json_schema(tmp_path):
     report = inspect_json(compiled(tmp_path, matmul, MATMUL_INPUTS, "batch:rows,d:cols", "explicit"), "--compare")
     assert set(report) == {
         "schema", "mesh", "layout", "partitioning", "devices", "arguments", "results", "values",
-        "parameter_bytes_per_device", "collectives", "processes", "memory", "comparison",
+        "parameter_bytes_per_device", "collectives", "processes", "memory", "comparison", "pipeline",
     }
+    assert report["pipeline"] == []  # not pipelined (tests/test_pipeline.py reads a pipelined one)
     assert report["schema"] == 4 and report["devices"] == 8 and report["partitioning"] == "explicit"
     for a in report["arguments"] + report["results"]:
         assert set(a) == {"name", "role", "dims", "dtype", "shape", "local_shape", "bytes_per_device"}

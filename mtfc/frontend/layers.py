@@ -21,6 +21,7 @@ from mtfc.frontend.moe import moe  # noqa: F401 - mtf.layers.moe (mixture of exp
 from mtfc.frontend.conv_layers import conv1d, conv2d, conv3d, conv_transpose  # noqa: F401 - convolutions
 from mtfc.frontend.scan import repeat  # noqa: F401 - stacked layers, one loop
 from mtfc.frontend.pooling import avg_pool2d, avg_pool3d, max_pool2d, max_pool3d  # noqa: F401 - Mesh TF's pooling layers
+from mtfc.frontend.pipeline import pipeline  # noqa: F401 - pipeline parallelism over a stages dim
 
 
 def _compute_dtype(x: Tensor) -> str | None:

@@ -545,8 +545,4 @@ for _name in ("replica_id", "partition_id", "dynamic_slice", "dynamic_update_sli
 # result of each carried value).
 register(OpRule("stablehlo.while", "control", shardy=True))
 register(OpRule("stablehlo.return", "control"))
-# A loop over stacked layers (docs/IR.md "Loops"): no factors -- each carried
-# value keeps the layout its dims and class imply; the explicit partitioner
-# partitions its regions (mtfc/passes/partition/loops.py).
-register(OpRule("stablehlo.while", "control"))
 register(OpRule("func.return", "control"))
