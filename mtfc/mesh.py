@@ -16,6 +16,7 @@ Shared by every layer (frontend, passes, runtime); it knows nothing of MLIR.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -102,17 +103,26 @@ class Mesh:
 
         Within a group devices are ordered row-major over `axes` in the order
         given, so position ``i`` holds shard ``i`` of a dim split over `axes`.
+        Computed once per (mesh, axes) (`_groups`; O(devices)), a fresh list
+        each call.
         """
-        others = [n for n in self.names if n not in axes]
-        by_key: dict[tuple, list[tuple[int, int]]] = {}
-        for d in range(self.size):
-            c = self.coords(d)
-            key = tuple(c[n] for n in others)
-            by_key.setdefault(key, []).append((shard_index(c, axes, self), d))
-        return [[d for _, d in sorted(members)] for _, members in sorted(by_key.items())]
+        return [list(g) for g in _groups(self, tuple(axes))]
 
     def __str__(self) -> str:
         return ",".join(f"{n}:{s}" for n, s in self.axes)
+
+
+@functools.lru_cache(maxsize=256)
+def _groups(mesh: Mesh, axes: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """`Mesh.groups`, cached: every collective of a partitioned module asks for
+    the groups of its axes, and building them visits every device."""
+    others = [n for n in mesh.names if n not in axes]
+    by_key: dict[tuple, list[tuple[int, int]]] = {}
+    for d in range(mesh.size):
+        c = mesh.coords(d)
+        key = tuple(c[n] for n in others)
+        by_key.setdefault(key, []).append((shard_index(c, axes, mesh), d))
+    return tuple(tuple(d for _, d in sorted(members)) for _, members in sorted(by_key.items()))
 
 
 def shard_index(coords: dict[str, int], axes: Sequence[str], mesh: Mesh) -> int:
