@@ -387,6 +387,40 @@ def describe_op(op: ir.Operation) -> str:
     return f"{op.name} at {location_text(op.location)}"
 
 
+class LazyOpDescription:
+    """`describe_op(op)`, formatted only when read (``str``, an f-string, ``+``):
+    the hot loops of the passes name every op they visit for the error they
+    might raise, and printing a location costs microseconds.  Read it while
+    `op` is alive (in the message of an error about `op`)."""
+
+    __slots__ = ("_op", "_prefix", "_text")
+
+    def __init__(self, op: ir.Operation, prefix: str = ""):
+        self._op, self._prefix, self._text = op, prefix, None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = self._prefix + describe_op(self._op)
+        return self._text
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+    def __add__(self, other: str) -> str:
+        return str(self) + other
+
+    def __radd__(self, other: str) -> str:
+        return other + str(self)
+
+
+def describe_op_lazily(op: ir.Operation, prefix: str = "") -> LazyOpDescription:
+    """`prefix` + `describe_op(op)` for a message that will most likely never be built."""
+    return LazyOpDescription(op, prefix)
+
+
 def location_text(loc: ir.Location) -> str:
     """A short readable form of a location: ``name (file:line)``."""
     text = str(loc)

@@ -167,7 +167,7 @@ def _check_body(fn: ir.Operation, kind: str) -> None:
     for op in mir.body_ops(fn):
         if op.name == "func.return":
             continue
-        what = mir.describe_op(op)
+        what = mir.describe_op_lazily(op)
         if mir.DIMS not in op.attributes:
             if kind == "shardy" or not len(op.results):
                 continue  # Shardy's own reshapes may have no names (docs/passes/shardy.md)
