@@ -475,20 +475,35 @@ def _strip_partitioning(clone: ir.Module) -> str:
     return clone.operation.get_asm(enable_debug_info=True)
 
 
+def stripped_clone(module: ir.Module) -> ir.Operation:
+    """A detached copy of `module`'s ``builtin.module`` op with every sharding
+    annotation removed: the global program (what `strip_partitioning_text`
+    prints), without printing and parsing the module."""
+    with module.context:
+        clone = module.operation.clone()
+        _strip_operation(clone)
+    return clone
+
+
 def strip_partitioning_in_place(clone: ir.Module) -> None:
     """Remove every sharding annotation from `clone` and mark it unpartitioned."""
+    _strip_operation(clone.operation)
+
+
+def _strip_operation(module_op: ir.Operation) -> None:
+    attrs = module_op.attributes
     for name in MODULE_PARTITIONING_ATTRS:
-        if name in clone.operation.attributes:
-            del clone.operation.attributes[name]
-    clone.operation.attributes[PARTITIONING] = ir.StringAttr.get("none")
-    for op in list(clone.body.operations):  # Shardy's mesh (sdy-shardings)
+        if name in attrs:
+            del attrs[name]
+    attrs[PARTITIONING] = ir.StringAttr.get("none")
+    for op in list(module_op.regions[0].blocks[0].operations):  # Shardy's mesh (sdy-shardings)
         if op.operation.name == "sdy.mesh":
             op.operation.erase()
-    for op in list(walk(clone.operation)):  # Shardy's reshards, XLA's constraints: the value itself
+    for op in list(walk(module_op)):  # Shardy's reshards, XLA's constraints: the value itself
         if op.name == "sdy.reshard" or is_sharding_constraint(op):
             op.results[0].replace_all_uses_with(op.operands[0])
             op.erase()
-    for op in walk(clone.operation):
+    for op in walk(module_op):
         for name in PARTITIONING_ATTRS:
             if name in op.attributes:
                 del op.attributes[name]
