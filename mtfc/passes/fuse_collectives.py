@@ -114,6 +114,7 @@ class Fuser:
         self.n = num_devices
         self.variadic = variadic  # may all_reduces be merged into one variadic op
         self.changed = False
+        self.dirty = True  # ops may have lost their last use since `remove_dead` last ran
 
     def ops(self) -> list[ir.Operation]:
         return [op.operation for op in self.fn.regions[0].blocks[0].operations]
@@ -153,6 +154,7 @@ class Fuser:
     def replace(self, old: ir.Value, new: ir.Value) -> None:
         old.replace_all_uses_with(new)
         self.changed = True
+        self.dirty = True
 
     # ------------------------------------------------------------- rewrites
     def gather_then_own_slice(self) -> None:
@@ -367,11 +369,18 @@ class Fuser:
                 seen[k] = op
 
     def remove_dead(self) -> None:
+        """Erase @main's ops whose results are all unused.  One backward sweep
+        reaches the fixpoint (an op's users come after it), so after it only a
+        `replace` -- every rewrite's one way to change the program -- can make
+        an op dead: without one since the last sweep there is nothing to do."""
+        if not self.dirty:
+            return
         for op in reversed(self.ops()):
             if op.name == "func.return" or not len(op.results):
                 continue
             if all(not list(r.uses) for r in op.results):
                 op.erase()
+        self.dirty = False
 
     def run(self) -> None:
         for _ in range(8):
