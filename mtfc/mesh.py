@@ -225,8 +225,29 @@ def tensor_layout(
 ) -> TensorLayout:
     """Layout of a tensor with these dims under `rules` on `mesh`.
 
-    Raises `MtfcError` naming `what` when the layout is impossible.
+    Raises `MtfcError` naming `what` when the layout is impossible.  Valid
+    layouts are cached per (dims, sizes, rules, mesh): a partitioner asks for
+    the layout of every value, most of them alike.
     """
+    try:
+        key = (tuple(dims), tuple(sizes), rules, mesh)
+        cached = _LAYOUTS.get(key)
+    except TypeError:  # an unhashable size (never from the IR): no caching
+        key, cached = None, None
+    if cached is not None:
+        return cached
+    layout = _tensor_layout(dims, sizes, rules, mesh, what)
+    if key is not None:
+        if len(_LAYOUTS) >= 65536:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout
+
+
+_LAYOUTS: dict[tuple, "TensorLayout"] = {}
+
+
+def _tensor_layout(dims: Sequence[str], sizes: Sequence[int], rules: LayoutRules, mesh: Mesh, what) -> TensorLayout:
     axes = tuple(rules.axes_for(d) for d in dims)
     owner: dict[str, str] = {}
     for d, size, dim_axes in zip(dims, sizes, axes):
