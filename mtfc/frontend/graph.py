@@ -226,6 +226,7 @@ class Graph:
     def __init__(self):
         self.operations: list[Operation] = []
         self.variables: list[Variable] = []
+        self._variable_names: set[str] = set()  # of `variables` (add_variable's check, O(1))
         self._scopes: list[str] = []
         self._names: dict[str, int] = {}
         # While set, ops are recorded at this location instead of the caller's
@@ -253,8 +254,9 @@ class Graph:
     def add_variable(
         self, name: str, role: str, shape: Shape, dtype: str, init: str, trainable: bool = False
     ) -> Tensor:
-        if any(v.name == name for v in self.variables):
+        if name in self._variable_names:
             raise fail(f"variable {name!r} is created twice")
+        self._variable_names.add(name)
         op = Operation("variable", [], {"name": name}, name, user_location())
         tensor = Tensor(shape, dtype, op)
         op.outputs.append(tensor)
