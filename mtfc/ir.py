@@ -445,12 +445,26 @@ MODULE_PARTITIONING_ATTRS = ("mhlo.num_partitions", "mhlo.num_replicas", "sdy.me
 
 
 def walk(op: ir.Operation):
-    """`op` and every op nested in it, pre-order."""
+    """`op` and every op nested in it, pre-order.  Iterative (a stack of the
+    open blocks' op iterators): a recursive generator passes every op up
+    through each level of nesting."""
     yield op
+    stack = [_children(op)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+            continue
+        yield child
+        if len(child.regions):
+            stack.append(_children(child))
+
+
+def _children(op: ir.Operation) -> Iterator[ir.Operation]:
     for region in op.regions:
         for block in region.blocks:
             for child in block.operations:
-                yield from walk(child.operation)
+                yield child.operation
 
 
 def _drop(attrs: ir.DictAttr, names) -> ir.DictAttr:
