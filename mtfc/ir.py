@@ -87,24 +87,65 @@ def tensor_type(shape, dtype: str) -> ir.RankedTensorType:
     return ir.RankedTensorType.get(list(shape), mlir_type(dtype))
 
 
+class _ContextMemo:
+    """Values computed from MLIR attributes (or for them), remembered for one
+    context at a time -- attributes are immutable and uniqued in their
+    context, so an attribute (hashed by identity) always gives the same value.
+    Switching to another context forgets the old one's entries (and releases
+    the reference to it); a pass asks for the same few ``mtfc.dims`` lists
+    for every op."""
+
+    def __init__(self, limit: int = 1 << 16):
+        self.context = None
+        self.values: dict = {}
+        self.limit = limit
+
+    def table(self, context) -> dict:
+        if context is not self.context:
+            self.context, self.values = context, {}
+        elif len(self.values) >= self.limit:
+            self.values.clear()
+        return self.values
+
+
+_STR_ARRAYS = _ContextMemo()  # (names) -> ArrayAttr
+_DIMS_LISTS = _ContextMemo()  # mtfc.dims attribute -> (nested?, names per result)
+
+
 def str_array(values) -> ir.ArrayAttr:
-    return ir.ArrayAttr.get([ir.StringAttr.get(v) for v in values])
+    values = tuple(values)
+    table = _STR_ARRAYS.table(ir.Context.current)
+    attr = table.get(values)
+    if attr is None:
+        attr = table[values] = ir.ArrayAttr.get([ir.StringAttr.get(v) for v in values])
+    return attr
 
 
 def read_str_array(attr) -> list[str]:
     return [ir.StringAttr(a).value for a in ir.ArrayAttr(attr)]
 
 
+def _parse_dims(attr: ir.Attribute) -> tuple[bool, tuple[tuple[str, ...], ...]]:
+    array = ir.ArrayAttr(attr)
+    if len(array) and isinstance(array[0], ir.ArrayAttr):
+        return True, tuple(tuple(read_str_array(a)) for a in array)
+    return False, (tuple(read_str_array(array)),)
+
+
 def op_result_dims(op: ir.Operation) -> list[list[str]] | None:
     """Dim names of each result of `op`, or None when it carries none."""
-    if DIMS not in op.attributes:
+    attrs = op.attributes
+    if DIMS not in attrs:
         return None
-    attr = ir.ArrayAttr(op.attributes[DIMS])
-    if len(attr) and isinstance(attr[0], ir.ArrayAttr):
-        return [read_str_array(a) for a in attr]
-    if len(op.results) != 1 and not (len(attr) == 0 and len(op.results) == 0):
+    attr = attrs[DIMS]
+    table = _DIMS_LISTS.table(attr.context)
+    parsed = table.get(attr)
+    if parsed is None:
+        parsed = table[attr] = _parse_dims(attr)
+    nested, dims = parsed
+    if not nested and len(op.results) != 1 and not (len(dims[0]) == 0 and len(op.results) == 0):
         assert len(op.results) == 1, f"{op.name} has {len(op.results)} results but one dims list"
-    return [read_str_array(attr)]
+    return [list(d) for d in dims]
 
 
 def set_op_result_dims(op: ir.Operation, dims: list[list[str]]) -> None:
