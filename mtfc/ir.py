@@ -554,19 +554,21 @@ def _strip_operation(module_op: ir.Operation) -> None:
     for op in list(module_op.regions[0].blocks[0].operations):  # Shardy's mesh (sdy-shardings)
         if op.operation.name == "sdy.mesh":
             op.operation.erase()
-    for op in list(walk(module_op)):  # Shardy's reshards, XLA's constraints: the value itself
-        if op.name == "sdy.reshard" or is_sharding_constraint(op):
-            op.results[0].replace_all_uses_with(op.operands[0])
+    for op in list(walk(module_op)):  # one walk (independent edits per op)
+        name = op.name
+        if name == "sdy.reshard" or is_sharding_constraint(op):  # Shardy's reshards, XLA's constraints:
+            op.results[0].replace_all_uses_with(op.operands[0])  # the value itself
             op.erase()
-    for op in walk(module_op):
-        for name in PARTITIONING_ATTRS:
-            if name in op.attributes:
-                del op.attributes[name]
-        if op.name == "func.func":
+            continue
+        op_attrs = op.attributes
+        for attr in PARTITIONING_ATTRS:
+            if attr in op_attrs:
+                del op_attrs[attr]
+        if name == "func.func":
             for key in ("arg_attrs", "res_attrs"):
-                if key in op.attributes:
-                    op.attributes[key] = ir.ArrayAttr.get(
-                        [_drop(ir.DictAttr(a), PARTITIONING_ATTRS) for a in ir.ArrayAttr(op.attributes[key])]
+                if key in op_attrs:
+                    op_attrs[key] = ir.ArrayAttr.get(
+                        [_drop(ir.DictAttr(a), PARTITIONING_ATTRS) for a in ir.ArrayAttr(op_attrs[key])]
                     )
 
 
