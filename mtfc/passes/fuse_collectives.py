@@ -115,9 +115,15 @@ class Fuser:
         self.variadic = variadic  # may all_reduces be merged into one variadic op
         self.changed = False
         self.dirty = True  # ops may have lost their last use since `remove_dead` last ran
+        self._ops: list[ir.Operation] | None = None
 
     def ops(self) -> list[ir.Operation]:
-        return [op.operation for op in self.fn.regions[0].blocks[0].operations]
+        """@main's ops in order (a new list after each `replace` or erasure: the
+        only ways, with the ops a rewrite creates just before a `replace`, that
+        the block changes)."""
+        if self._ops is None:
+            self._ops = [op.operation for op in self.fn.regions[0].blocks[0].operations]
+        return self._ops
 
     def positions(self, groups: np.ndarray) -> np.ndarray | None:
         """Each device's index within its replica group (None if some device is in none)."""
@@ -155,6 +161,7 @@ class Fuser:
         old.replace_all_uses_with(new)
         self.changed = True
         self.dirty = True
+        self._ops = None
 
     # ------------------------------------------------------------- rewrites
     def gather_then_own_slice(self) -> None:
@@ -380,6 +387,7 @@ class Fuser:
                 continue
             if all(not list(r.uses) for r in op.results):
                 op.erase()
+                self._ops = None
         self.dirty = False
 
     def run(self) -> None:
