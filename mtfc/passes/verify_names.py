@@ -62,17 +62,27 @@ _SIZE_KEEPING = op_rules.names(size_keeping=True)
 
 # Initializer kinds and how many numbers each takes (docs/IR.md; runtime/synthetic.py).
 def _check_dims(dims: list[str], value_type: ir.Type, what: str) -> None:
-    for d in dims:
-        if not _NAME.match(d):
-            raise MtfcError(f"{what}: bad dim name {d!r} in mtfc.dims {dims}: names are letters, digits, '_' and '.'")
+    valid = tuple(dims) in _GOOD_DIMS  # names and uniqueness already checked for this list
+    if not valid:
+        for d in dims:
+            if not _NAME.match(d):
+                raise MtfcError(f"{what}: bad dim name {d!r} in mtfc.dims {dims}: names are letters, digits, '_' and '.'")
     if not isinstance(value_type, ir.RankedTensorType):
         return
     rank = ir.RankedTensorType(value_type).rank
     if len(dims) != rank:
         raise MtfcError(f"{what}: mtfc.dims {dims} names {len(dims)} dims for a rank-{rank} tensor")
+    if valid:
+        return
     for d in dims:
         if dims.count(d) > 1:
             raise MtfcError(f"{what}: dim {d!r} is used twice in mtfc.dims {dims}")
+    if len(_GOOD_DIMS) < 65536:
+        _GOOD_DIMS.add(tuple(dims))
+
+
+# dim lists whose names are valid and distinct (`_check_dims`; a module has few)
+_GOOD_DIMS: set[tuple[str, ...]] = set()
 
 
 def _string_attr(attrs, key: str, what: str) -> str | None:
