@@ -5,6 +5,8 @@ Used by the CLI and by tests; the only place that wires frontend -> passes.
 
 from __future__ import annotations
 
+import functools
+import gc
 import time
 from typing import Callable
 
@@ -21,6 +23,28 @@ MODES = ("gspmd", "explicit", "shardy", "none")
 DEFAULT_MODE = "explicit"
 
 
+def _gc_paused(fn: Callable) -> Callable:
+    """`fn` run with Python's cyclic garbage collector paused (and resumed
+    after, also on an error, if it was running): a compile allocates objects
+    that mostly live until it returns (the traced graph, the IR's Python
+    handles), and each full collection would traverse all of them -- 9% of a
+    48-layer train step's compile, a share growing with depth.  Reference
+    cycles made meanwhile are collected after."""
+
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return paused
+
+
+@_gc_paused
 def compile_entry(
     entry: Entry,
     *,
