@@ -174,6 +174,7 @@ def _check_aliases(args: list[_Interface], results: list[_Interface]) -> None:
 
 
 def _check_body(fn: ir.Operation, kind: str) -> None:
+    known: dict[ir.Value, list[str]] = {}  # dims of the results checked so far (operands read them)
     for op in mir.body_ops(fn):
         if op.name == "func.return":
             continue
@@ -190,16 +191,20 @@ def _check_body(fn: ir.Operation, kind: str) -> None:
             raise MtfcError(f"{what}: mtfc.dims lists {len(dims)} results, the op has {len(op.results)}")
         for d, r in zip(dims, op.results):
             _check_dims(d, r.type, what)
-        _check_one_size(op, dims, kind, what)
+        _check_one_size(op, dims, kind, what, known)
+        for d, r in zip(dims, op.results):
+            known[r] = d
 
 
-def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: str) -> None:
+def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: str,
+                    known: dict | None = None) -> None:
     """Within one op a dim name has one size: over its results, and for ops that
     keep sizes (elementwise, dot_general, reduce, transpose) in a global
     program over its named operands too.  A collective's results are
     independent values, as an optimization_barrier's (a fused all_reduce of
     two kernels' gradients may hold ``kh:1`` and ``kh:3``): each is checked
-    on its own."""
+    on its own.  `known`: dims of values already read (value -> dims), else
+    `mir.value_dims` reads them."""
     rule = op_rules.rule_of(op.name)
     if rule is not None and (rule.family == "collective" or rule.result_dims_of_operand) and len(op.results) > 1:
         for k, d in enumerate(dims):
@@ -209,7 +214,8 @@ def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: st
     if kind in ("none", "gspmd") and op.name in _SIZE_KEEPING:
         for k, v in enumerate(op.operands):
             try:
-                values.append((mir.value_dims(v), v.type, f"operand #{k}"))
+                d = known.get(v) if known is not None else None
+                values.append((d if d is not None else mir.value_dims(v), v.type, f"operand #{k}"))
             except (MtfcError, KeyError, IndexError, ValueError):
                 continue  # an unnamed operand is reported at its own op
     _check_sizes(values, what)
