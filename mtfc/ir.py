@@ -87,24 +87,65 @@ def tensor_type(shape, dtype: str) -> ir.RankedTensorType:
     return ir.RankedTensorType.get(list(shape), mlir_type(dtype))
 
 
+class _ContextMemo:
+    """Values computed from MLIR attributes (or for them), remembered for one
+    context at a time -- attributes are immutable and uniqued in their
+    context, so an attribute (hashed by identity) always gives the same value.
+    Switching to another context forgets the old one's entries (and releases
+    the reference to it); a pass asks for the same few ``mtfc.dims`` lists
+    for every op."""
+
+    def __init__(self, limit: int = 1 << 16):
+        self.context = None
+        self.values: dict = {}
+        self.limit = limit
+
+    def table(self, context) -> dict:
+        if context is not self.context:
+            self.context, self.values = context, {}
+        elif len(self.values) >= self.limit:
+            self.values.clear()
+        return self.values
+
+
+_STR_ARRAYS = _ContextMemo()  # (names) -> ArrayAttr
+_DIMS_LISTS = _ContextMemo()  # mtfc.dims attribute -> (nested?, names per result)
+
+
 def str_array(values) -> ir.ArrayAttr:
-    return ir.ArrayAttr.get([ir.StringAttr.get(v) for v in values])
+    values = tuple(values)
+    table = _STR_ARRAYS.table(ir.Context.current)
+    attr = table.get(values)
+    if attr is None:
+        attr = table[values] = ir.ArrayAttr.get([ir.StringAttr.get(v) for v in values])
+    return attr
 
 
 def read_str_array(attr) -> list[str]:
     return [ir.StringAttr(a).value for a in ir.ArrayAttr(attr)]
 
 
+def _parse_dims(attr: ir.Attribute) -> tuple[bool, tuple[tuple[str, ...], ...]]:
+    array = ir.ArrayAttr(attr)
+    if len(array) and isinstance(array[0], ir.ArrayAttr):
+        return True, tuple(tuple(read_str_array(a)) for a in array)
+    return False, (tuple(read_str_array(array)),)
+
+
 def op_result_dims(op: ir.Operation) -> list[list[str]] | None:
     """Dim names of each result of `op`, or None when it carries none."""
-    if DIMS not in op.attributes:
+    attrs = op.attributes
+    if DIMS not in attrs:
         return None
-    attr = ir.ArrayAttr(op.attributes[DIMS])
-    if len(attr) and isinstance(attr[0], ir.ArrayAttr):
-        return [read_str_array(a) for a in attr]
-    if len(op.results) != 1 and not (len(attr) == 0 and len(op.results) == 0):
+    attr = attrs[DIMS]
+    table = _DIMS_LISTS.table(attr.context)
+    parsed = table.get(attr)
+    if parsed is None:
+        parsed = table[attr] = _parse_dims(attr)
+    nested, dims = parsed
+    if not nested and len(op.results) != 1 and not (len(dims[0]) == 0 and len(op.results) == 0):
         assert len(op.results) == 1, f"{op.name} has {len(op.results)} results but one dims list"
-    return [read_str_array(attr)]
+    return [list(d) for d in dims]
 
 
 def set_op_result_dims(op: ir.Operation, dims: list[list[str]]) -> None:
@@ -387,6 +428,40 @@ def describe_op(op: ir.Operation) -> str:
     return f"{op.name} at {location_text(op.location)}"
 
 
+class LazyOpDescription:
+    """`describe_op(op)`, formatted only when read (``str``, an f-string, ``+``):
+    the hot loops of the passes name every op they visit for the error they
+    might raise, and printing a location costs microseconds.  Read it while
+    `op` is alive (in the message of an error about `op`)."""
+
+    __slots__ = ("_op", "_prefix", "_text")
+
+    def __init__(self, op: ir.Operation, prefix: str = ""):
+        self._op, self._prefix, self._text = op, prefix, None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = self._prefix + describe_op(self._op)
+        return self._text
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+    def __add__(self, other: str) -> str:
+        return str(self) + other
+
+    def __radd__(self, other: str) -> str:
+        return other + str(self)
+
+
+def describe_op_lazily(op: ir.Operation, prefix: str = "") -> LazyOpDescription:
+    """`prefix` + `describe_op(op)` for a message that will most likely never be built."""
+    return LazyOpDescription(op, prefix)
+
+
 def location_text(loc: ir.Location) -> str:
     """A short readable form of a location: ``name (file:line)``."""
     text = str(loc)
@@ -411,12 +486,26 @@ MODULE_PARTITIONING_ATTRS = ("mhlo.num_partitions", "mhlo.num_replicas", "sdy.me
 
 
 def walk(op: ir.Operation):
-    """`op` and every op nested in it, pre-order."""
+    """`op` and every op nested in it, pre-order.  Iterative (a stack of the
+    open blocks' op iterators): a recursive generator passes every op up
+    through each level of nesting."""
     yield op
+    stack = [_children(op)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+            continue
+        yield child
+        if len(child.regions):
+            stack.append(_children(child))
+
+
+def _children(op: ir.Operation) -> Iterator[ir.Operation]:
     for region in op.regions:
         for block in region.blocks:
             for child in block.operations:
-                yield from walk(child.operation)
+                yield child.operation
 
 
 def _drop(attrs: ir.DictAttr, names) -> ir.DictAttr:
@@ -441,28 +530,45 @@ def _strip_partitioning(clone: ir.Module) -> str:
     return clone.operation.get_asm(enable_debug_info=True)
 
 
+def stripped_clone(module: ir.Module) -> ir.Operation:
+    """A detached copy of `module`'s ``builtin.module`` op with every sharding
+    annotation removed: the global program (what `strip_partitioning_text`
+    prints), without printing and parsing the module."""
+    with module.context:
+        clone = module.operation.clone()
+        _strip_operation(clone)
+    return clone
+
+
 def strip_partitioning_in_place(clone: ir.Module) -> None:
     """Remove every sharding annotation from `clone` and mark it unpartitioned."""
+    _strip_operation(clone.operation)
+
+
+def _strip_operation(module_op: ir.Operation) -> None:
+    attrs = module_op.attributes
     for name in MODULE_PARTITIONING_ATTRS:
-        if name in clone.operation.attributes:
-            del clone.operation.attributes[name]
-    clone.operation.attributes[PARTITIONING] = ir.StringAttr.get("none")
-    for op in list(clone.body.operations):  # Shardy's mesh (sdy-shardings)
+        if name in attrs:
+            del attrs[name]
+    attrs[PARTITIONING] = ir.StringAttr.get("none")
+    for op in list(module_op.regions[0].blocks[0].operations):  # Shardy's mesh (sdy-shardings)
         if op.operation.name == "sdy.mesh":
             op.operation.erase()
-    for op in list(walk(clone.operation)):  # Shardy's reshards, XLA's constraints: the value itself
-        if op.name == "sdy.reshard" or is_sharding_constraint(op):
-            op.results[0].replace_all_uses_with(op.operands[0])
+    for op in list(walk(module_op)):  # one walk (independent edits per op)
+        name = op.name
+        if name == "sdy.reshard" or is_sharding_constraint(op):  # Shardy's reshards, XLA's constraints:
+            op.results[0].replace_all_uses_with(op.operands[0])  # the value itself
             op.erase()
-    for op in walk(clone.operation):
-        for name in PARTITIONING_ATTRS:
-            if name in op.attributes:
-                del op.attributes[name]
-        if op.name == "func.func":
+            continue
+        op_attrs = op.attributes
+        for attr in PARTITIONING_ATTRS:
+            if attr in op_attrs:
+                del op_attrs[attr]
+        if name == "func.func":
             for key in ("arg_attrs", "res_attrs"):
-                if key in op.attributes:
-                    op.attributes[key] = ir.ArrayAttr.get(
-                        [_drop(ir.DictAttr(a), PARTITIONING_ATTRS) for a in ir.ArrayAttr(op.attributes[key])]
+                if key in op_attrs:
+                    op_attrs[key] = ir.ArrayAttr.get(
+                        [_drop(ir.DictAttr(a), PARTITIONING_ATTRS) for a in ir.ArrayAttr(op_attrs[key])]
                     )
 
 

@@ -16,6 +16,7 @@ Shared by every layer (frontend, passes, runtime); it knows nothing of MLIR.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -102,17 +103,26 @@ class Mesh:
 
         Within a group devices are ordered row-major over `axes` in the order
         given, so position ``i`` holds shard ``i`` of a dim split over `axes`.
+        Computed once per (mesh, axes) (`_groups`; O(devices)), a fresh list
+        each call.
         """
-        others = [n for n in self.names if n not in axes]
-        by_key: dict[tuple, list[tuple[int, int]]] = {}
-        for d in range(self.size):
-            c = self.coords(d)
-            key = tuple(c[n] for n in others)
-            by_key.setdefault(key, []).append((shard_index(c, axes, self), d))
-        return [[d for _, d in sorted(members)] for _, members in sorted(by_key.items())]
+        return [list(g) for g in _groups(self, tuple(axes))]
 
     def __str__(self) -> str:
         return ",".join(f"{n}:{s}" for n, s in self.axes)
+
+
+@functools.lru_cache(maxsize=256)
+def _groups(mesh: Mesh, axes: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """`Mesh.groups`, cached: every collective of a partitioned module asks for
+    the groups of its axes, and building them visits every device."""
+    others = [n for n in mesh.names if n not in axes]
+    by_key: dict[tuple, list[tuple[int, int]]] = {}
+    for d in range(mesh.size):
+        c = mesh.coords(d)
+        key = tuple(c[n] for n in others)
+        by_key.setdefault(key, []).append((shard_index(c, axes, mesh), d))
+    return tuple(tuple(d for _, d in sorted(members)) for _, members in sorted(by_key.items()))
 
 
 def shard_index(coords: dict[str, int], axes: Sequence[str], mesh: Mesh) -> int:
@@ -215,8 +225,29 @@ def tensor_layout(
 ) -> TensorLayout:
     """Layout of a tensor with these dims under `rules` on `mesh`.
 
-    Raises `MtfcError` naming `what` when the layout is impossible.
+    Raises `MtfcError` naming `what` when the layout is impossible.  Valid
+    layouts are cached per (dims, sizes, rules, mesh): a partitioner asks for
+    the layout of every value, most of them alike.
     """
+    try:
+        key = (tuple(dims), tuple(sizes), rules, mesh)
+        cached = _LAYOUTS.get(key)
+    except TypeError:  # an unhashable size (never from the IR): no caching
+        key, cached = None, None
+    if cached is not None:
+        return cached
+    layout = _tensor_layout(dims, sizes, rules, mesh, what)
+    if key is not None:
+        if len(_LAYOUTS) >= 65536:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout
+
+
+_LAYOUTS: dict[tuple, "TensorLayout"] = {}
+
+
+def _tensor_layout(dims: Sequence[str], sizes: Sequence[int], rules: LayoutRules, mesh: Mesh, what) -> TensorLayout:
     axes = tuple(rules.axes_for(d) for d in dims)
     owner: dict[str, str] = {}
     for d, size, dim_axes in zip(dims, sizes, axes):

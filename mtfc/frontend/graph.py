@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import sys
 import sysconfig
@@ -47,15 +48,32 @@ def _is_user_frame(frame) -> bool:
     """A frame of model code: not mtfc's, not the standard library's or an
     installed package's (click, pytest, jax), not frozen import machinery
     (a notebook cell's ``<ipython-input-...>`` is model code)."""
-    filename = os.path.abspath(frame.f_code.co_filename)
     # Code generated for mtfc classes (a dataclass's __init__, file "<string>")
     # belongs to the package too: it is told apart by its module.
-    module = frame.f_globals.get("__name__") or ""
+    co_filename, module = frame.f_code.co_filename, frame.f_globals.get("__name__") or ""
+    if os.path.isabs(co_filename):  # a relative name's answer depends on the working directory
+        return _is_user_code_cached(co_filename, module)
+    return _is_user_code(co_filename, module)
+
+
+def _is_user_code(co_filename: str, module: str) -> bool:
+    """`_is_user_frame` by the frame's file and module name."""
+    filename = os.path.abspath(co_filename)
     if filename.startswith(_PACKAGE_DIR + os.sep) or module == "mtfc" or module.startswith("mtfc."):
         return False
-    if frame.f_code.co_filename.startswith("<frozen"):
+    if co_filename.startswith("<frozen"):
         return False
     return not filename.startswith(_LIBRARY_DIRS)
+
+
+# every op recorded walks the stack: the answer for an absolute file name is
+# computed once
+_is_user_code_cached = functools.lru_cache(maxsize=4096)(_is_user_code)
+_normpath = functools.lru_cache(maxsize=4096)(os.path.normpath)
+
+
+def _abspath(co_filename: str) -> str:
+    return _normpath(co_filename) if os.path.isabs(co_filename) else os.path.abspath(co_filename)
 
 
 @contextlib.contextmanager
@@ -79,7 +97,7 @@ def user_location() -> tuple[str, int] | None:
     frame = sys._getframe(1)
     while frame is not None:
         if target is not None:
-            if os.path.abspath(frame.f_code.co_filename) == target:
+            if _abspath(frame.f_code.co_filename) == target:
                 return (frame.f_code.co_filename, frame.f_lineno)
         elif _is_user_frame(frame):
             return (frame.f_code.co_filename, frame.f_lineno)
@@ -229,6 +247,7 @@ class Graph:
         # an unrolled loop's trip being traced: (dim, trip, name -> stacked parameter, the enclosing
         # unrolled trip or None)
         self.unrolled_trip: tuple | None = None
+        self._variable_names: set[str] = set()  # of `variables` (add_variable's check, O(1))
         self._scopes: list[str] = []
         self._names: dict[str, int] = {}
         # While set, ops are recorded at this location instead of the caller's
@@ -332,8 +351,9 @@ class Graph:
             inner = self.add_input(stacked.shape.without([self.stack_dim]), dtype, "slice")
             self.stacked.append((stacked, inner))
             return inner
-        if any(v.name == name for v in self.variables):
+        if name in self._variable_names:
             raise fail(f"variable {name!r} is created twice")
+        self._variable_names.add(name)
         op = Operation("variable", [], {"name": name}, name, user_location(), graph=self)
         tensor = Tensor(shape, dtype, op)
         op.outputs.append(tensor)

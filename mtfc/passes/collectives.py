@@ -94,6 +94,7 @@ class Emitter:
         self._replica_id: ir.Value | None = None
         self._offsets: dict[tuple[Axes, int], ir.Value] = {}
         self._reshards: dict[tuple, Local] = {}  # one reshard per (value, target layout)
+        self._factors: dict[tuple, int] = {}
 
     @contextmanager
     def region(self):
@@ -111,7 +112,12 @@ class Emitter:
 
     # -------------------------------------------------------------- basics
     def factor(self, axes: Axes) -> int:
-        return math.prod(self.mesh.axis_size(a) for a in axes)
+        """The number of shards along `axes` (the product of their sizes)."""
+        key = tuple(axes)
+        f = self._factors.get(key)
+        if f is None:
+            f = self._factors[key] = math.prod(self.mesh.axis_size(a) for a in axes)
+        return f
 
     def local_shape(self, shape: Sequence[int], axes: Sequence[Axes]) -> list[int]:
         return [s // self.factor(a) for s, a in zip(shape, axes)]

@@ -124,9 +124,16 @@ class Fuser:
         self.n = num_devices
         self.variadic = variadic  # may all_reduces be merged into one variadic op
         self.changed = False
+        self.dirty = True  # ops may have lost their last use since `remove_dead` last ran
+        self._ops: list[ir.Operation] | None = None
 
     def ops(self) -> list[ir.Operation]:
-        return [op.operation for op in self.block.operations]
+        """The block's ops in order (a new list after each `replace` or erasure:
+        the only ways, with the ops a rewrite creates just before a `replace`,
+        that the block changes)."""
+        if self._ops is None:
+            self._ops = [op.operation for op in self.block.operations]
+        return self._ops
 
     def here(self, op: ir.Operation | None) -> bool:
         """Whether `op` is an op of this block (not of a nested region, not outside)."""
@@ -167,6 +174,8 @@ class Fuser:
     def replace(self, old: ir.Value, new: ir.Value) -> None:
         old.replace_all_uses_with(new)
         self.changed = True
+        self.dirty = True
+        self._ops = None
 
     # ------------------------------------------------------------- rewrites
     def gather_then_own_slice(self) -> None:
@@ -387,11 +396,19 @@ class Fuser:
                 seen[k] = op
 
     def remove_dead(self) -> None:
+        """Erase @main's ops whose results are all unused.  One backward sweep
+        reaches the fixpoint (an op's users come after it), so after it only a
+        `replace` -- every rewrite's one way to change the program -- can make
+        an op dead: without one since the last sweep there is nothing to do."""
+        if not self.dirty:
+            return
         for op in reversed(self.ops()):
             if op.name == "func.return" or not len(op.results):
                 continue
             if all(not list(r.uses) for r in op.results):
                 op.erase()
+                self._ops = None
+        self.dirty = False
 
     def run(self) -> None:
         for _ in range(8):

@@ -68,17 +68,27 @@ _SIZE_KEEPING = op_rules.names(size_keeping=True)
 
 # Initializer kinds and how many numbers each takes (docs/IR.md; runtime/synthetic.py).
 def _check_dims(dims: list[str], value_type: ir.Type, what: str) -> None:
-    for d in dims:
-        if not _NAME.match(d):
-            raise MtfcError(f"{what}: bad dim name {d!r} in mtfc.dims {dims}: names are letters, digits, '_' and '.'")
+    valid = tuple(dims) in _GOOD_DIMS  # names and uniqueness already checked for this list
+    if not valid:
+        for d in dims:
+            if not _NAME.match(d):
+                raise MtfcError(f"{what}: bad dim name {d!r} in mtfc.dims {dims}: names are letters, digits, '_' and '.'")
     if not isinstance(value_type, ir.RankedTensorType):
         return
     rank = ir.RankedTensorType(value_type).rank
     if len(dims) != rank:
         raise MtfcError(f"{what}: mtfc.dims {dims} names {len(dims)} dims for a rank-{rank} tensor")
+    if valid:
+        return
     for d in dims:
         if dims.count(d) > 1:
             raise MtfcError(f"{what}: dim {d!r} is used twice in mtfc.dims {dims}")
+    if len(_GOOD_DIMS) < 65536:
+        _GOOD_DIMS.add(tuple(dims))
+
+
+# dim lists whose names are valid and distinct (`_check_dims`; a module has few)
+_GOOD_DIMS: set[tuple[str, ...]] = set()
 
 
 def _string_attr(attrs, key: str, what: str) -> str | None:
@@ -173,10 +183,11 @@ _TERMINATORS = ("func.return", "stablehlo.return")
 
 
 def _check_body(fn: ir.Operation, kind: str) -> None:
+    known: dict[ir.Value, list[str]] = {}  # dims of the results checked so far (operands read them)
     for op in program_ops(fn):
         if op.name in _TERMINATORS:
             continue
-        what = mir.describe_op(op)
+        what = mir.describe_op_lazily(op)
         if mir.DIMS not in op.attributes:
             if kind == "shardy" or not len(op.results):
                 continue  # Shardy's own reshapes may have no names (docs/passes/shardy.md)
@@ -189,7 +200,9 @@ def _check_body(fn: ir.Operation, kind: str) -> None:
             raise MtfcError(f"{what}: mtfc.dims lists {len(dims)} results, the op has {len(op.results)}")
         for d, r in zip(dims, op.results):
             _check_dims(d, r.type, what)
-        _check_one_size(op, dims, kind, what)
+        _check_one_size(op, dims, kind, what, known)
+        for d, r in zip(dims, op.results):
+            known[r] = d
         if op.name == "stablehlo.while" and mir.LOOP_DIM in op.attributes:
             _check_loop(op, dims, kind, what)
 
@@ -235,7 +248,8 @@ def _check_carried(value: ir.Value, want: list[str], kind: str, where: str, k: i
                         "has the same dims at entry, in the body and at exit")
 
 
-def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: str) -> None:
+def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: str,
+                    known: dict | None = None) -> None:
     """Within one op a dim name has one size: over its results, and for ops that
     keep sizes (elementwise, dot_general, reduce, transpose) in a global
     program over its named operands too.  A collective's results are
@@ -254,7 +268,8 @@ def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: st
     if kind in ("none", "gspmd") and op.name in _SIZE_KEEPING:
         for k, v in enumerate(op.operands):
             try:
-                values.append((mir.value_dims(v), v.type, f"operand #{k}"))
+                d = known.get(v) if known is not None else None
+                values.append((d if d is not None else mir.value_dims(v), v.type, f"operand #{k}"))
             except (MtfcError, KeyError, IndexError, ValueError):
                 continue  # an unnamed operand is reported at its own op
     _check_sizes(values, what)

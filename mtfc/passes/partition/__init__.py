@@ -55,9 +55,9 @@ def partition(module: ir.Module, options) -> None:
     if mir.partitioning(module) not in ("none", "gspmd"):
         raise MtfcError(f"partition: the module is already partitioned ({mir.partitioning(module)})")
     check_loop_dims(module)
-    reference = ir.Module.parse(mir.strip_partitioning_text(module), module.context)
-    reference.operation.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
+    reference = mir.stripped_clone(module)
+    reference.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
     mir.strip_partitioning_in_place(module)
     Partitioner(module).run()
     erase_unused_decompositions(module)  # the composites' of the global program
-    module.body.append(reference.operation.clone())
+    module.body.append(reference)

@@ -111,7 +111,8 @@ class Partitioner:
         dims = all_dims[0]
         shape = tuple(ir.RankedTensorType(op.results[0].type).shape)
         self.current_class = mir.op_class(op)
-        axes = self.axes_of(dims, shape, f"value of {mir.describe_op(op)}")
+        what = mir.describe_op_lazily(op, "value of ")
+        axes = self.axes_of(dims, shape, what)
         if op.name in ("stablehlo.pad", "stablehlo.concatenate"):
             users = [u.owner for u in op.results[0].uses]
             if len(users) == 1 and window_of(self, users[0].operation, env) is not None:
@@ -132,6 +133,6 @@ class Partitioner:
                 )
             fn = replicated
         result = fn(self, op, args, list(dims), shape)
-        result = self.emit.reshard(result, axes, f"value of {mir.describe_op(op)}")
+        result = self.emit.reshard(result, axes, what)
         env[op.results[0]] = result
 

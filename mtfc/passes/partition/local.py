@@ -21,8 +21,8 @@ def replicated(p, op, args, dims, shape):
 
 def elementwise(p, op, args, dims, shape):
     """Same-shape operands: reshard each to the result's layout; no communication."""
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
-    operands = [p.emit.reshard(x, axes, mir.describe_op(op)) if x.shape else x for x in args]
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
+    operands = [p.emit.reshard(x, axes, mir.describe_op_lazily(op)) if x.shape else x for x in args]
     t = p.local_type(shape, axes, ir.RankedTensorType(op.results[0].type).element_type)
     return local_result(p, p.clone(op, [x.value for x in operands], t, dims), dims, shape, axes)
 
@@ -30,7 +30,7 @@ def elementwise(p, op, args, dims, shape):
 @rule("stablehlo.constant")
 def constant(p, op, args, dims, shape):
     """A splat is made at its local shape; any other split constant is cut locally."""
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     global_type = ir.RankedTensorType(op.results[0].type)
     if not any(axes):
         return replicated(p, op, args, dims, shape)
@@ -40,13 +40,13 @@ def constant(p, op, args, dims, shape):
         splat = ir.DenseElementsAttr.get_splat(local, value.get_splat_value())
         return local_result(p, p.emit.tag(hlo.ConstantOp(splat), dims), dims, shape, axes)
     whole = replicated(p, op, args, dims, shape)
-    return p.emit.reshard(whole, axes, mir.describe_op(op))
+    return p.emit.reshard(whole, axes, mir.describe_op_lazily(op))
 
 
 @rule("stablehlo.iota")
 def iota(p, op, args, dims, shape):
     """Local iota plus this device's offset along the iota dim when it is split."""
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     element = ir.RankedTensorType(op.results[0].type).element_type
     t = p.local_type(shape, axes, element)
     k = ir.IntegerAttr(op.attributes["iota_dimension"]).value
@@ -80,8 +80,8 @@ def broadcast_in_dim(p, op, args, dims, shape):
     """Each operand dim takes the layout of the result dim it becomes; size-1
     dims broadcast along a split dim are whole."""
     (x,) = args
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
-    x = p.emit.reshard(x, broadcast_target(op, axes), mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
+    x = p.emit.reshard(x, broadcast_target(op, axes), mir.describe_op_lazily(op))
     t = p.local_type(shape, axes, x.element_type)
     return local_result(p, p.clone(op, [x.value], t, dims), dims, shape, axes)
 
@@ -89,8 +89,8 @@ def broadcast_in_dim(p, op, args, dims, shape):
 @rule("stablehlo.transpose")
 def transpose(p, op, args, dims, shape):
     (x,) = args
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
-    x = p.emit.reshard(x, transpose_target(op, axes), mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
+    x = p.emit.reshard(x, transpose_target(op, axes), mir.describe_op_lazily(op))
     t = p.local_type(shape, axes, x.element_type)
     return local_result(p, p.clone(op, [x.value], t, dims), dims, shape, axes)
 
@@ -141,9 +141,9 @@ def reshape(p, op, args, dims, shape):
     leading dim, so the input is resharded to that; other runs are gathered
     before and cut after."""
     (x,) = args
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     target_in, middle = reshape_plan(list(x.shape), list(shape), axes, p.emit.factor)
-    x = p.emit.reshard(x, target_in, mir.describe_op(op))
+    x = p.emit.reshard(x, target_in, mir.describe_op_lazily(op))
     t = p.local_type(shape, middle, x.element_type)
     value = p.emit.tag(hlo.ReshapeOp(t, x.value), dims)
     return local_result(p, value, dims, shape, middle)
