@@ -101,7 +101,6 @@ def pipeline(block_fn, x: Tensor, *, layers: int, stages: Dim, microbatches: int
     if batch.size % M:
         raise fail(f"pipeline: {M} microbatches do not divide the batch dim {batch.name}={batch.size}")
     per_stage = layers // S
-    layers_dim = Dim(LAYERS, per_stage)
     mb_batch = Dim(batch.name, batch.size // M)
     micro = Dim(MICROBATCHES, M)
     ticks = Dim(TICKS, M + S - 1)
