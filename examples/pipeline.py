@@ -18,8 +18,7 @@ it).  LAYERS, STAGES, MICROBATCHES and UNROLL are set here or on the
 command line: ``mtfc compile examples/pipeline.py -D LAYERS=8 -D
 MICROBATCHES=8`` (``-D STAGES=2 --mesh pipe:2,data:4`` for two stages).  The
 ticks are one loop (`stablehlo.while`); ``-D UNROLL=True`` unrolls them (the
-same parameters and numbers), which ``--mode shardy`` needs for now
-(docs/dsl.md, "Pipeline parallelism").
+same parameters and numbers; docs/dsl.md, "Pipeline parallelism").
 
 Numerics are the unpipelined transformer's: block j of stage s is block
 ``s * LAYERS / STAGES + j`` of examples/transformer.py's `decoder`
@@ -35,7 +34,7 @@ import mtfc as mtf
 LAYERS = 4  # blocks in all, a multiple of STAGES
 STAGES = 4
 MICROBATCHES = 4  # must divide the batch (16)
-UNROLL = False  # the ticks as a Python loop (shardy mode needs it for now)
+UNROLL = False  # True: the ticks as a Python loop (the same numbers)
 batch = mtf.Dim("batch", 16)
 length = mtf.Dim("length", 32)
 vocab = mtf.Dim("vocab", 64)

@@ -193,10 +193,8 @@ def test_pipeline_with_data_and_tensor_parallelism(mode):
     _train_compare(4, 4, mode, mesh="pipe:2,data:2,model:2", extra_rules=",dh:model")
 
 
-# Shardy (jaxlib 0.10, in-process) does not yet partition a shift along a
-# split dim inside a loop (docs/dsl.md, "Pipeline parallelism"): shardy runs
-# the unrolled schedule.
-OTHER = [("gspmd", False), ("shardy", True)]
+# gspmd and shardy run the tick loop; shardy also the unrolled schedule.
+OTHER = [("gspmd", False), ("shardy", False), ("shardy", True)]
 
 
 @pytest.mark.parametrize("mode,unroll", OTHER)
@@ -355,7 +353,7 @@ def test_block_changing_dims_is_an_error():
 # ----------------------------------------------------------------- the example
 
 
-@pytest.mark.parametrize("mode,unroll", [("explicit", False), ("gspmd", False), ("shardy", True)])
+@pytest.mark.parametrize("mode,unroll", [("explicit", False), ("gspmd", False), ("shardy", False), ("shardy", True)])
 def test_example_compiles_and_passes_check(mode, unroll, tmp_path):
     out = tmp_path / "pipeline.mlir"
     runner = CliRunner()
