@@ -399,15 +399,7 @@ def walk_ops(fn: ir.Operation) -> Iterator[ir.Operation]:
     """Every op in the body of `fn`, nested regions included (a loop's
     ``cond`` and ``do`` bodies), each op before the ops of its regions."""
     for op in fn.regions[0].blocks[0].operations:
-        yield from _walk(op.operation)
-
-
-def _walk(op: ir.Operation) -> Iterator[ir.Operation]:
-    yield op
-    for region in op.regions:
-        for block in region.blocks:
-            for inner in block.operations:
-                yield from _walk(inner.operation)
+        yield from walk(op.operation)
 
 
 def enclosing_trip_count(op: ir.Operation) -> int:

@@ -17,7 +17,7 @@ from mtfc.errors import MtfcError
 
 def loops(module: ir.Module) -> list[ir.Operation]:
     """The ``stablehlo.while`` ops of @main carrying ``mtfc.loop_dim``, outer loops first."""
-    return [op for op in mir.walk_ops(mir.entry_function(module))
+    return [op for op in program_ops(mir.entry_function(module))
             if op.name == "stablehlo.while" and mir.LOOP_DIM in op.attributes]
 
 

@@ -49,7 +49,7 @@ def _body_ops(loop: ir.Operation):
     """The ops of the loop's ``do`` region (nested regions included)."""
     for block in loop.regions[1].blocks:
         for op in block.operations:
-            yield from mir._walk(op.operation)
+            yield from mir.walk(op.operation)
 
 
 def _shift_attrs(op: ir.Operation) -> tuple[str, int] | None:
