@@ -11,6 +11,7 @@ nesting) against NumPy.
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -439,3 +440,80 @@ def test_transformer_scanned_equals_unrolled_train_steps(mode):
         for got, want in zip(other, runs[2]):
             for k in want:
                 assert_close(got[k], want[k])
+
+
+def _per_layer(model_layers: int):
+    """`residual_mlp`'s layers as separate, unstacked parameters (``params/block<i>/...``)."""
+    def model(x, t):
+        y = x
+        for i in range(model_layers):
+            with mtf.scope(f"block{i}"):
+                y = block(y)
+        return {"y": y, "loss": mtf.reduce_mean(mtf.square(y - t))}
+    return model
+
+
+def _numpy_adafactor(p, g, t, lr, decay_rate=0.8, eps1=1e-30, clip_rms=1.0, vr=None, vc=None):
+    """One Adafactor step of one (unstacked) 2-D or 1-D parameter, written
+    from the paper (no momentum; factored over the two largest dims)."""
+    decay = 1.0 - t ** -decay_rate
+    g2 = g * g + eps1
+    if g.ndim == 2 and min(g.shape) > 1:
+        a, b = sorted(range(2), key=lambda i: -g.shape[i])[:2]
+        vr = (vr if vr is not None else 0) * decay + g2.mean(axis=b) * (1 - decay)
+        vc = (vc if vc is not None else 0) * decay + g2.mean(axis=a) * (1 - decay)
+        v = np.expand_dims(vr, b) * np.expand_dims(vc, a) / vr.mean()
+    else:
+        vr = (vr if vr is not None else 0) * decay + g2 * (1 - decay)
+        v = vr
+    u = g / np.sqrt(v)
+    u = u / max(1.0, np.sqrt(np.mean(u * u)) / clip_rms)
+    return p - lr * u
+
+
+@pytest.mark.parametrize("mode", ("explicit", "shardy"))
+def test_adafactor_updates_each_stacked_layer_as_its_own_parameter(mode):
+    """Adafactor keeps per-parameter statistics (factored second moments, RMS
+    clipping): a scanned stack must be updated layer by layer, as the same
+    layers with parameters of their own are -- not as one big tensor whose
+    largest dims may include ``layers``.  Three steps, the scanned model
+    against the per-layer one from the same values, and the first step
+    against NumPy."""
+    optimizer = "adafactor:lr=0.05,clip=0"
+    kw = dict(mesh="rows:2,cols:4", layout="batch:rows,d_ff:cols", mode=mode, train=True, optimizer=optimizer)
+    flat_p = Program(compile_function(_per_layer(L), INPUTS, **kw))
+    scan_p = Program(compile_function(residual_mlp(), INPUTS, **kw))
+    flat = _random_params(flat_p)
+    scanned = scan_p.synthesize_inputs(0)
+    for sig in scan_p.arguments:
+        m = re.fullmatch(r"params/blocks/(.*)", sig.name)
+        if m:
+            scanned[sig.name] = np.stack([flat[f"params/block{i}/{m.group(1)}"] for i in range(L)])
+        elif sig.name in flat:
+            scanned[sig.name] = flat[sig.name]
+    want, got = dict(flat), dict(scanned)
+    for step in range(3):
+        out_flat = flat_p.run(want).outputs
+        out_scan = scan_p.run(got).outputs
+        assert_close(out_scan["loss"], out_flat["loss"])
+        for sig in flat_p.arguments:
+            if sig.role in ("parameter", "optimizer_state"):
+                want[sig.name] = out_flat[sig.name]
+        for sig in scan_p.arguments:
+            if sig.role in ("parameter", "optimizer_state"):
+                got[sig.name] = out_scan[sig.name]
+        for name in scanned:
+            m = re.fullmatch(r"params/blocks/(.*)", name)
+            if m:
+                assert_close(got[name], np.stack([want[f"params/block{i}/{m.group(1)}"] for i in range(L)]))
+        if step == 0:  # the update of every parameter of the per-layer model, from its gradient, in NumPy
+            grads = jax.grad(lambda ps: reference(ps, flat["x"], flat["t"])[1])(
+                {k: np.stack([flat[f"params/block{i}/{k.split('/', 2)[2]}"] for i in range(L)])
+                 for k in ("params/blocks/layer_norm/scale", "params/blocks/layer_norm/bias",
+                           "params/blocks/wi/kernel", "params/blocks/wi/bias",
+                           "params/blocks/wo/kernel", "params/blocks/wo/bias")})
+            for k, g in grads.items():
+                for i in range(L):
+                    name = f"params/block{i}/{k.split('/', 2)[2]}"
+                    expected = _numpy_adafactor(flat[name], np.asarray(g[i], np.float64), 1.0, 0.05)
+                    assert_close(want[name], expected)

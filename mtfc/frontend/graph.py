@@ -220,6 +220,9 @@ class Variable:
     tensor: Tensor
     init: str
     trainable: bool = False  # a float parameter that `mtf.grad`'s conveniences differentiate
+    # dims prepended by stacking (a loop's `layers`, `stack_variables`' `stages`): one copy of the
+    # parameter per position.  Optimizers with per-parameter statistics (Adafactor) keep them per copy.
+    stacked: tuple[str, ...] = ()
 
 
 class Graph:
@@ -319,8 +322,12 @@ class Graph:
         return self.location_override or user_location()
 
     def add_variable(
-        self, name: str, role: str, shape: Shape, dtype: str, init: str, trainable: bool = False
+        self, name: str, role: str, shape: Shape, dtype: str, init: str, trainable: bool = False,
+        stacked_dims: tuple[str, ...] = (),
     ) -> Tensor:
+        """The parameter (or input) `name`; inside loop bodies and `stack_variables`
+        it is created in the root graph with the stacking dims prepended, which
+        `stacked_dims` accumulates (their names) on the way up."""
         if self.unrolled_trip is not None:  # an unrolled loop's trip: this trip's slice of the stacked parameter
             from mtfc.frontend import ops
 
@@ -329,24 +336,28 @@ class Graph:
                 if name not in stacked:
                     self.unrolled_trip = enclosing
                     try:
-                        stacked[name] = self.add_variable(name, role, shape, dtype, init, trainable)
+                        stacked[name] = self.add_variable(name, role, shape, dtype, init, trainable,
+                                                          stacked_dims=stacked_dims)
                     finally:
                         self.unrolled_trip = (dim, trip, stacked, enclosing)
                 return stacked[name]
             if name not in stacked:  # created by the enclosing unrolled loop's trip, if any
                 self.unrolled_trip = enclosing
                 try:
-                    stacked[name] = self.add_variable(name, role, Shape([dim] + list(shape)), dtype, init, trainable)
+                    stacked[name] = self.add_variable(name, role, Shape([dim] + list(shape)), dtype, init, trainable,
+                                                      stacked_dims=(dim.name,) + stacked_dims)
                 finally:
                     self.unrolled_trip = (dim, trip, stacked, enclosing)
             whole = stacked[name]
             return ops.reshape(ops.slice(whole, trip, 1, dim), whole.shape.without([dim]))
         if self.variable_prefix:
             shape = Shape(list(self.variable_prefix) + list(shape))
+            stacked_dims = tuple(d.name for d in self.variable_prefix) + stacked_dims
         if self.parent is not None:  # a loop body: the parameter lives in the enclosing graph
             if self.stack_dim is None:
-                return self.capture(self.parent.add_variable(name, role, shape, dtype, init, trainable))
-            stacked = self.parent.add_variable(name, role, Shape([self.stack_dim] + list(shape)), dtype, init, trainable)
+                return self.capture(self.parent.add_variable(name, role, shape, dtype, init, trainable, stacked_dims))
+            stacked = self.parent.add_variable(name, role, Shape([self.stack_dim] + list(shape)), dtype, init, trainable,
+                                               (self.stack_dim.name,) + stacked_dims)
             # the enclosing graphs may have prepended dims of their own (`stack_variables`)
             inner = self.add_input(stacked.shape.without([self.stack_dim]), dtype, "slice")
             self.stacked.append((stacked, inner))
@@ -357,7 +368,7 @@ class Graph:
         op = Operation("variable", [], {"name": name}, name, user_location(), graph=self)
         tensor = Tensor(shape, dtype, op)
         op.outputs.append(tensor)
-        self.variables.append(Variable(name, role, tensor, init, trainable))
+        self.variables.append(Variable(name, role, tensor, init, trainable, stacked_dims))
         return tensor
 
 

@@ -133,7 +133,15 @@ class Optimizer:
         index = ops.minimum(step, ops.constant(len(table) - 1, dtype="i32"))
         return ops.gather(ops.constant(table, Shape([dim]), "f32"), index, dim)
 
-    def apply(self, params: dict[str, Tensor], grads: dict[str, Tensor], step: Tensor):
+    def apply(self, params: dict[str, Tensor], grads: dict[str, Tensor], step: Tensor,
+              stacked: dict[str, tuple[str, ...]] | None = None):
+        """`stacked`: per parameter, the names of its stacking dims (a scanned
+        loop's ``layers``, a pipeline's ``stages``: `graph.Variable.stacked`).
+        Each position along them is a parameter of its own: statistics an
+        optimizer keeps per parameter (Adafactor's factored moments and its
+        update clipping) are kept per position, so a stacked model updates
+        exactly as its unstacked twin does."""
+        stacked = stacked or {}
         lr = self.learning_rate(step)
         norm = global_norm(list(grads.values()))
         if self.s["clip"] > 0:
@@ -144,20 +152,21 @@ class Optimizer:
         for name, p in params.items():
             assert p.dtype == grads[name].dtype == "f32", (name, p.dtype, grads[name].dtype)
             try:
-                new_params[name], slot_values = self.update(name, p, grads[name], lr, t)
+                new_params[name], slot_values = self.update(name, p, grads[name], lr, t, stacked.get(name, ()))
             except MtfcError as e:
                 raise MtfcError(f"{self.spec.name} update of parameter {name!r}: {_message(e)}", where=e.where) from None
             slots.update({f"opt/{name}/{k}": v for k, v in slot_values.items()})
         return new_params, slots, {"grad_norm": norm, "learning_rate": lr}
 
-    def update(self, name, p, g, lr, t):
+    def update(self, name, p, g, lr, t, stacked: tuple[str, ...] = ()):
+        """One parameter's update: (new value, slots by name).  `stacked`: see `apply`."""
         raise NotImplementedError
 
 
 class SGD(Optimizer):
     """``buf = momentum * buf + g; p -= lr * buf``."""
 
-    def update(self, name, p, g, lr, t):
+    def update(self, name, p, g, lr, t, stacked=()):
         if self.s["momentum"] == 0:
             return p - lr * g, {}
         buf = _slot(name, "momentum", p.shape) * _scalar(self.s["momentum"]) + g
@@ -167,7 +176,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam with bias correction; AdamW's decoupled weight decay ``wd``."""
 
-    def update(self, name, p, g, lr, t):
+    def update(self, name, p, g, lr, t, stacked=()):
         b1, b2, eps, wd = self.s["b1"], self.s["b2"], self.s["eps"], self.s["wd"]
         m = _slot(name, "m", p.shape) * _scalar(b1) + g * _scalar(1 - b1)
         v = _slot(name, "v", p.shape) * _scalar(b2) + ops.square(g) * _scalar(1 - b2)
@@ -183,12 +192,16 @@ class Adafactor(Optimizer):
     """Adafactor (Shazeer & Stern, as in Mesh TF and T5), without momentum:
     the second moment of a parameter with two or more dims is kept factored
     over its two largest dims (a row and a column statistic); the decay is
-    ``1 - t^-decay_rate``; updates are clipped to RMS ``clip_rms``."""
+    ``1 - t^-decay_rate``; updates are clipped to RMS ``clip_rms``.  Stacking
+    dims (`apply`'s `stacked`) are never factored and the RMS is taken per
+    position along them: each layer of a scanned stack is updated as the
+    same layer unrolled."""
 
-    def update(self, name, p, g, lr, t):
+    def update(self, name, p, g, lr, t, stacked=()):
         decay = _scalar(1.0) - ops.power(t, _scalar(-self.s["decay_rate"]))
         g2 = ops.square(g) + _scalar(self.s["eps1"])
-        dims = sorted(p.shape, key=lambda d: -d.size)
+        own = [d for d in p.shape if d.name not in stacked]  # the dims of one position's parameter
+        dims = sorted(own, key=lambda d: -d.size)
         if len(dims) >= 2 and dims[1].size > 1:
             a, b = dims[0], dims[1]
             vr = _slot(name, "vr", p.shape.without([b])) * decay + ops.reduce_mean(g2, b) * (_scalar(1.0) - decay)
@@ -199,7 +212,7 @@ class Adafactor(Optimizer):
             v = _slot(name, "v", p.shape) * decay + g2 * (_scalar(1.0) - decay)
             slots = {"v": v}
         update = g * ops.rsqrt(v)
-        rms = ops.sqrt(ops.reduce_mean(ops.square(update)))
+        rms = ops.sqrt(ops.reduce_mean(ops.square(update), own)) if own else ops.abs(update)
         update = update / ops.maximum(_scalar(1.0), rms / _scalar(self.s["clip_rms"]))
         return p - lr * update, slots
 

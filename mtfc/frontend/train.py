@@ -124,7 +124,8 @@ def trace_train_step(entry: Entry, optimizer: str | None = None, precision: str 
         # the optimizer's ops are located at the model function's definition
         graph.location_override = _entry_location(entry)
         with scope("optimizer"):
-            new_params, slots, metrics = make_optimizer(spec).apply(params, grads, step)
+            stacked = {v.name: v.stacked for v in graph.variables if v.name in params}
+            new_params, slots, metrics = make_optimizer(spec).apply(params, grads, step, stacked)
             new_step = step + ops.constant(1, dtype="i32")
         graph.location_override = None
         for op in graph.operations[first_update_op:]:
