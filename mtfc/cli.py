@@ -266,7 +266,10 @@ def inspect(module_file, as_json, compare, predict, no_xla, backend, processes):
 @click.option("--save", default=None, help="Train-step modules: write a sharded checkpoint to DIR at the end.")
 @click.option("--save-every", default=None, type=int, help="Train-step modules: also save every K steps.")
 @click.option("--restore", default=None, help="Train-step modules: start from the checkpoint in DIR.")
-@click.option("--log", "log_file", default=None, help="Train-step modules: per-step JSON lines to FILE.")
+@click.option("--log", "log_file", default=None,
+              help="Train-step modules: per-step JSON lines to FILE (continued, not replaced, after --restore).")
+@click.option("--tensorboard", default=None, metavar="DIR",
+              help="Train-step modules: loss, metrics and step time as TensorBoard scalars in DIR.")
 @click.option("--coordinator", default=None, metavar="HOST:PORT",
               help="Run as one process of a job: process 0's address, where it listens (with --num-processes and "
               "--process-id; default: $MTFC_COORDINATOR, else a detected SLURM/Open MPI job, else one process).")
@@ -282,7 +285,7 @@ def inspect(module_file, as_json, compare, predict, no_xla, backend, processes):
               help="Seconds one cross-process collective or barrier may wait for the others (default 30).")
 @_handle_errors
 def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat,
-        steps, data, save, save_every, restore, log_file, coordinator, num_processes, process_id, local_devices,
+        steps, data, save, save_every, restore, log_file, tensorboard, coordinator, num_processes, process_id, local_devices,
         initialization_timeout, heartbeat_timeout, collective_timeout):
     """Run a compiled module on a device mesh and summarize its outputs; run the
     training loop of a train-step module.  Alone, or as one of N processes of
@@ -294,11 +297,25 @@ def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat,
     job = JobFlags(coordinator, num_processes, process_id, local_devices, initialization_timeout,
                    heartbeat_timeout, collective_timeout)
     ok = run_or_train(
-        module_file, TrainOptions(steps, data, save, save_every, restore, log_file), backend=backend, seed=seed,
+        module_file, TrainOptions(steps, data, save, save_every, restore, log_file, tensorboard), backend=backend, seed=seed,
         inputs_file=inputs_file, outputs_file=outputs_file, check=check, repeat=repeat, echo=click.echo, job=job,
     )
     if not ok:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="The image to write: .png, .svg or .pdf.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Also plot this metric of the log (repeatable; 'all' for every one).")
+@_handle_errors
+def plot(log, output, metrics):
+    """Plot a training log (`mtfc run --log FILE`): the loss, and metrics, against the step."""
+    from mtfc.tools.plot import plot as draw
+
+    steps, panels = draw(log, output, tuple(metrics))
+    click.echo(f"wrote {output}: {', '.join(panels)} over {steps} step(s)")
 
 
 @main.group()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -340,6 +341,108 @@ def test_save_restore_continues_bit_for_bit(modules, tmp_path, mode):
     assert [r["step"] for r in read_log(tmp_path / "resumed.jsonl")] == [5, 6, 7]
 
 
+def test_log_and_tensorboard_continue_after_restore(modules, tmp_path):
+    """A run of 6 steps saving at 4 and 6, then a run restored from step 4
+    with the same --log and --tensorboard: the log keeps steps 1-4, drops the
+    first run's 5-6 and appends the new 5-7 -- each step once, in order, with
+    the uninterrupted run's losses; TensorBoard's events say the same (read
+    back from the event files with tensorboardX's protobuf, not with mtfc)."""
+    module = modules["gspmd"]
+    log, board = tmp_path / "log.jsonl", tmp_path / "tb"
+    invoke("run", module, "--steps", 7, "--log", tmp_path / "full.jsonl")
+    invoke("run", module, "--steps", 4, "--save", tmp_path / "ck", "--log", log, "--tensorboard", board)
+    invoke("run", module, "--steps", 2, "--restore", tmp_path / "ck", "--log", log, "--tensorboard", board)
+    assert [r["step"] for r in read_log(log)] == [1, 2, 3, 4, 5, 6]
+    invoke("run", module, "--steps", 3, "--restore", tmp_path / "ck", "--log", log, "--tensorboard", board)
+    records = read_log(log)
+    assert [r["step"] for r in records] == list(range(1, 8))
+    full = read_log(tmp_path / "full.jsonl")
+    assert [r["loss"] for r in records] == [r["loss"] for r in full]
+    events = tensorboard_scalars(board)
+    losses = [(step, value, wall) for tag, step, value, wall in events if tag == "loss"]
+    # the last value written for each step (TensorBoard honours purge_step the same way)
+    latest = {}
+    for step, value, wall in losses:
+        latest[step] = value
+    assert sorted(latest) == list(range(1, 8))
+    np.testing.assert_allclose([latest[k] for k in range(1, 8)], [r["loss"] for r in full], rtol=1e-6)
+    tags = {tag for tag, *_ in events}
+    assert {"loss", "metrics/grad_norm", "metrics/learning_rate", "seconds_per_step"} <= tags
+    # a resumed writer asks TensorBoard to drop the earlier run's later steps
+    purges = [e for e in tensorboard_events(board) if e.HasField("session_log") and e.session_log.status == 1]
+    assert [e.step for e in purges] == [5, 5]
+
+
+def tensorboard_events(folder):
+    """Every Event in the TFRecord event files of `folder`, file by file in name order."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            record = data[offset + 12: offset + 12 + length]
+            offset += 12 + length + 4
+            event = event_pb2.Event()
+            event.ParseFromString(record)
+            events.append(event)
+    return events
+
+
+def tensorboard_scalars(folder):
+    return [(v.tag, e.step, v.simple_value, e.wall_time)
+            for e in tensorboard_events(folder) if e.HasField("summary") for v in e.summary.value]
+
+
+def test_log_that_is_not_a_log_is_refused_before_training(modules, tmp_path):
+    invoke("run", modules["gspmd"], "--steps", 2, "--save", tmp_path / "ck")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    message = invoke_error("run", modules["gspmd"], "--steps", 1, "--restore", tmp_path / "ck", "--log", notes)
+    assert message == (f"error: {notes}:1: not a line of an mtfc --log file (a JSON object with a \"step\"); "
+                       "not appending to it")
+    assert notes.read_text() == "my notes\n"
+    message = invoke_error("run", modules["gspmd"], "--steps", 1, "--tensorboard", notes)
+    assert message == f"error: --tensorboard {notes}: not a directory"
+    message = invoke_error("run", modules["gspmd"], "--steps", 1, "--log", tmp_path)
+    assert message == f"error: {str(tmp_path)!r}: Is a directory"
+
+
+def test_plot_draws_the_loss_and_metrics(modules, tmp_path):
+    invoke("run", modules["gspmd"], "--steps", 5, "--log", tmp_path / "log.jsonl")
+    out = invoke("plot", tmp_path / "log.jsonl", "-o", tmp_path / "loss.png", "--metric", "grad_norm")
+    assert out.strip() == f"wrote {tmp_path / 'loss.png'}: loss, grad_norm over 5 step(s)"
+    png = (tmp_path / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    out = invoke("plot", tmp_path / "log.jsonl", "-o", tmp_path / "all.svg", "--metric", "all")
+    assert "loss, grad_norm, learning_rate over 5 step(s)" in out
+    assert (tmp_path / "all.svg").read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.parametrize("content,args,message", [
+    (None, [], "error: {log}: no such log file"),
+    ("", [], "error: {log}: the log has no steps"),
+    ('{"step": 1, "loss": 2.0}\n{"step": 2, "loss"\n', [], "error: {log}:2: not JSON (Expecting ':' delimiter at column 19)"),
+    ('[1, 2]\n', [], 'error: {log}:1: not a step record of mtfc run --log (a JSON object with a "step")'),
+    ('{"step": 1, "loss": 2.0, "metrics": {"grad_norm": 1.0}}\n', ["--metric", "accuracy"],
+     "error: --metric accuracy: not in {log} (metrics there: grad_norm)"),
+])
+def test_plot_errors_are_one_line(tmp_path, content, args, message):
+    log = tmp_path / "log.jsonl"
+    if content is not None:
+        log.write_text(content)
+    assert invoke_error("plot", log, "-o", tmp_path / "x.png", *args) == message.format(log=log)
+    assert not (tmp_path / "x.png").exists()
+    log.write_text('{"step": 1, "loss": 2.0}\n')
+    assert invoke_error("plot", log, "-o", tmp_path / "x.jpeg") == (
+        f"error: -o {tmp_path / 'x.jpeg'}: unsupported image format '.jpeg'; use one of .png, .svg, .pdf")
+
+
 def test_checkpoint_index_and_shards(modules, tmp_path):
     invoke("run", modules["gspmd"], "--steps", 3, "--save", tmp_path / "ck", "--seed", 2)
     index = json.loads((tmp_path / "ck" / "index.json").read_text())
@@ -586,6 +689,9 @@ def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(modules, t
 
 
 def test_progress_rewrites_one_line_on_a_terminal():
+    """On a terminal: a tqdm bar rewritten in place (at most 10 redraws a
+    second), with the step's fields, elapsed time and time left; `close`
+    draws the latest step and ends the line."""
     import io
 
     stream, echoed = io.StringIO(), []
@@ -593,16 +699,21 @@ def test_progress_rewrites_one_line_on_a_terminal():
     for k in range(3):
         progress.update(StepRecord(k + 1, 1.0 / (k + 1), {}, 0.01))
     progress.close()
-    # at most 10 redraws a second: step 2 (a millisecond after step 1) is skipped, the last one never
-    assert stream.getvalue() == ("\rstep 1 (1/3)  loss 1  10.00 ms/step"
-                                 "\rstep 3 (3/3)  loss 0.333333  10.00 ms/step\n")
+    text = stream.getvalue()
+    assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1
+    last = text.split("\r")[-1]
+    assert re.fullmatch(r"step 3 \(3/3\)  loss 0\.333333  10\.00 ms/step  \S{12}  00:00<00:00\n", last), last
+    assert "step 2 (2/3)" not in text  # a millisecond after step 1: not redrawn
     assert echoed == []
     stream = io.StringIO()
     progress = Progress(5, echoed.append, tty=True, stream=stream)
     progress.update(StepRecord(1, 1.0, {}, 0.01))
     progress.update(StepRecord(2, 0.5, {}, 0.01))
     progress.close()  # before a save's message: the latest step is shown, the line ended
-    assert stream.getvalue().endswith("\rstep 2 (2/5)  loss 0.5  10.00 ms/step\n")
+    assert re.search(r"\rstep 2 \(2/5\)  loss 0\.5  10\.00 ms/step  .{12}  00:00<00:00\n$", stream.getvalue())
+    progress.update(StepRecord(3, 0.25, {}, 0.01))  # after a save: a new bar, counting from the first step
+    progress.close()
+    assert re.search(r"\rstep 3 \(3/5\)  loss 0\.25 .*\n$", stream.getvalue())
 
 
 def test_progress_prints_lines_when_not_a_terminal():
@@ -611,3 +722,5 @@ def test_progress_prints_lines_when_not_a_terminal():
     for k in range(30):
         progress.update(StepRecord(k + 1, 1.0, {}, 0.01))
     assert [line.split()[1] for line in echoed] == ["1", "3", "6", "9", "12", "15", "18", "21", "24", "27", "30"]
+    assert all(re.search(r"  elapsed \d\d:\d\d, left \d\d:\d\d$", line) for line in echoed), echoed[0]
+    assert echoed[-1].endswith("left 00:00")

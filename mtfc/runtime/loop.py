@@ -3,7 +3,7 @@
 `run_loop` runs a `TrainStep` `steps` times from a `TrainState`: step ``k``'s
 batch is put on the devices while step ``k - 1`` runs, only the loss and
 metrics (scalars) are read back, and after each step every `Hook` sees the
-step's `StepRecord` in order (progress, ``--log``, the finite-loss guard,
+step's `StepRecord` in order (progress, ``--log``, ``--tensorboard``, the finite-loss guard,
 ``--save-every``).  A hook stops the run by raising (an `MtfcError`); every
 hook's `close` runs however the loop ends.  A step's time runs from the end of
 the previous step's hooks to its scalars being read: it does not include the
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from mtfc.errors import MtfcError
+from mtfc.files.atomic import write_text_atomic
 from mtfc.runtime.data import Batches
 from mtfc.runtime.progress import Progress
 from mtfc.runtime.train_step import StepRecord, TrainState, TrainStep
@@ -87,19 +89,75 @@ def json_number(x):
 
 
 class LogHook(Hook):
-    """``--log FILE``: one JSON line per step (step, loss, metrics, seconds), flushed."""
+    """``--log FILE``: one JSON line per step (step, loss, metrics, seconds), flushed.
 
-    def __init__(self, path: str):
-        self.file = open(path, "w")  # noqa: SIM115
+    A fresh run (`resume_after` None) starts the file anew.  A run restored
+    from step ``k`` (`resume_after` = k) continues the file: it keeps the
+    lines of steps up to ``k`` and drops any later ones (steps of an earlier
+    run past the checkpoint, which this run redoes), then appends -- so the
+    log holds each step once, in order.  A file that is not a log of JSON
+    lines is refused in one line, left as it was."""
+
+    def __init__(self, path: str, resume_after: int | None = None):
+        kept = ""
+        if resume_after is not None and os.path.exists(path):
+            kept = "".join(line for line in log_lines(path) if json.loads(line)["step"] <= resume_after)
+            write_text_atomic(path, kept)
+        self.file = open(path, "a" if resume_after is not None else "w")  # noqa: SIM115
 
     def on_step(self, record: StepRecord, state: TrainState) -> None:
-        self.file.write(json.dumps({"step": record.step, "loss": json_number(record.loss),
-                                    "metrics": {k: json_number(v) for k, v in record.metrics.items()},
-                                    "seconds": record.seconds}) + "\n")
+        self.file.write(json.dumps(log_record(record)) + "\n")
         self.file.flush()
 
     def close(self) -> None:
         self.file.close()
+
+
+def log_record(record: StepRecord) -> dict:
+    """A step as ``--log`` writes it (non-finite numbers as null)."""
+    return {"step": record.step, "loss": json_number(record.loss),
+            "metrics": {k: json_number(v) for k, v in record.metrics.items()}, "seconds": record.seconds}
+
+
+def log_lines(path: str) -> list[str]:
+    """The lines of an ``--log`` file, each checked to be a step's JSON record."""
+    with open(path) as f:
+        lines = f.readlines()
+    for n, line in enumerate(lines, 1):
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            step = None
+        if not isinstance(step, int):
+            raise MtfcError(f"{path}:{n}: not a line of an mtfc --log file (a JSON object with a \"step\"); "
+                            "not appending to it")
+    return [line if line.endswith("\n") else line + "\n" for line in lines]
+
+
+class TensorBoardHook(Hook):
+    """``--tensorboard DIR``: the loss, each metric and the step time as
+    TensorBoard scalars (tensorboardX event files), by step.  A restored run
+    passes `resume_after`: TensorBoard then discards events of later steps
+    left by an earlier run (``purge_step``)."""
+
+    def __init__(self, logdir: str, resume_after: int | None = None):
+        from tensorboardX import SummaryWriter
+
+        try:
+            self.writer = SummaryWriter(logdir, purge_step=None if resume_after is None else resume_after + 1)
+        except OSError as e:
+            raise MtfcError(f"--tensorboard {logdir}: {e.strerror or e}") from None
+
+    def on_step(self, record: StepRecord, state: TrainState) -> None:
+        if math.isfinite(record.loss):
+            self.writer.add_scalar("loss", record.loss, record.step)
+        for name, value in record.metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"metrics/{name}", value, record.step)
+        self.writer.add_scalar("seconds_per_step", record.seconds, record.step)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class FiniteLossHook(Hook):

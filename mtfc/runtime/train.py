@@ -4,7 +4,7 @@
 (`train_step.TrainStep`), initializes or restores the state (noting a
 checkpoint saved on another mesh, layout, seed or data source), optionally
 checks the first step against the unsharded program, runs `loop.run_loop`
-with the hooks the options ask for (progress, ``--log``, the finite-loss
+with the hooks the options ask for (progress, ``--log``, ``--tensorboard``, the finite-loss
 guard, ``--save-every``), then prints a summary, saves ``--save`` and
 writes ``--outputs``.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +22,7 @@ from jax.extend.mlir import ir
 
 from mtfc import ir as mir
 from mtfc.errors import Interrupted, MtfcError, warn
-from mtfc.files.atomic import write_bytes_atomic
+from mtfc.files.atomic import check_writable, write_bytes_atomic
 from mtfc.index_ranges import argument_ranges
 from mtfc.runtime import checkpoint
 from mtfc.runtime import devices as rt_devices
@@ -30,7 +31,7 @@ from mtfc.runtime.data import Batches, describe_info, open_batches, same_source,
 from mtfc.runtime.execute import Program
 from mtfc.runtime import distributed, failure
 from mtfc.runtime.sources import as_source, materialize
-from mtfc.runtime.loop import FiniteLossHook, Hook, LogHook, ProgressHook, SaveHook, run_loop
+from mtfc.runtime.loop import FiniteLossHook, Hook, LogHook, ProgressHook, SaveHook, TensorBoardHook, log_lines, run_loop
 from mtfc.runtime.progress import Progress, metric_text
 from mtfc.runtime.tables import table
 from mtfc.runtime.train_step import StepRecord, TrainState, TrainStep
@@ -46,10 +47,11 @@ class TrainOptions:
     save_every: int | None = None
     restore: str | None = None
     log: str | None = None
+    tensorboard: str | None = None
 
     def given(self) -> list[str]:
         flags = {"steps": "--steps", "data": "--data", "save": "--save", "save_every": "--save-every",
-                 "restore": "--restore", "log": "--log"}
+                 "restore": "--restore", "log": "--log", "tensorboard": "--tensorboard"}
         return [flag for key, flag in flags.items() if getattr(self, key) is not None]
 
 
@@ -108,6 +110,13 @@ def train_command(
         checkpoint.default_timeout()  # a bad MTFC_CHECKPOINT_TIMEOUT fails now, not after training
     if options.restore is not None:
         checkpoint.load_index(options.restore)  # fail on a bad checkpoint before compiling
+    if options.log is not None:
+        check_writable(options.log)
+        if options.restore is not None and os.path.exists(options.log):
+            log_lines(options.log)  # a file that is not a log fails now, not after compiling
+    if options.tensorboard is not None and os.path.exists(options.tensorboard) \
+            and not os.path.isdir(options.tensorboard):
+        raise MtfcError(f"--tensorboard {options.tensorboard}: not a directory")
     # Bad data files fail before compiling.
     batches = open_batches(options.data, [s for s in mir.arguments(module) if s.role == "input"], seed,
                            argument_ranges(module))
@@ -145,8 +154,11 @@ def train_command(
     hooks: list[Hook] = []
     if distributed.is_primary():  # every process runs every step; process 0 shows and logs them
         hooks.append(ProgressHook(progress))
+        resume_after = state.step if options.restore is not None else None
         if options.log:
-            hooks.append(LogHook(options.log))
+            hooks.append(LogHook(options.log, resume_after))
+        if options.tensorboard:
+            hooks.append(TensorBoardHook(options.tensorboard, resume_after))
     hooks.append(FiniteLossHook(saver.kept, before=progress.close))
     if options.save_every:
         def save_now(state: TrainState) -> None:
