@@ -10,7 +10,10 @@ which comparisons decide the verdict (*gated*) and which are only shown
 
 * ``loss``, ``metric``, ``optimizer_state`` (and any ``output``): gated.
   The optimizer state carries every gradient: Adam's ``m`` is (1 - b1)
-  times the clipped gradient, SGD's ``momentum`` the gradient itself.
+  times the clipped gradient (``v`` its square), SGD's ``momentum`` the
+  gradient on a first step.  Adafactor keeps no first moment: its slots
+  hold ``g^2`` (a vector) or the row and column means of ``g^2`` (a
+  matrix), so there the gradients are gated up to their signs.
 * ``parameter``: gated unless the optimizer *normalizes* each update by a
   second-moment estimate.  Adam/AdamW's first update is
   ``g / (sqrt(g^2) + eps)`` -- about ``sign(g)`` -- and Adafactor's
