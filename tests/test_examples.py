@@ -128,8 +128,7 @@ def test_scanned_transformer_compiles_and_passes_check(kind, mode, train, tmp_pa
     runner = CliRunner()
     args = ["compile", os.path.join(EXAMPLES, "transformer.py"), "-D", "SCAN=True", "-D", "N_LAYERS=4", "-o", str(out),
             "--mode", mode, *SCANNED_LAYOUTS[kind]]
-    # SGD: --check compares the updated parameters too, and AdamW's first update (about lr * sign(g)) turns
-    # rounding in near-zero gradients into mismatches, scanned or not (noted on issue 11)
+    # SGD: --check gates the updated parameters too (an Adam-family step's are only reported, docs/runtime.md)
     args += ["--train", "--optimizer", "sgd:lr=0.1,momentum=0.9"] if train else []
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output

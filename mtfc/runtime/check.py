@@ -1,5 +1,7 @@
 """Comparing a sharded run's outputs with the unsharded run's.
 
+`check_step.py` decides which results of a train step are gated.
+
 The error of an output is ``max|a - b| / max|b|`` (normwise relative error;
 ``max|a - b|`` when b is all zeros), so elements near zero do not dominate.
 Tolerances by dtype: f32 1e-5, f16 1e-2, bf16 2e-2; integers and booleans

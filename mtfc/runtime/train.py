@@ -26,14 +26,13 @@ from mtfc.files.atomic import check_writable, write_bytes_atomic
 from mtfc.index_ranges import argument_ranges
 from mtfc.runtime import checkpoint
 from mtfc.runtime import devices as rt_devices
-from mtfc.runtime.check import compare
+from mtfc.runtime.check_step import judge_step, report_lines
 from mtfc.runtime.data import Batches, describe_info, open_batches, same_source, throughput_unit
 from mtfc.runtime.execute import Program
 from mtfc.runtime import distributed, failure
 from mtfc.runtime.sources import as_source, materialize
 from mtfc.runtime.loop import FiniteLossHook, Hook, LogHook, ProgressHook, SaveHook, TensorBoardHook, log_lines, run_loop
 from mtfc.runtime.progress import Progress, metric_text
-from mtfc.runtime.tables import table
 from mtfc.runtime.train_step import StepRecord, TrainState, TrainStep
 
 DEFAULT_STEPS = 10
@@ -66,18 +65,15 @@ def _check_first_step(train: TrainStep, state: TrainState, batches: Batches, bac
     if not distributed.is_primary():
         return distributed.primary_says(False, "mtfc-check")
     reference = Program(train.module, backend=backend, unsharded=True).run(inputs, repeat=1).outputs
-    rows = [("output", "max rel err", "tolerance", "status")]
-    ok = True
-    # f32 results computed from bf16 values (a bf16 step's loss, gradients,
-    # updates) are judged at the compute dtype's tolerance
-    low = mir.compute_precision(train.module)
-    for sig in train.program.results:
-        judged = low if low != "f32" and sig.dtype == "f32" else sig.dtype
-        c = compare(sig.name, judged, sharded[sig.name], reference[sig.name])
-        rows.append((sig.name, f"{c.error:.3e}", f"{c.tolerance:.0e}", "ok" if c.ok else "MISMATCH"))
-        ok &= c.ok
-    echo(f"check step {state.step + 1} against the unsharded run on 1 device:")
-    echo(table(rows))
+    # each result judged by its role (check_step.py); f32 results computed from
+    # bf16 values (a bf16 step's loss, gradients, updates) at bf16's tolerance
+    judged = judge_step(train.program.results, sharded, reference, optimizer=train.optimizer,
+                        precision=mir.compute_precision(train.module))
+    ok = judged.ok
+    echo(f"check step {state.step + 1} against the unsharded run on 1 device "
+         f"({len(judged.results)} results, worst per role):")
+    for line in report_lines(judged):
+        echo(line)
     echo("check: " + ("passed" if ok else "FAILED (not training)"))
     return distributed.primary_says(ok, "mtfc-check")
 
