@@ -360,9 +360,9 @@ def test_log_and_tensorboard_continue_after_restore(modules, tmp_path):
     assert [r["loss"] for r in records] == [r["loss"] for r in full]
     events = tensorboard_scalars(board)
     losses = [(step, value, wall) for tag, step, value, wall in events if tag == "loss"]
-    # the last value written for each step (TensorBoard honours purge_step the same way)
+    # the last value written for each step, by wall time (TensorBoard honours purge_step the same way)
     latest = {}
-    for step, value, wall in losses:
+    for step, value, wall in sorted(losses, key=lambda x: x[2]):
         latest[step] = value
     assert sorted(latest) == list(range(1, 8))
     np.testing.assert_allclose([latest[k] for k in range(1, 8)], [r["loss"] for r in full], rtol=1e-6)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -144,7 +145,11 @@ class TensorBoardHook(Hook):
         from tensorboardX import SummaryWriter
 
         try:
-            self.writer = SummaryWriter(logdir, purge_step=None if resume_after is None else resume_after + 1)
+            # tensorboardX names an event file by the second and the host: a run started within the same
+            # second as the previous one would replace its file; the suffix keeps every run's events
+            suffix = f".step{resume_after or 0}.{os.getpid()}.{secrets.token_hex(3)}"
+            self.writer = SummaryWriter(logdir, purge_step=None if resume_after is None else resume_after + 1,
+                                        filename_suffix=suffix)
         except OSError as e:
             raise MtfcError(f"--tensorboard {logdir}: {e.strerror or e}") from None
 
