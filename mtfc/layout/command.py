@@ -43,7 +43,7 @@ def layout_command(model: str, *, mesh: str | None, train: bool, network: str | 
     """`mtfc layout`: the ranked table on stdout, `--json OUT` the full report;
     "no layout fits ..." (one line) when no candidate fits the budget."""
     from mtfc.files.atomic import check_writable, write_text_atomic
-    from mtfc.layout.report import report_json, summary_line, table_lines
+    from mtfc.layout.report import report_json, summary_lines, table_lines
     from mtfc.layout.search import best
 
     if top is not None and top < 1:
@@ -55,8 +55,7 @@ def layout_command(model: str, *, mesh: str | None, train: bool, network: str | 
     mesh_obj = mir.module_mesh(module)
     _, result = best(module, mesh_obj, network=net, memory_budget=budget)
     shown = result.candidates[:top] if top else result.candidates[:10]
-    budget_text = "" if budget is None else f", budget {budget} B per device"
-    echo(f"{summary_line(result, mesh_obj)}; network {net.name}{budget_text}")
+    echo("\n".join(summary_lines(result, mesh_obj, net, budget)))
     echo("\n".join(table_lines(shown, budget=budget)))
     if json_out:
         data = report_json(result, mesh=mesh_obj, network=net, budget=budget)
@@ -133,12 +132,12 @@ def recorded_choice(module: ir.Module) -> dict | None:
 
 def choice_lines(choice: dict) -> list[str]:
     """inspect's short section on a searched layout."""
-    from mtfc.layout.report import human_bytes
+    from mtfc.layout.report import human_bytes, human_seconds
 
     params = choice.get("param_rules") or "(as layout)"
     return ["layout search:",
             f"  chosen: {choice.get('rules') or '(replicated)'}   params: {params}   "
             f"({choice.get('searched')} candidates, {choice.get('method')}, network {choice.get('network')})",
-            f"  predicted: {choice.get('predicted_s', 0) * 1e3:.3g} ms per step "
-            f"(compute {choice.get('compute_s', 0) * 1e3:.3g} ms, comm {choice.get('comm_s', 0) * 1e3:.3g} ms), "
+            f"  predicted: {human_seconds(choice.get('predicted_s', 0))} per step "
+            f"(compute {human_seconds(choice.get('compute_s', 0))}, comm {human_seconds(choice.get('comm_s', 0))}), "
             f"peak {human_bytes(choice.get('peak_bytes'))} per device"]

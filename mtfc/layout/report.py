@@ -40,9 +40,12 @@ def human_bytes(n) -> str:
     return f"{n:.1f} TiB"
 
 
-def _ms(s: float) -> str:
-    ms = s * 1e3
-    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+def human_seconds(s: float) -> str:
+    """``7.5 ms``, ``12 us``, ``3 ns``, ``1.2 s``: three significant digits at most, no exponent."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return "0" if s == 0 else f"{s / 1e-9:.3g} ns"
 
 
 def _clip(text: str, width: int) -> str:
@@ -51,19 +54,20 @@ def _clip(text: str, width: int) -> str:
 
 def table_lines(candidates: list[Candidate], *, budget: int | None = None) -> list[str]:
     """The ranked table (fits 100 columns): rank, rules, param rules, predicted
-    total / compute / comm in ms, peak memory, fits; under each row its top
-    collectives with the dims behind their bytes."""
-    head = f"{'#':>3} {'layout':<28} {'params':<18} {'total':>8} {'compute':>8} {'comm':>8} {'peak':>10} {'fits':>4}"
-    out = [head, f"{'':>3} {'':<28} {'':<18} {'ms':>8} {'ms':>8} {'ms':>8} {'/device':>10}"]
+    total / compute / comm time per step, peak memory per device, fits; under
+    each row its top collectives with the dims behind their bytes (bus bytes
+    and time per step)."""
+    head = f"{'#':>3} {'layout':<28} {'params':<18} {'total':>9} {'compute':>9} {'comm':>9} {'peak':>10} {'fits':>4}"
+    out = [head]
     for i, c in enumerate(candidates, 1):
         fits = "yes" if c.fits else "NO"
         params = c.param_rules or "(as layout)"
         out.append(f"{i:>3} {_clip(c.rules or '(replicated)', 28):<28} {_clip(params, 18):<18} "
-                   f"{_ms(c.total_s):>8} {_ms(c.compute_s):>8} {_ms(c.comm_s):>8} "
+                   f"{human_seconds(c.total_s):>9} {human_seconds(c.compute_s):>9} {human_seconds(c.comm_s):>9} "
                    f"{human_bytes(c.peak_bytes):>10} {fits:>4}")
         for col in c.collectives[:3]:
             out.append(_clip(f"      {describe_collective(col)}: {human_bytes(col['bytes'])}, "
-                             f"{_ms(col['seconds'])} ms", 100))
+                             f"{human_seconds(col['seconds'])}", 100))
     return out
 
 
@@ -75,6 +79,8 @@ def report_json(result, *, mesh, network, budget) -> dict:
             "searched": result.searched, "method": result.method, "seconds": result.seconds}
 
 
-def summary_line(result, mesh) -> str:
-    return (f"mesh {mesh}: {result.searched} candidate(s) searched ({result.method}, {result.seconds:.1f} s); "
-            f"{result.invalid_line()}")
+def summary_lines(result, mesh, network, budget) -> list[str]:
+    """Two lines: what was searched, how, what was refused; for which network and budget."""
+    return [f"mesh {mesh}: {result.searched} candidate(s) searched ({result.method}, {result.seconds:.1f} s); "
+            f"{result.invalid_line()}",
+            f"network {network.name}; budget {human_bytes(budget) + ' per device' if budget else 'none'}"]
