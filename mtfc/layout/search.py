@@ -9,13 +9,16 @@ Method, chosen by the size of the space (deterministic, not by a clock):
 
 * **exhaustive** when the activation space has at most `EXHAUSTIVE_LIMIT`
   valid assignments: every one is scored, and for train steps every one's
-  parameter rules too when the total stays within `EXHAUSTIVE_LIMIT` x 4;
+  parameter rules too when the total stays within `EXHAUSTIVE_LIMIT` x 2;
 * **beam** otherwise: mesh axes are given out one at a time (largest mesh
   axis first); after each, the `BEAM_WIDTH` best partial layouts (each
   already a complete candidate: the remaining axes unused) are extended by
   giving the next axis to each dim, or to none.  For train steps beyond the
   exhaustive size, parameter rules are searched for the `BEAM_WIDTH`
-  fastest activation layouts and the `BEAM_WIDTH` best-ranked ones.
+  fastest activation layouts and the `BEAM_WIDTH` best-ranked ones, each
+  with its `PARAM_WIDTH` most promising parameter rules by a prescreen that
+  needs no `predict` (`_prescreen`: fits, compute + the activation layout's
+  communication, memory).
 
 Candidates the partitioner refuses (`layout_cost.predict` raises
 `MtfcError`) are counted and reported by reason, never scored.
@@ -35,6 +38,7 @@ from mtfc.mesh import Mesh
 
 EXHAUSTIVE_LIMIT = 128
 BEAM_WIDTH = 6
+PARAM_WIDTH = 8
 
 
 @dataclass
@@ -102,21 +106,39 @@ def search_result(module: ir.Module, mesh: Mesh, *, network, memory_budget: int 
         _beam(info, mesh, score)
     if info.train:
         act_candidates = [c for c in score.valid() if c.param_rules == ""]
-        total = sum(len(space.param_space(info, mesh, _assignment(c.rules))) for c in act_candidates)
-        if method == "exhaustive" and total <= EXHAUSTIVE_LIMIT * 4:
-            chosen = act_candidates
+        options = {c.rules: space.param_space(info, mesh, _assignment(c.rules))[1:] for c in act_candidates}
+        if method == "exhaustive" and len(act_candidates) + sum(map(len, options.values())) <= EXHAUSTIVE_LIMIT * 2:
+            for c in act_candidates:
+                for p in options[c.rules]:
+                    score(c.rules, p)
         else:
             method = "beam"
             fastest = sorted(act_candidates, key=lambda c: (c.total_s, c.rules))[:BEAM_WIDTH]
-            best = sorted(act_candidates, key=rank_key)[:BEAM_WIDTH]
-            chosen = list({c.rules: c for c in fastest + best}.values())
-        for c in chosen:
-            for p in space.param_space(info, mesh, _assignment(c.rules))[1:]:
-                score(c.rules, p)
+            ranked = sorted(act_candidates, key=rank_key)[:BEAM_WIDTH]
+            for c in {c.rules: c for c in fastest + ranked}.values():
+                for p in _prescreen(table, mesh, network, memory_budget, c, options[c.rules]):
+                    score(c.rules, p)
     ranked = sorted(score.valid(), key=rank_key)
     searched = len(score.scored)
     return SearchResult(ranked[:top] if top else ranked, searched, dict(score.invalid), method,
                         time.perf_counter() - start)
+
+
+def _prescreen(table: ModuleTable, mesh: Mesh, network, budget, base: Candidate, params: list[str]) -> list[str]:
+    """The `PARAM_WIDTH` most promising parameter rules for activation layout
+    `base`, by what costs no `predict`: fitting the budget first, then
+    compute time plus `base`'s communication (a stored-state split adds
+    gathers to it), then peak memory."""
+    from mtfc.layout.cost import layouts_of, peak_memory, per_device_flops
+
+    keyed = []
+    for p in params:
+        layouts = layouts_of(mesh, base.rules, p)
+        with table.module.context:
+            peak = sum(peak_memory(table, layouts))
+            compute_s = network.compute_seconds(per_device_flops(table, layouts))
+        keyed.append(((budget is not None and peak > budget), compute_s + base.comm_s, peak, p))
+    return [k[-1] for k in sorted(keyed)[:PARAM_WIDTH]]
 
 
 def _assignment(rules: str) -> space.Assignment:
