@@ -338,3 +338,26 @@ def test_a_three_axis_mesh_uses_the_beam():
     # the beam keeps the best of what it scored, and the replicated layout is among them
     assert "" in [c.rules for c in result.candidates]
     assert result.candidates[0].total_s == min(c.total_s for c in result.candidates if c.fits)
+
+
+SORT = """module attributes {mtfc.mesh = "rows:2", mtfc.layout = ""} {
+  func.func @main(%x: tensor<8x4xf32> {mtfc.dims = ["a", "b"], mtfc.name = "x", mtfc.role = "input"})
+      -> (tensor<8x4xf32> {mtfc.dims = ["a", "b"], mtfc.name = "y", mtfc.role = "output"}) {
+    %y = "stablehlo.sort"(%x) ({
+    ^bb0(%p: tensor<f32>, %q: tensor<f32>):
+      %c = stablehlo.compare GT, %p, %q : (tensor<f32>, tensor<f32>) -> tensor<i1>
+      stablehlo.return %c : tensor<i1>
+    }) {dimension = 1 : i64, is_stable = true, mtfc.dims = ["a", "b"]} : (tensor<8x4xf32>) -> tensor<8x4xf32>
+    return %y : tensor<8x4xf32>
+  }
+}
+"""
+
+
+def test_refused_candidates_are_counted_with_their_reason():
+    # layout-cost predicts no sort with split values: both splits (a:rows, b:rows) are refused, not scored
+    module = mir.parse_module(SORT, mir.new_context())
+    result = search_result(module, Mesh.parse("rows:2"), network=PRESETS["cpu"])
+    assert [c.rules for c in result.candidates] == [""] and result.searched == 3
+    assert result.invalid == {"layout-cost has no prediction for stablehlo.sort with split values": 2}
+    assert result.invalid_line() == "2 invalid: layout-cost has no prediction for stablehlo.sort with split values (2)"
