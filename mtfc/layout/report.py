@@ -81,6 +81,6 @@ def report_json(result, *, mesh, network, budget) -> dict:
 
 def summary_lines(result, mesh, network, budget) -> list[str]:
     """Two lines: what was searched, how, what was refused; for which network and budget."""
-    return [f"mesh {mesh}: {result.searched} candidate(s) searched ({result.method}, {result.seconds:.1f} s); "
+    return [f"mesh {str(mesh) or '(one device)'}: {result.searched} candidate(s) searched ({result.method}, {result.seconds:.1f} s); "
             f"{result.invalid_line()}",
             f"network {network.name}; budget {human_bytes(budget) + ' per device' if budget else 'none'}"]
