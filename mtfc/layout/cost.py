@@ -195,20 +195,14 @@ def per_device_flops(table: ModuleTable, layouts: mir.Layouts) -> float:
 
 def peak_memory(table: ModuleTable, layouts: mir.Layouts) -> tuple[int, int]:
     """(argument bytes, activation peak bytes) per device under `layouts`."""
+    shape_of = memory_analysis.per_device_shape_fn(table.module, layouts)
     memo: dict = {}
 
-    def local(dims, shape, cls="activation"):
+    def local(dims, shape, cls="activation"):  # shape_of, remembered: many values share dims and shape
         key = (tuple(dims), shape, cls)
         out = memo.get(key)
         if out is None:
-            if len(dims) != len(shape):
-                out = list(shape)
-            else:
-                try:
-                    out = list(layouts.of_value(dims, shape, cls=cls).local_sizes)
-                except MtfcError:  # a value the layout cannot split: counted whole
-                    out = list(shape)
-            memo[key] = out
+            out = memo[key] = shape_of(dims, shape, cls)
         return out
 
     args = sum(math.prod(local(dims, shape, mir.class_of_role(role))) * eb for dims, shape, role, eb in table.arguments)
