@@ -361,3 +361,15 @@ def test_refused_candidates_are_counted_with_their_reason():
     assert [c.rules for c in result.candidates] == [""] and result.searched == 3
     assert result.invalid == {"layout-cost has no prediction for stablehlo.sort with split values": 2}
     assert result.invalid_line() == "2 invalid: layout-cost has no prediction for stablehlo.sort with split values (2)"
+
+
+def test_new_rules_drop_the_record_of_the_search(tmp_path):
+    model = tmp_path / "dot.py"
+    model.write_text(DOT)
+    auto = tmp_path / "auto.mlir"
+    assert run_cli("compile", model, "--layout", "auto", "--mode", "none", "-o", auto).exit_code == 0
+    kept, dropped = tmp_path / "kept.mlir", tmp_path / "dropped.mlir"
+    assert run_cli("opt", auto, "--pipeline", "explicit", "-o", kept).exit_code == 0
+    assert run_cli("opt", auto, "--pipeline", "explicit", "--layout", "batch:rows", "-o", dropped).exit_code == 0
+    assert "layout_search" in json.loads(run_cli("inspect", kept, "--json", "--no-xla").output)
+    assert "layout_search" not in json.loads(run_cli("inspect", dropped, "--json", "--no-xla").output)

@@ -17,7 +17,7 @@ from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.mesh import LayoutRules
 
-LAYOUT_SEARCH = "mtfc.layout_search"  # module attribute: the chosen layout and its predicted cost
+LAYOUT_SEARCH = mir.LAYOUT_SEARCH  # module attribute: the chosen layout and its predicted cost
 AUTO = "auto"
 
 
