@@ -65,6 +65,8 @@ def table_lines(candidates: list[Candidate], *, budget: int | None = None) -> li
         out.append(f"{i:>3} {_clip(c.rules or '(replicated)', 28):<28} {_clip(params, 18):<18} "
                    f"{human_seconds(c.total_s):>9} {human_seconds(c.compute_s):>9} {human_seconds(c.comm_s):>9} "
                    f"{human_bytes(c.peak_bytes):>10} {fits:>4}")
+        if len(c.rules) > 28 or len(params) > 18:  # clipped above: in full
+            out.append(_clip(f"      layout {c.rules or '(replicated)'}; params {params}", 100))
         for col in c.collectives[:3]:
             out.append(_clip(f"      {describe_collective(col)}: {human_bytes(col['bytes'])}, "
                              f"{human_seconds(col['seconds'])}", 100))
