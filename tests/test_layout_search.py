@@ -373,3 +373,19 @@ def test_new_rules_drop_the_record_of_the_search(tmp_path):
     assert run_cli("opt", auto, "--pipeline", "explicit", "--layout", "batch:rows", "-o", dropped).exit_code == 0
     assert "layout_search" in json.loads(run_cli("inspect", kept, "--json", "--no-xla").output)
     assert "layout_search" not in json.loads(run_cli("inspect", dropped, "--json", "--no-xla").output)
+
+
+def test_loop_flops_count_every_trip():
+    # the scanned transformer (its layers one stablehlo.while, 3 trips) computes what the unrolled one does,
+    # plus the loop counter's scalar ops (an add and a compare per trip)
+    mesh = Mesh.parse("rows:2,cols:4")
+    flops = {}
+    for scan in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = compile_file(str(EXAMPLES / "transformer.py"), mode="none", layout="", param_layout="",
+                                  defines={"SCAN": scan, "N_LAYERS": 3})
+        table = module_table(module)
+        flops[scan] = [per_device_flops(table, layouts_of(mesh, r, "")) for r in ("", "batch:rows,d_ff:cols")]
+    for unrolled, scanned in zip(flops[False], flops[True]):
+        assert 0 < scanned - unrolled <= 2 * 3
