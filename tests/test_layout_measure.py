@@ -69,7 +69,7 @@ def test_measure_runs_checks_and_times_every_selected_candidate(mlp):
     for m, c in zip(ms, [cands[0], cands[1], cands[3]]):
         assert m.ok and m.failure is None and m.error <= m.tolerance == 1e-5
         assert len(m.times) == 3 and m.measured_s == pytest.approx(float(np.median(m.times)))
-        assert m.measured_s > 0 and m.predicted_s == c.total_s and m.rules == c.rules
+        assert m.measured_s > 0 and m.predicted_s == c.total_s and m.rules == c.rules and m.xla_peak_bytes > 0
     d = ms[0].as_dict()
     assert d["features"]["axis_count"] == dict(cands[0].features.axis_count) and d["ok"] is True
 

@@ -9,8 +9,9 @@ one included (`select`), so that the rank correlation covers the whole range
 and not only the near-ties at the top.  For each selected candidate it
 
 1. copies the module, sets the candidate's mesh and rules exactly as the
-   search scored them (``mir.Layouts(mesh, rules, param_rules)``: the
-   parameter rules are always written, ``""`` meaning replicated state) and
+   search scored them (`mtfc.layout.cost.layouts_of`: parameter rules
+   ``""`` mean the parameters follow the activation rules, as a module
+   without ``mtfc.param_layout`` has them; they are written explicitly) and
    runs the explicit pipeline (``verify-names, partition, fuse-collectives``);
 2. compiles it with the bundled runner (`mtfc.runtime.execute.Program`, what
    ``mtfc run`` uses) on `backend`'s devices (``cpu``: the mesh's size of
@@ -23,8 +24,9 @@ and not only the near-ties at the top.  For each selected candidate it
    so a fast wrong layout cannot win: a mismatch is recorded (``ok`` False),
    reported, and kept out of the correlation and of calibration;
 4. then times `steps` steps, **interleaved**: round r runs one step of every
-   candidate before round r+1 starts, so a burst of load on a shared machine
-   lands on all of them; each step is `Program.run`'s timing (execute and
+   candidate (of a group of `GROUP`, taken in a seeded random order) before
+   round r+1 starts, so a burst of load on a shared machine lands on all of
+   them and favours no part of the ranking; each step is `Program.run`'s timing (execute and
    wait for every output shard; feeding and gathering are outside it).  The
    measured time is the median of the `steps` steps.
 
@@ -54,6 +56,7 @@ from mtfc.errors import MtfcError
 from mtfc.mesh import LayoutRules, Mesh
 
 EXPLICIT = ["verify-names", "partition", "fuse-collectives"]
+GROUP = 16  # candidates compiled, held and timed together
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Measurement:
     ok: bool = False                # ran and matched the unsharded run
     failure: str | None = None      # the one-line error when it did not compile or run
     compile_s: float | None = None
+    xla_peak_bytes: int | None = None  # XLA's per-device peak of the compiled program
 
     def as_dict(self) -> dict:
         f = self.features
@@ -83,7 +87,7 @@ class Measurement:
                 "predicted_s": self.predicted_s, "compute_s": self.compute_s, "comm_s": self.comm_s,
                 "fits": self.fits, "peak_bytes": self.peak_bytes, "measured_s": self.measured_s,
                 "times": self.times, "error": self.error, "tolerance": self.tolerance, "ok": self.ok,
-                "failure": self.failure, "compile_s": self.compile_s,
+                "failure": self.failure, "compile_s": self.compile_s, "xla_peak_bytes": self.xla_peak_bytes,
                 "features": {"flops": f.flops, "axis_count": dict(f.axis_count), "axis_bytes": dict(f.axis_bytes)}}
 
 
@@ -112,7 +116,8 @@ def candidate_module(module: ir.Module, mesh: Mesh, rules: str, param_rules: str
     if mir.partitioning(module) != "none":
         raise MtfcError(f"layout measure: the module is already partitioned ({mir.partitioning(module)}); "
                         f"measure from the global module")
-    acts, params = LayoutRules.parse(rules), LayoutRules.parse(param_rules)
+    acts = LayoutRules.parse(rules)
+    params = LayoutRules.parse(param_rules) if param_rules else acts  # "" = parameters follow `rules` (cost.layouts_of)
     acts.validate(mesh)
     params.validate(mesh)
     copy = ir.Module.parse(module.operation.get_asm(enable_debug_info=True), module.context)
@@ -155,18 +160,19 @@ def _measurement(rank: int, c) -> Measurement:
 
 def measure_candidates(module: ir.Module, candidates: Sequence, *, k: int, lower_ranked: int | None = None,
                        backend: str = "cpu", steps: int = 5, mesh: Mesh | None = None, seed: int = 0,
-                       echo: Callable[[str], None] | None = None) -> list[Measurement]:
+                       group: int = GROUP, echo: Callable[[str], None] | None = None) -> list[Measurement]:
     """Measure the selected `candidates` (ranked best first; `select`) on `mesh`
     (default: the module's); see the module docstring.  `lower_ranked`
     defaults to `k`.  Returns one `Measurement` per selected candidate, in
-    ranking order."""
+    ranking order.  Candidates are compiled and timed `group` at a time (their
+    executables held together), in a seeded random order."""
     from mtfc.runtime import devices as rt_devices
     from mtfc.runtime.execute import Program
 
     if steps < 1:
         raise MtfcError(f"layout measure: steps must be >= 1, not {steps}")
     mesh = mesh if mesh is not None else mir.module_mesh(module)
-    if mesh.size < 1 or not mesh.axes:
+    if not mesh.names:
         raise MtfcError("layout measure: the module has no mesh (compile it with --mesh)")
     ranks = select(len(candidates), k, k if lower_ranked is None else lower_ranked)
     say = echo or (lambda line: None)
@@ -178,8 +184,20 @@ def measure_candidates(module: ir.Module, candidates: Sequence, *, k: int, lower
     del reference
 
     measurements = [_measurement(r, candidates[r]) for r in ranks]
+    order = list(range(len(measurements)))
+    np.random.default_rng(seed).shuffle(order)  # a group mixes ranks: a burst of load favours no part of the ranking
+    for g in range(0, len(order), group):
+        _measure_group([measurements[i] for i in order[g:g + group]], module, mesh, inputs, want, backend,
+                       steps, say)
+    return measurements
+
+
+def _measure_group(group: list[Measurement], module, mesh, inputs, want, backend, steps, say) -> None:
+    """Compile and check each of `group`, then time them in interleaved rounds."""
+    from mtfc.runtime.execute import Program
+
     programs: list = []
-    for m in measurements:
+    for m in group:
         start = time.perf_counter()
         try:
             program = Program(candidate_module(module, mesh, m.rules, m.param_rules), backend=backend)
@@ -190,18 +208,27 @@ def measure_candidates(module: ir.Module, candidates: Sequence, *, k: int, lower
             say(f"  rank {m.rank + 1}: {_describe(m)}: FAILED: {m.failure}")
             continue
         m.compile_s = time.perf_counter() - start
+        m.xla_peak_bytes = _xla_peak(program)
         m.error, m.tolerance, m.ok = check_outputs(module, program.results, got, want)
         programs.append(program)
         say(f"  rank {m.rank + 1}: {_describe(m)}: compiled, check {'ok' if m.ok else 'MISMATCH'} "
             f"(error {m.error:.1e})")
     for _ in range(steps):  # interleaved rounds
-        for m, program in zip(measurements, programs):
+        for m, program in zip(group, programs):
             if program is not None:
                 m.times.append(program.run(inputs, repeat=1).step_seconds)
-    for m in measurements:
+    for m in group:
         if m.times:
             m.measured_s = float(np.median(m.times))
-    return measurements
+
+
+def _xla_peak(program) -> int | None:
+    """XLA's per-device peak of the compiled executable: arguments + outputs - aliased + temporaries."""
+    try:
+        s = program.executable.get_compiled_memory_stats()
+    except Exception:  # a backend without memory statistics
+        return None
+    return int(s.argument_size_in_bytes + s.output_size_in_bytes - s.alias_size_in_bytes + s.temp_size_in_bytes)
 
 
 def _describe(m: Measurement) -> str:
