@@ -191,3 +191,45 @@ def test_calibrate_refuses_too_few_and_degenerate():
     bad = [_m(0.0, 1.0, ok=False, features=ms[0].features)]
     with pytest.raises(MtfcError, match="no correct measurement"):
         calibrate(bad, prior=PRESETS["cpu"], axes=["rows"])
+
+
+# ------------------------------------------------------------------ the command
+def test_layout_measure_and_calibrate_command(tmp_path):
+    from click.testing import CliRunner
+
+    from mtfc.cli import main
+
+    net, out = str(tmp_path / "net.json"), str(tmp_path / "layout.json")
+    r = CliRunner().invoke(main, ["layout", os.path.join(EXAMPLES, "mlp.py"), "--measure", "3", "--calibrate", net,
+                                  "--json", out])
+    assert r.exit_code == 0, r.output
+    assert "measuring 6 of " in r.output and "rank correlation (Spearman)" in r.output
+    assert "calibrated network" in r.output
+    fitted = load_network(net)
+    assert fitted.calibrated_on["measurements"] == 6 and fitted.calibrated_on["mesh"] == "rows:2,cols:4"
+    import json
+
+    data = json.load(open(out))
+    assert len(data["measured"]["candidates"]) == 6 and all(c["ok"] for c in data["measured"]["candidates"])
+    assert data["measured"]["calibrated"]["name"] == "cpu-calibrated"
+    # the saved network is read back by --network
+    r = CliRunner().invoke(main, ["layout", os.path.join(EXAMPLES, "mlp.py"), "--network", net, "--top", "1"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--measure", "0"], "--measure 0: give a positive number"),
+    (["--calibrate", "/"], "'/': Is a directory"),
+    (["--measure", "2", "--calibrate", "/tmp/mtfc-never-written.json"],
+     "error: calibrate: 4 correct measurement(s) for 5 unknowns"),
+])
+def test_layout_measure_bad_options_are_one_line(args, message):
+    from click.testing import CliRunner
+
+    from mtfc.cli import main
+
+    r = CliRunner().invoke(main, ["layout", os.path.join(EXAMPLES, "mlp.py"), *args])
+    assert r.exit_code != 0 and message in r.output, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and r.output.strip().endswith(errors[0]), r.output
+    assert not os.path.exists("/tmp/mtfc-never-written.json")

@@ -284,3 +284,40 @@ def report(measurements: Sequence[Measurement], echo: Callable[[str], None] = pr
         echo(f"the predicted best measured {_ms(measurements[0].measured_s)} ms, "
              f"{ratio:.2f}x the best measured ({_describe(best)}, {_ms(best.measured_s)} ms)")
     return {"rho": rho, "n": n, "best_measured": None if best is None else best.rank, "load_average": load}
+
+
+DEFAULT_CALIBRATE_K = 4  # --calibrate without --measure K measures the top 4 and 4 lower-ranked
+
+
+def measure_command(module: ir.Module, candidates: Sequence, *, network, k: int | None, calibrate_out: str | None,
+                    backend: str = "cpu", steps: int = 5, echo: Callable[..., None] | None = None) -> dict:
+    """``mtfc layout --measure K [--calibrate OUT]``: measure (`measure_candidates`,
+    the top K and K lower-ranked), print `report`; with `calibrate_out`, fit
+    `network`'s constants to the measurements (`calibrate.calibrate`) and save
+    them (`save_network`).  Returns the JSON record (``--json``'s "measured")."""
+    from mtfc.layout.calibrate import calibrate, describe
+    from mtfc.layout.network import save_network
+
+    echo = echo or _print
+    k = DEFAULT_CALIBRATE_K if k is None else k
+    mesh = mir.module_mesh(module)
+    echo(f"measuring {len(select(len(candidates), k, k))} of {len(candidates)} candidate(s) on {mesh.size} "
+         f"{backend} device(s), {steps} interleaved steps each:")
+    ms = measure_candidates(module, candidates, k=k, lower_ranked=k, backend=backend, steps=steps, mesh=mesh)
+    summary = report(ms, echo=echo)
+    out = {"steps": steps, "backend": backend, **summary, "candidates": [m.as_dict() for m in ms]}
+    if calibrate_out:
+        fit = calibrate(ms, prior=network, axes=list(mesh.names), name=f"{network.name}-calibrated",
+                        provenance={"backend": backend, "mesh": str(mesh), "model": mir.model_name(module)})
+        for line in describe(fit):
+            echo(line)
+        save_network(fit.network, calibrate_out)
+        echo(f"wrote {calibrate_out} (use --network {calibrate_out})", err=True)
+        out["calibrated"] = fit.network.as_dict()
+    return out
+
+
+def _print(line: str, err: bool = False) -> None:
+    import sys
+
+    print(line, file=sys.stderr if err else sys.stdout)
