@@ -198,11 +198,20 @@ def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode,
               help="The machine to predict for: cpu (default), nvlink, infiniband, ici, or a network JSON file.")
 @click.option("--top", default=None, type=int, help="Show (and write) the N best candidates (default: 10 shown).")
 @click.option("--json", "json_out", default=None, metavar="OUT", help="Also write the ranked candidates to OUT (JSON).")
+@click.option("--measure", "measure_k", default=None, type=int, metavar="K",
+              help="Compile and run the top K and K lower-ranked candidates on the devices: predicted against "
+                   "measured step time, rank correlation (docs/layout.md, Measuring).")
+@click.option("--calibrate", "calibrate_out", default=None, metavar="OUT",
+              help="Fit the network's constants to the measured runs (--measure K, default 4) and save them to "
+                   "OUT for --network OUT.")
+@click.option("--backend", default="cpu", type=click.Choice(["cpu", "gpu", "tpu"]), show_default=True,
+              help="With --measure/--calibrate: the devices to run on.")
 @click.option("--entry", "entry_name", default=None, help="The @mtf.entry function, if the file has several.")
 @click.option("-D", "--define", "defines", multiple=True, metavar="NAME=VALUE",
               help="Set a module-level constant of the model file before tracing (as mtfc compile -D).")
 @_handle_errors
-def layout(model, mesh, train, optimizer, precision, memory_per_device, network, top, json_out, entry_name, defines):
+def layout(model, mesh, train, optimizer, precision, memory_per_device, network, top, json_out, measure_k,
+           calibrate_out, backend, entry_name, defines):
     """Search the model's layouts on a mesh and print them ranked by predicted
     step time (compute, communication, peak memory; docs/layout.md)."""
     from mtfc.files.modules import is_module_file
@@ -215,7 +224,8 @@ def layout(model, mesh, train, optimizer, precision, memory_per_device, network,
         raise MtfcError(f"{model} is a module, not a model file (Python): mtfc layout traces a model file")
     layout_command(model, mesh=mesh, train=train, network=network, memory_per_device=memory_per_device, top=top,
                    json_out=json_out, echo=click.echo, entry_name=entry_name, optimizer=optimizer,
-                   precision=precision, defines=parse_defines(defines))
+                   precision=precision, defines=parse_defines(defines),
+                   measure=measure_k, calibrate_out=calibrate_out, backend=backend)
 
 
 @main.command()

@@ -39,28 +39,44 @@ def options(network: str | None, memory_per_device: str | None):
 
 
 def layout_command(model: str, *, mesh: str | None, train: bool, network: str | None,
-                   memory_per_device: str | None, top: int | None, json_out: str | None, echo, **kwargs) -> None:
+                   memory_per_device: str | None, top: int | None, json_out: str | None, echo,
+                   measure: int | None = None, calibrate_out: str | None = None, backend: str = "cpu",
+                   **kwargs) -> None:
     """`mtfc layout`: the ranked table on stdout, `--json OUT` the full report;
-    "no layout fits ..." (one line) when no candidate fits the budget."""
+    "no layout fits ..." (one line) when no candidate fits the budget.
+    `measure` / `calibrate_out` (``--measure K``, ``--calibrate OUT``): then
+    `mtfc.layout.measure.measure_command`."""
     from mtfc.files.atomic import check_writable, write_text_atomic
     from mtfc.layout.report import report_json, summary_lines, table_lines
     from mtfc.layout.search import best
 
     if top is not None and top < 1:
         raise MtfcError(f"--top {top}: give a positive number of candidates to show")
+    if measure is not None and measure < 1:
+        raise MtfcError(f"--measure {measure}: give a positive number of candidates to run")
     net, budget = options(network, memory_per_device)
     if json_out:
         check_writable(json_out)
+    if calibrate_out:
+        check_writable(calibrate_out)
     module = trace_global(model, mesh=mesh, train=train, **kwargs)
     mesh_obj = mir.module_mesh(module)
     _, result = best(module, mesh_obj, network=net, memory_budget=budget)
     shown = result.candidates[:top] if top else result.candidates[:10]
     echo("\n".join(summary_lines(result, mesh_obj, net, budget)))
     echo("\n".join(table_lines(shown, budget=budget)))
+    measured = None
+    if measure is not None or calibrate_out:
+        from mtfc.layout.measure import measure_command
+
+        measured = measure_command(module, result.candidates, network=net, k=measure, calibrate_out=calibrate_out,
+                                   backend=backend, echo=echo)
     if json_out:
         data = report_json(result, mesh=mesh_obj, network=net, budget=budget)
         if top:
             data["candidates"] = data["candidates"][:top]
+        if measured is not None:
+            data["measured"] = measured
         write_text_atomic(json_out, json.dumps(data, indent=2) + "\n")
         echo(f"wrote {json_out}", err=True)
 
