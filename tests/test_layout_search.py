@@ -135,9 +135,12 @@ def test_nothing_fits_is_one_line(tmp_path):
     with pytest.raises(MtfcError, match=r"^no layout fits the memory budget of 1\.0 KiB per device") as e:
         best(module, Mesh.parse("rows:2,cols:4"), network=PRESETS["cpu"], memory_budget=1024)
     assert "\n" not in str(e.value)
-    result = run_cli("layout", path, "--train", "--memory-per-device", "1KiB")
-    assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert result.output.startswith("error: no layout fits") and "Traceback" not in result.output
+    out = tmp_path / "o.mlir"
+    for command in (["layout", path], ["compile", path, "--layout", "auto", "-o", out]):
+        result = run_cli(*command, "--train", "--memory-per-device", "1KiB")
+        assert result.exit_code == 1 and result.output.count("\n") == 1
+        assert result.output.startswith("error: no layout fits") and "Traceback" not in result.output
+    assert not out.exists()
 
 
 # -------------------------------------------------- the cost model's parts
