@@ -273,5 +273,10 @@ _LOCATION = re.compile(r" at (loc\(.*?\)|\S+ \([^)]*\)|\S+)")
 
 
 def refusal_reason(error: MtfcError) -> str:
-    """An invalid candidate's message without op locations (to group alike refusals)."""
-    return _LOCATION.sub("", str(error)).split(":")[0]
+    """An invalid candidate's message without op locations, to group alike
+    refusals: layout-cost's "no prediction for <op> with split values" up to
+    its explanation, any other message whole (at most 120 characters)."""
+    text = _LOCATION.sub("", str(error))
+    if text.startswith("layout-cost has no prediction for"):
+        return text.split(":")[0]
+    return text if len(text) <= 120 else text[:119] + "~"
