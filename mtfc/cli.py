@@ -100,6 +100,10 @@ _mesh_option = click.option("--mesh", default=None, help='Device mesh, e.g. "row
 _layout_option = click.option(
     "--layout", default=None, help='Layout rules, e.g. "batch:rows,d_ff:cols" or "batch:rows+cols" (overrides the model\'s).'
 )
+_compile_layout_option = click.option(
+    "--layout", default=None, help='Layout rules, e.g. "batch:rows,d_ff:cols" (overrides the model\'s); "auto": '
+    'the layout the search (mtfc layout) predicts fastest, recorded in the module.'
+)
 _param_layout_option = click.option(
     "--param-layout", default=None,
     help='Layout rules for parameters and optimizer state, e.g. "d_model:rows" for FSDP (default: --layout).',
@@ -119,7 +123,7 @@ _dump_option = click.option(
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, help="Output file: .mlir (text), .mlirbc (bytecode).")
 @_mesh_option
-@_layout_option
+@_compile_layout_option
 @click.option(
     "--mode", default=None,
     help="Partitioning: explicit (mtfc's own per-device program, the default), gspmd (mhlo.sharding for "
@@ -139,29 +143,89 @@ _dump_option = click.option(
 @click.option("--precision", default=None, type=click.Choice(["f32", "bf16"]),
               help="With --train: compute dtype (bf16 keeps f32 master weights and optimizer state).")
 @_dump_option
+@click.option("--network", default=None, help="With --layout auto: the machine the cost model predicts for: "
+              "cpu (default), nvlink, infiniband, ici, or a network JSON file (docs/layout.md).")
+@click.option("--memory-per-device", default=None, metavar="SIZE",
+              help="With --layout auto: the per-device memory budget, e.g. 16GiB (docs/layout.md).")
 @_handle_errors
 def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode, portable, entry_name, defines, train,
-            optimizer, precision, dump_dir):  # noqa: A001
-    """Compile a model file to StableHLO."""
+            optimizer, precision, dump_dir, network, memory_per_device):  # noqa: A001
+    """Compile a model file to StableHLO (--layout auto: the layout the search predicts fastest)."""
     from mtfc.compiler import DEFAULT_MODE, compile_file
     from mtfc.frontend.model import parse_defines
     from mtfc.emit.artifact import write_module
     from mtfc.files.modules import is_module_file
     from mtfc.files.atomic import check_writable
+    from mtfc.layout.command import AUTO
 
     if (optimizer or precision) and not train:
         raise MtfcError("--optimizer and --precision apply to train steps: add --train")
     if is_module_file(model):
         raise MtfcError(f"{model} is a module, not a model file (Python): run it with 'mtfc run {model}' "
                         f"(passes: 'mtfc opt', contents: 'mtfc inspect')")
+    auto = layout == AUTO
+    if auto and param_layout is not None:
+        raise MtfcError("--layout auto chooses the parameter layout too: drop --param-layout")
+    if not auto and (network is not None or memory_per_device is not None):
+        raise MtfcError("--network and --memory-per-device apply to the layout search: add --layout auto")
     check_writable(output)
-    module = compile_file(
-        model, mesh=mesh, layout=layout, param_layout=param_layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir,
-        entry_name=entry_name, train=train, optimizer=optimizer, precision=precision,
-        allow_unused_rules=allow_unused_rules or None, defines=parse_defines(defines),
-    )
+    if auto:
+        from mtfc.layout.command import compile_auto
+
+        module = compile_auto(
+            model, mesh=mesh, mode=mode or DEFAULT_MODE, train=train, network=network,
+            memory_per_device=memory_per_device, dump_dir=dump_dir, entry_name=entry_name, optimizer=optimizer,
+            precision=precision, defines=parse_defines(defines))
+    else:
+        module = compile_file(
+            model, mesh=mesh, layout=layout, param_layout=param_layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir,
+            entry_name=entry_name, train=train, optimizer=optimizer, precision=precision,
+            allow_unused_rules=allow_unused_rules or None, defines=parse_defines(defines),
+        )
     write_module(module, output, portable=portable)
     click.echo(f"wrote {output}", err=True)
+
+
+@main.command("layout")
+@click.argument("model", type=click.Path(dir_okay=False))
+@_mesh_option
+@click.option("--train", is_flag=True, help="Search the train step's layouts (parameter layouts, FSDP/ZeRO, too).")
+@click.option("--optimizer", default=None, help="With --train: optimizer spec (overrides the model's).")
+@click.option("--precision", default=None, type=click.Choice(["f32", "bf16"]), help="With --train: compute dtype.")
+@click.option("--memory-per-device", default=None, metavar="SIZE",
+              help="Per-device memory budget, e.g. 16GiB or 512MB: layouts that need more rank last.")
+@click.option("--network", default=None,
+              help="The machine to predict for: cpu (default), nvlink, infiniband, ici, or a network JSON file.")
+@click.option("--top", default=None, type=int, help="Show (and write) the N best candidates (default: 10 shown).")
+@click.option("--json", "json_out", default=None, metavar="OUT", help="Also write the ranked candidates to OUT (JSON).")
+@click.option("--measure", "measure_k", default=None, type=int, metavar="K",
+              help="Compile and run the top K and K lower-ranked candidates on the devices: predicted against "
+                   "measured step time, rank correlation (docs/layout.md, Measuring).")
+@click.option("--calibrate", "calibrate_out", default=None, metavar="OUT",
+              help="Fit the network's constants to the measured runs (--measure K, default 4) and save them to "
+                   "OUT for --network OUT.")
+@click.option("--backend", default="cpu", type=click.Choice(["cpu", "gpu", "tpu"]), show_default=True,
+              help="With --measure/--calibrate: the devices to run on.")
+@click.option("--entry", "entry_name", default=None, help="The @mtf.entry function, if the file has several.")
+@click.option("-D", "--define", "defines", multiple=True, metavar="NAME=VALUE",
+              help="Set a module-level constant of the model file before tracing (as mtfc compile -D).")
+@_handle_errors
+def layout(model, mesh, train, optimizer, precision, memory_per_device, network, top, json_out, measure_k,
+           calibrate_out, backend, entry_name, defines):
+    """Search the model's layouts on a mesh and print them ranked by predicted
+    step time (compute, communication, peak memory; docs/layout.md)."""
+    from mtfc.files.modules import is_module_file
+    from mtfc.frontend.model import parse_defines
+    from mtfc.layout.command import layout_command
+
+    if (optimizer or precision) and not train:
+        raise MtfcError("--optimizer and --precision apply to train steps: add --train")
+    if is_module_file(model):
+        raise MtfcError(f"{model} is a module, not a model file (Python): mtfc layout traces a model file")
+    layout_command(model, mesh=mesh, train=train, network=network, memory_per_device=memory_per_device, top=top,
+                   json_out=json_out, echo=click.echo, entry_name=entry_name, optimizer=optimizer,
+                   precision=precision, defines=parse_defines(defines),
+                   measure=measure_k, calibrate_out=calibrate_out, backend=backend)
 
 
 @main.command()

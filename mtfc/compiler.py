@@ -154,7 +154,8 @@ def override_mesh_layout(module: ir.Module, mesh: str | None, layout: str | None
     unless `allow_unused_rules`; the module then records that choice
     (``mtfc.allow_unused_rules``, set or removed).  With only a new `mesh`,
     or nothing new, the module's own record stands; `allow_unused_rules`
-    sets it too."""
+    sets it too.  A new mesh or rules drop the record of a layout search
+    (``mtfc.layout_search``): it described the old layout."""
     from mtfc.passes.verify_names import verify_module
 
     if mesh is not None or layout is not None or param_layout is not None:
@@ -166,6 +167,8 @@ def override_mesh_layout(module: ir.Module, mesh: str | None, layout: str | None
             param_rules.validate(mesh_obj)
         mir.set_mesh_and_layout(module, mesh_obj, rules, param_rules)
     attrs = module.operation.attributes
+    if (mesh is not None or layout is not None or param_layout is not None) and mir.LAYOUT_SEARCH in attrs:
+        del attrs[mir.LAYOUT_SEARCH]  # the searched choice no longer describes the module
     with module.context:
         if allow_unused_rules:
             attrs[mir.ALLOW_UNUSED_RULES] = ir.UnitAttr.get()

@@ -6,7 +6,8 @@ through this module (see docs/IR.md).  Attribute names:
 module      ``mtfc.mesh = "rows:2,cols:4"``, ``mtfc.layout = "batch:rows"``,
             ``mtfc.param_layout = "d_model:rows"`` (optional),
             ``mtfc.partitioning = "none" | "gspmd" | "explicit" | "shardy"``,
-            ``mtfc.allow_unused_rules`` (unit; rules may name dims it lacks)
+            ``mtfc.allow_unused_rules`` (unit; rules may name dims it lacks),
+            ``mtfc.layout_search`` (dict; the searched layout's choice and cost)
 @main arg   ``mtfc.dims = [...]``, ``mtfc.name``, ``mtfc.role``, ``mtfc.init``
 @main res   ``mtfc.dims``, ``mtfc.name``, ``mtfc.role``
 op          ``mtfc.dims = [...]`` (one result) on every op directly in a
@@ -44,6 +45,7 @@ LOOP_DIM = "mtfc.loop_dim"  # on a stablehlo.while: the dim name its iterations 
 TRIP_COUNT = "mtfc.trip_count"  # on a stablehlo.while: how many times its body runs (i64)
 CLASSES = "mtfc.classes"  # on a stablehlo.while: the layout class of each carried value
 ALLOW_UNUSED_RULES = "mtfc.allow_unused_rules"  # unit attr: layout rules may name dims the module lacks
+LAYOUT_SEARCH = "mtfc.layout_search"  # dict: the searched layout and its predicted cost (mtfc compile --layout auto)
 ENTRY = "main"
 
 ROLES = ("input", "parameter", "optimizer_state", "output", "metric", "loss")

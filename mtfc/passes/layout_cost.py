@@ -138,7 +138,7 @@ class _Predictor:
         self.out = Prediction(self.mesh)
         self._ids = itertools.count()
         self._reshards: dict[tuple, _Value] = {}
-        self.where = ("", "")  # (op name, location) being predicted
+        self.where = ("", "")  # (op name, location or ir.Location) being predicted: printed only when recorded
         self.trips = 1  # how often the op being predicted runs per step (its loops' trip counts)
 
     # ------------------------------------------------------------ values
@@ -165,10 +165,14 @@ class _Predictor:
         self.record("collective_permute", tuple(comm_analysis.axes_of_pairs(self.mesh, pairs) or ()), size, [dim],
                     reason)
 
+    def location(self) -> str:
+        where = self.where[1]
+        return where if isinstance(where, str) else mir.location_text(where)
+
     def record(self, kind: str, axes: Axes, size: int, dims: list[str], reason: str) -> None:
         n = self.factor(axes)
         self.out.collectives.append(PredictedCollective(
-            kind, list(axes), n, size, comm_analysis.bus_bytes(kind, n, size), self.where[0], self.where[1],
+            kind, list(axes), n, size, comm_analysis.bus_bytes(kind, n, size), self.where[0], self.location(),
             dims, reason, self.trips))
 
     # ----------------------------------------------------------- reshard
@@ -355,7 +359,7 @@ class _Predictor:
         for arg, sig in zip(fn.regions[0].blocks[0].arguments, mir.arguments(module)):
             env[arg] = self.value(sig.dims, sig.shape, self.layouts.of_signature(sig).axes, _element_bytes(arg))
         for op in mir.body_ops(fn):
-            self.where = (op.name, mir.location_text(op.location))
+            self.where = (op.name, op.location)
             if op.name == "func.return":
                 for v, sig in zip(op.operands, mir.results(module)):
                     self.reshard(env[v], self.layouts.of_signature(sig).axes)
@@ -376,7 +380,7 @@ class _Predictor:
             axes = self.layouts.of_value(all_dims[k], shape, cls=classes[k],
                                          what=f"value {k} carried by {what}").axes
             carried.append((all_dims[k], shape, axes, _element_bytes(r)))
-        here = (op.name, mir.location_text(op.location))
+        here = (op.name, op.location)
         for v, c in zip(op.operands, carried):  # entry: each operand to its carried layout
             if env.get(v) is not None:
                 self.reshard(env[v], c[2])
@@ -388,7 +392,7 @@ class _Predictor:
                 env[arg] = self.value(*c)
             for inner in block.operations:
                 inner = inner.operation
-                self.where = (inner.name, mir.location_text(inner.location))
+                self.where = (inner.name, inner.location)
                 if inner.name == "stablehlo.return":
                     if r_index == 1:  # the body's: each returned value to its carried layout
                         for v, c in zip(inner.operands, carried):
@@ -418,7 +422,7 @@ class _Predictor:
         dims = all_dims[0]
         result = op.results[0]
         shape = tuple(ir.RankedTensorType(result.type).shape)
-        axes = self.layouts.of_value(dims, shape, cls=mir.op_class(op), what=f"value of {mir.describe_op(op)}").axes
+        axes = self.layouts.of_value(dims, shape, cls=mir.op_class(op), what=mir.describe_op_lazily(op, "value of ")).axes
         args = [env[v] for v in op.operands]
         ebytes = _element_bytes(result)
         rule = op_rules.rule_of(op.name)
@@ -499,16 +503,30 @@ def _no_prediction(op: ir.Operation) -> str:
     return f"layout-cost has no prediction for {mir.describe_op(op)} with split values: {why}"
 
 
+_ELEMENT_BYTES: dict = {}  # element type (uniqued, hashable) -> bytes
+
+
 def _element_bytes(value: ir.Value) -> int:
-    return comm_analysis.element_bytes(str(ir.RankedTensorType(value.type).element_type))
+    t = ir.RankedTensorType(value.type).element_type
+    n = _ELEMENT_BYTES.get(t)
+    if n is None:
+        if len(_ELEMENT_BYTES) > 256:
+            _ELEMENT_BYTES.clear()
+        n = _ELEMENT_BYTES[t] = comm_analysis.element_bytes(str(t))
+    return n
 
 
-def predict(module: ir.Module, layouts: mir.Layouts | None = None) -> Prediction:
+def predict(module: ir.Module, layouts: mir.Layouts | None = None, *, verify: bool = True) -> Prediction:
     """The collectives `partition` will emit for `module` (global, not yet
-    partitioned) under `layouts` (default: the module's own mesh and rules)."""
+    partitioned) under `layouts` (default: the module's own mesh and rules).
+
+    `verify=False` skips the IR contract check (`verify_module`) for a caller
+    that has made it already -- the layout search predicts one module under
+    many layouts."""
     from mtfc.passes.verify_names import verify_module
 
-    verify_module(module)  # the IR contract: a bad module is one line, not a traceback
+    if verify:
+        verify_module(module)  # the IR contract: a bad module is one line, not a traceback
     kind = mir.partitioning(module)
     if kind not in ("none", "gspmd"):
         raise MtfcError(f"layout-cost: the module is already partitioned ({kind}); predict from the global module")

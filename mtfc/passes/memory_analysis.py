@@ -35,6 +35,15 @@ counts do not multiply memory: a trip's temporaries are dead when the next
 begins.  `Liveness.peak_loop_bytes` is the body's share of the peak (0 when
 the peak is not at a loop).
 
+A splat constant (``stablehlo.constant dense<0.0>`` of any shape) counts one
+element: compilers materialize it where it is used, fused, never as a buffer.
+
+The walk is split in two: `plan` reads the IR once (each value's dims, type
+shape, class and live range, loops' plans nested), and `evaluate` /
+`peak_bytes` size a plan for a per-device shape function -- the layout
+search (`mtfc/layout/cost.py`) sizes every candidate from one plan, with
+`per_device_shape_fn(module, layouts)` for the candidate's layouts.
+
 Per-device sizes: in a per-device program (``explicit``, ``shardy``) a value's
 type is its per-device shape; in a global program (``none``, ``gspmd``) the
 per-device shape is the layout's (each dim divided by its mesh axes).
@@ -49,6 +58,7 @@ from typing import Callable
 from jax.extend.mlir import ir
 
 from mtfc import ir as mir
+from mtfc.errors import MtfcError
 from mtfc.passes.comm_analysis import element_bytes, is_ranked
 
 
@@ -85,11 +95,16 @@ class Liveness:
         return sum(v.bytes for v in self.values)
 
 
-def per_device_shape_fn(module: ir.Module) -> Callable[[list[str], tuple[int, ...]], list[int]]:
-    """(dims, type shape) -> per-device shape, for the module's partitioning."""
+def per_device_shape_fn(module: ir.Module, layouts: "mir.Layouts | None" = None
+                        ) -> Callable[[list[str], tuple[int, ...]], list[int]]:
+    """(dims, type shape[, class]) -> per-device shape, for the module's
+    partitioning; with `layouts` (a global module only: the layout search's
+    candidate), that layout's per-device shapes instead of the module's own."""
     if mir.partitioning(module) in mir.PER_DEVICE:
+        if layouts is not None:
+            raise MtfcError("memory: a per-device program's shapes are its own; give layouts for a global module")
         return lambda dims, shape, cls="activation": list(shape)
-    layouts = mir.module_layouts(module)
+    layouts = layouts if layouts is not None else mir.module_layouts(module)
 
     def local(dims, shape, cls="activation"):
         if len(dims) != len(shape):
@@ -102,30 +117,65 @@ def per_device_shape_fn(module: ir.Module) -> Callable[[list[str], tuple[int, ..
     return local
 
 
-def _values(ops: list[ir.Operation], local) -> tuple[dict, list[tuple[ir.Value, LiveValue]]]:
-    """The ranked results of `ops` (one block's), each live at its own op."""
+@dataclass
+class _PlannedValue:
+    """A ranked result of one block's op, before per-device sizes: what a
+    candidate layout needs to size it (dims, type shape, class, element bytes)."""
+
+    index: int
+    op: str
+    location: str
+    dims: list[str]
+    dtype: str
+    shape: tuple[int, ...]
+    cls: str
+    element_bytes: int
+    last_use: int
+    buffer_reused: bool = False   # a loop's carried value returned unchanged: its operand's buffer (0 bytes)
+    splat: bool = False           # a splat constant: one element, whatever its shape
+
+
+@dataclass
+class LivenessPlan:
+    """One block's live ranges, read from the IR once (`plan`); `evaluate`
+    sizes them for any per-device shape function without touching MLIR --
+    the layout search sizes every candidate from one plan."""
+
+    ops: list[str]                                  # op name per index
+    values: list[_PlannedValue]
+    loops: dict[int, list["LivenessPlan"]] = field(default_factory=dict)  # op index -> its regions' plans
+    locations: list[str] = field(default_factory=list)
+
+
+def _plan_block(ops: list[ir.Operation]) -> LivenessPlan:
+    """The ranked results of `ops` (one block's), each live from its own op
+    to its last use, and the plans of the loops among them."""
     index_of: dict = {}
-    values: list[tuple[ir.Value, LiveValue]] = []
+    values: list[tuple[ir.Value, _PlannedValue]] = []
+    loops: dict[int, list[LivenessPlan]] = {}
     for i, op in enumerate(ops):
         dims = mir.op_result_dims(op) if op.name not in ("func.return", "stablehlo.return") else None
         classes = mir.op_result_classes(op)
+        splat = op.name == "stablehlo.constant" and _is_splat(op)
         for k, r in enumerate(op.results):
             if not is_ranked(r.type):
                 continue
             t = ir.RankedTensorType(r.type)
             d = dims[k] if dims is not None and k < len(dims) else []
-            shape = local(d, tuple(t.shape), classes[k] if k < len(classes) else "activation")
-            lv = LiveValue(i, op.name, mir.location_text(op.location), d, mir.dtype_name(t.element_type),
-                           shape, math.prod(shape) * element_bytes(str(t.element_type)), i)
+            pv = _PlannedValue(i, op.name, mir.location_text(op.location), d, mir.dtype_name(t.element_type),
+                               tuple(t.shape), classes[k] if k < len(classes) else "activation",
+                               element_bytes(str(t.element_type)), i, splat=splat)
             index_of[r] = len(values)
-            values.append((r, lv))
+            values.append((r, pv))
+        if op.name == "stablehlo.while":
+            loops[i] = [_plan_block([o.operation for o in region.blocks[0].operations]) for region in op.regions]
     for i, op in enumerate(ops):
         for nested in mir.walk(op):
             for v in nested.operands:
                 j = index_of.get(v)
                 if j is not None:
-                    lv = values[j][1]
-                    lv.last_use = max(lv.last_use, i)
+                    pv = values[j][1]
+                    pv.last_use = max(pv.last_use, i)
     for op in ops:  # a carried value returned unchanged is its operand's buffer
         if op.name != "stablehlo.while":
             continue
@@ -134,11 +184,19 @@ def _values(ops: list[ir.Operation], local) -> tuple[dict, list[tuple[ir.Value, 
             if j is None:
                 continue
             result = values[j][1]
-            result.bytes = 0
+            result.buffer_reused = True
             source = index_of.get(op.operands[k])
             if source is not None:
                 values[source][1].last_use = max(values[source][1].last_use, result.last_use)
-    return index_of, values
+    return LivenessPlan([op.name for op in ops], [pv for _, pv in values], loops,
+                        [mir.location_text(op.location) for op in ops])
+
+
+def _is_splat(op: ir.Operation) -> bool:
+    try:
+        return ir.DenseElementsAttr(op.attributes["value"]).is_splat
+    except (ValueError, TypeError, KeyError):
+        return False
 
 
 def _passed_through(loop: ir.Operation) -> list[int]:
@@ -148,53 +206,78 @@ def _passed_through(loop: ir.Operation) -> list[int]:
     return [k for k, (v, arg) in enumerate(zip(ret.operands, body.arguments)) if v == arg]
 
 
-def _running(ops: list[ir.Operation], values, local) -> list[int]:
+def _bytes(pv: _PlannedValue, local) -> tuple[list[int], int]:
+    """A planned value's per-device shape and bytes (0 for a reused buffer, one element for a splat)."""
+    shape = local(pv.dims, pv.shape, pv.cls)
+    if pv.buffer_reused:
+        return shape, 0
+    return shape, (1 if pv.splat else math.prod(shape)) * pv.element_bytes
+
+
+def _running(block: LivenessPlan, sizes: list[int], local) -> list[int]:
     """Per op of one block: bytes of that block's values live there plus the
     peak of a loop's body at the loop (`_loop_peak`)."""
-    delta = [0] * (len(ops) + 1)
-    for _, lv in values:
-        delta[lv.index] += lv.bytes
-        delta[lv.last_use + 1] -= lv.bytes
+    delta = [0] * (len(block.ops) + 1)
+    for pv, b in zip(block.values, sizes):
+        delta[pv.index] += b
+        delta[pv.last_use + 1] -= b
     out, running = [], 0
-    for i, op in enumerate(ops):
+    for i in range(len(block.ops)):
         running += delta[i]
-        out.append(running + (_loop_peak(op, local) if op.name == "stablehlo.while" else 0))
+        out.append(running + (_loop_peak(block.loops[i], local) if i in block.loops else 0))
     return out
 
 
-def _loop_peak(loop: ir.Operation, local) -> int:
+def _loop_peak(regions: list[LivenessPlan], local) -> int:
     """The demand of a loop's temporaries while it runs: the larger of its
     cond's and body's peaks (the carried values are the loop's results)."""
     peak = 0
-    for region in loop.regions:
-        ops = [op.operation for op in region.blocks[0].operations]
-        _, values = _values(ops, local)
-        peak = max(peak, max(_running(ops, values, local), default=0))
+    for block in regions:
+        sizes = [_bytes(pv, local)[1] for pv in block.values]
+        peak = max(peak, max(_running(block, sizes, local), default=0))
     return peak
 
 
-def liveness(module: ir.Module, *, top: int = 8) -> Liveness:
+def plan(module: ir.Module) -> LivenessPlan:
+    """@main's live ranges (`LivenessPlan`), read once."""
+    with module.context:
+        return _plan_block(list(mir.body_ops(mir.entry_function(module))))
+
+
+def peak_bytes(block: LivenessPlan, local) -> int:
+    """The peak of `liveness` for a plan and per-device shape function, without the report."""
+    sizes = [_bytes(pv, local)[1] for pv in block.values]
+    return max(_running(block, sizes, local), default=0)
+
+
+def evaluate(block: LivenessPlan, local, *, top: int = 8) -> Liveness:
+    """`liveness` of a plan under a per-device shape function."""
+    shaped = [_bytes(pv, local) for pv in block.values]
+    values = [LiveValue(pv.index, pv.op, pv.location, pv.dims, pv.dtype, shape, b, pv.last_use)
+              for pv, (shape, b) in zip(block.values, shaped)]
+    running = _running(block, [b for _, b in shaped], local)
+    peak, peak_index = 0, -1
+    for i, r in enumerate(running):
+        if r > peak:
+            peak, peak_index = r, i
+    live = [lv for lv in values if peak_index >= 0 and lv.index <= peak_index <= lv.last_use and lv.bytes]
+    live.sort(key=lambda lv: (-lv.bytes, lv.index))
+    at_loop = peak_index >= 0 and peak_index in block.loops
+    in_loop = peak - sum(lv.bytes for lv in live) if at_loop else 0
+    return Liveness(
+        peak_bytes=peak, peak_index=peak_index,
+        peak_op=block.ops[peak_index] if peak_index >= 0 else "",
+        peak_location=block.locations[peak_index] if peak_index >= 0 else "",
+        live_at_peak=live[:top], ops=len(block.ops), values=values, peak_loop_bytes=in_loop,
+    )
+
+
+def liveness(module: ir.Module, *, top: int = 8, layouts: "mir.Layouts | None" = None) -> Liveness:
     """Live ranges of @main's values and the peak of their per-device bytes
     (a loop adds its body's peak at its own index, see the module docstring).
 
-    `live_at_peak` keeps the `top` largest values of @main's block live at the peak."""
+    `live_at_peak` keeps the `top` largest values of @main's block live at the peak.
+    `layouts` (a global module only): size the values under that layout
+    instead of the module's own (the layout search's candidates)."""
     with module.context:
-        local = per_device_shape_fn(module)
-        fn = mir.entry_function(module)
-        ops = list(mir.body_ops(fn))
-        _, values = _values(ops, local)
-        running = _running(ops, values, local)
-        peak, peak_index = 0, -1
-        for i, r in enumerate(running):
-            if r > peak:
-                peak, peak_index = r, i
-        live = [lv for _, lv in values if peak_index >= 0 and lv.index <= peak_index <= lv.last_use and lv.bytes]
-        live.sort(key=lambda lv: (-lv.bytes, lv.index))
-        peak_op = ops[peak_index] if peak_index >= 0 else None
-        in_loop = peak - sum(lv.bytes for lv in live) if peak_op is not None and peak_op.name == "stablehlo.while" else 0
-        return Liveness(
-            peak_bytes=peak, peak_index=peak_index,
-            peak_op=peak_op.name if peak_op is not None else "",
-            peak_location=mir.location_text(peak_op.location) if peak_op is not None else "",
-            live_at_peak=live[:top], ops=len(ops), values=[lv for _, lv in values], peak_loop_bytes=in_loop,
-        )
+        return evaluate(plan(module), per_device_shape_fn(module, layouts), top=top)

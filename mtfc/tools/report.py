@@ -24,7 +24,10 @@ prints it as is) has:
   (`mtfc.passes.process_analysis`); None without it;
 * ``comparison`` (with ``compare=True``): the same global program through
   each partitioner -- mtfc explicit, shardy (when available), XLA GSPMD --
-  one row each with count and bus bytes per kind (`mtfc.tools.compare`).
+  one row each with count and bus bytes per kind (`mtfc.tools.compare`);
+* ``layout_search`` (only for a module compiled with ``--layout auto``): the
+  recorded choice, ``mtfc.layout_search`` (docs/IR.md): rules, param_rules,
+  predicted_s, compute_s, comm_s, peak_bytes, network, searched, method.
 """
 
 from __future__ import annotations
@@ -196,6 +199,12 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
             "memory": memory,
             "comparison": None,
         }
+    from mtfc.layout.command import recorded_choice
+
+    with module.context:
+        choice = recorded_choice(module)
+    if choice is not None:  # present only for a module compiled with --layout auto
+        report["layout_search"] = choice
     if compare:
         from mtfc.tools.compare import compare_partitioners
 
@@ -406,6 +415,10 @@ def render_text(report: dict) -> str:
         "",
         "arguments and results:",
     ]
+    if report.get("layout_search") is not None:
+        from mtfc.layout.command import choice_lines
+
+        out[1:1] = [""] + choice_lines(report["layout_search"])
     rows = [("name", "role", "dims", "dtype", "global", "per device", "bytes/device")]
     for a in report["arguments"] + report["results"]:
         rows.append((a["name"], a["role"], ",".join(a["dims"]), a["dtype"], _shape(a["shape"]), _shape(a["local_shape"]), a["bytes_per_device"]))
