@@ -151,7 +151,9 @@ class Cause:
         if self.executions != self.count:
             extra.append(f"{self.executions} runs per step")
         tail = f" ({', '.join(extra)})" if extra else ""
-        return f"{self.kind} over {self.axes}: {self.scope} -- {self.reason}{tail}"
+        from mtfc.tools.report import middle
+
+        return f"{self.kind} over {self.axes}: {middle(self.scope, 60)} -- {self.reason}{tail}"
 
 
 def group_causes(ops: list[dict], bandwidth: Bandwidth) -> list[Cause]:

@@ -60,6 +60,7 @@ _JS = """
     tip.textContent = 'op #' + i + ' ' + data.ops[i] + ' at ' + data.locations[i] + ': ' + data.human[i] + ' live';
   });
 })();
+document.body.setAttribute('data-ready', '1');
 """
 
 

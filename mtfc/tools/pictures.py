@@ -86,6 +86,12 @@ def block_labels(entry: dict, mesh: Mesh) -> tuple[list[list[str]], list[int]]:
     return labels, numbers
 
 
+def _middle(text: str, width: int) -> str:
+    from mtfc.tools.report import middle
+
+    return middle(text, width)
+
+
 def _letter(k: int) -> str:
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     return letters[k] if k < 26 else f"B{k}"
@@ -107,9 +113,11 @@ def show_text(entry: dict, mesh: Mesh, width: int = WIDTH) -> list[str]:
     """The terminal picture of one tensor: a header, then a grid of the mesh
     whose cells name the device, its block's letter and slice per dim (a
     list, one device a line, when the grid would be wider than `width`)."""
-    head = [f"{entry['name']}: {entry['kind']}, dims {','.join(entry['dims']) or '(none)'}, {entry['dtype']}, "
-            f"global {_shape(entry['shape'])}, per device {_shape(entry['local_shape'])}",
+    head = [f"{entry['name']}: {entry['kind']}",
+            f"dims {','.join(entry['dims']) or '(none)'}, {entry['dtype']}, global {_shape(entry['shape'])}, "
+            f"per device {_shape(entry['local_shape'])}",
             f"layout: {layout_words(entry)}"]
+    head = [_middle(line, width) for line in head]
     labels, numbers = block_labels(entry, mesh)
     distinct = len(set(numbers))
     head.append(f"{distinct} distinct block(s) over {mesh.size} devices"

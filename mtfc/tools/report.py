@@ -467,8 +467,15 @@ def _side_by_side(rows_in: list[dict], title: str) -> list[str]:
 
 
 def _overview_text(report: dict) -> list[str]:
-    return [f"mesh: {report['mesh'] or '(none)'}   layout: {report['layout'] or '(replicated)'}   "
-            f"partitioning: {report['partitioning']}   devices: {report['devices']}"]
+    parts = [f"mesh: {report['mesh'] or '(none)'}", f"layout: {report['layout'] or '(replicated)'}",
+             f"partitioning: {report['partitioning']}", f"devices: {report['devices']}"]
+    lines = [parts[0]]
+    for p in parts[1:]:  # one line when it fits, else as many as it takes
+        if len(lines[-1]) + 3 + len(p) <= WIDTH:
+            lines[-1] += "   " + p
+        else:
+            lines.append(p)
+    return lines
 
 
 def _arguments_text(report: dict) -> list[str]:

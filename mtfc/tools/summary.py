@@ -63,7 +63,10 @@ def overview(report: dict) -> list[str]:
     words = ", ".join(f"{role.replace('_', ' ')} {n}" for role, n in roles.items())
     out.append(f"arguments: {words or 'none'}; results {len(report['results'])}; "
                f"values in @main {len(report['values'])}")
-    tensors = sorted(report["arguments"] + report["results"], key=lambda a: -a["bytes_per_device"])[:LARGEST]
+    named = {}
+    for a in report["arguments"] + report["results"]:  # a train step's new state repeats its argument's name
+        named.setdefault(a["name"], a)
+    tensors = sorted(named.values(), key=lambda a: -a["bytes_per_device"])[:LARGEST]
     if tensors:
         rows = [("largest per device", "dims", "global", "per device", "bytes", "layout")]
         for a in tensors:
@@ -98,13 +101,12 @@ def communication(report: dict) -> list[str]:
                       for k, t in sorted(c["by_kind"].items(), key=lambda kv: -kv[1]["bus_bytes"]))
     out += wrap(f"by kind: {kinds}")
     out.append(f"{'share':>5}  {'time':>8}  {'bus bytes':>9}  what communicates, and why")
-    indent = " " * 29
     shown = groups if len(groups) <= MAX_CAUSES + 1 else groups[:MAX_CAUSES]
     for g in shown:
         head = f"{100 * g.seconds / total_s:>4.0f}%  {_seconds(g.seconds):>8}  {_h(g.bus_bytes):>9}  "
         words = wrap(g.words(), rep.WIDTH - len(head), indent="")
         out.append(head + words[0])
-        out += [indent + w for w in words[1:]]
+        out += [" " * len(head) + w for w in words[1:]]
     rest = groups[len(shown):]
     if rest:
         s = sum(g.seconds for g in rest)
