@@ -6,8 +6,8 @@ measured ones: read from the per-device StableHLO or from XLA's HLO) a
 one-line ``reason``: the one `mtfc.passes.layout_cost.predict` records for
 the global program ("sum over dim 'batch' split over rows+cols", "dim
 'd_model' is needed without rows+cols", ...).  A measured collective takes
-the reason of the predicted one at its location and of its kind, else of
-any kind at its location, else the commonest reason among the predicted
+the reason of the predicted one at its location of its kind and axes, else
+of its kind, else of any kind at its location, else the commonest reason among the predicted
 collectives of its family (an all_reduce, or a reduce_scatter made of one,
 is the family ``sum``) over the same mesh axes -- fuse-collectives merges
 collectives and moves them, so locations do not always match; when nothing
@@ -15,9 +15,10 @@ matches (or the prediction fails) the reason says what the kind does.
 
 **Groups.**  `group_causes` groups collectives by kind, axes, scope and
 reason, where the scope is the location without its source line and with
-layer numbers folded (``block3/feed_forward/wo/einsum`` ->
-``block*/feed_forward/wo/einsum``, the layers counted) and the op's
-uniquifying suffix dropped (``broadcast_2`` -> ``broadcast``).  Each group's
+layer numbers folded (a scope component of letters then digits:
+``block3/feed_forward/wo/einsum`` -> ``block*/feed_forward/wo/einsum``, the
+layers counted) and ops' uniquifying suffixes dropped (``broadcast_2`` ->
+``broadcast``, ``reshape_1/reshape`` -> ``reshape/reshape``).  Each group's
 time is its collectives' ``latency + bus bytes / bandwidth`` per execution,
 times their trips, at a stated `Bandwidth`.
 
@@ -89,16 +90,20 @@ def attach_reasons(module: ir.Module, ops: list[dict]) -> None:
             predicted = _predicted(module)
     except Exception:  # noqa: BLE001 -- a program layout_cost cannot read: the generic reasons
         predicted = []
+    by_axes: dict[tuple, list[str]] = {}  # in program order: the k-th measured there takes the k-th reason
     by_kind_loc: dict[tuple, str] = {}
     by_loc: dict[str, str] = {}
     by_family: dict[tuple, Counter] = {}
     for p in predicted:
+        by_axes.setdefault((p.kind, p.location, tuple(p.axes)), []).append(p.reason)
         by_kind_loc.setdefault((p.kind, p.location), p.reason)
         by_loc.setdefault(p.location, p.reason)
         by_family.setdefault((_FAMILY.get(p.kind, p.kind), tuple(p.axes)), Counter())[p.reason] += 1
     for op in ops:
         axes = tuple(op["axes"] or ())
-        reason = by_kind_loc.get((op["kind"], op["location"])) or by_loc.get(op["location"])
+        same = by_axes.get((op["kind"], op["location"], axes))
+        reason = ((same.pop(0) if len(same) > 1 else same[0]) if same else None) or \
+            by_kind_loc.get((op["kind"], op["location"])) or by_loc.get(op["location"])
         if reason is None:
             common = by_family.get((_FAMILY.get(op["kind"], op["kind"]), axes))
             reason = common.most_common(1)[0][0] if common else None
@@ -109,7 +114,7 @@ def attach_reasons(module: ir.Module, ops: list[dict]) -> None:
 
 
 _SOURCE = re.compile(r"\(([^()]*:\d+(:\d+)?)\)$")
-_LAYER = re.compile(r"^([A-Za-z_]*?[A-Za-z])_?(\d+)$")
+_LAYER = re.compile(r"^([A-Za-z_]*[A-Za-z])(\d+)$")
 _SUFFIX = re.compile(r"_\d+$")
 
 
@@ -119,12 +124,13 @@ def scope_of(location: str) -> tuple[str, tuple[str, ...]]:
     scope = _SOURCE.sub("", location).strip() or location
     parts = scope.split("/")
     layers = []
-    for i, p in enumerate(parts[:-1]):
-        m = _LAYER.match(p)
-        if m:
+    for i, p in enumerate(parts):
+        m = _LAYER.match(p) if i < len(parts) - 1 else None
+        if m:  # block3 -> block*
             parts[i] = m.group(1) + "*"
             layers.append(p)
-    parts[-1] = _SUFFIX.sub("", parts[-1])
+        else:  # an op's uniquifying suffix: broadcast_2 -> broadcast
+            parts[i] = _SUFFIX.sub("", p)
     return "/".join(parts), tuple(layers)
 
 

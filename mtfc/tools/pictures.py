@@ -143,7 +143,7 @@ def show_text(entry: dict, mesh: Mesh, width: int = WIDTH) -> list[str]:
         coords = mesh.coords(d)
         text = ",".join(str(coords[a]) for a in names[1:]) if len(names) > 1 else str(c)
         col_heads.append(f"{across} {text}".center(cell_w))
-    out.append(" " * margin + " " + " ".join(col_heads))
+    out.append((" " * margin + " " + " ".join(col_heads)).rstrip())
     rule = " " * margin + "+" + "+".join("-" * cell_w for _ in range(cols)) + "+"
     height = max(len(c) for c in cells)
     for r in range(rows):
@@ -158,8 +158,9 @@ def show_text(entry: dict, mesh: Mesh, width: int = WIDTH) -> list[str]:
 
 
 def largest_values(report: dict, n: int = 12) -> list[dict]:
-    """The `n` largest body values per device with a layout (for the HTML), in program order."""
-    entries = [e for e in tensors(report) if "value_index" in e and e.get("axes") is not None and e["dims"]]
+    """The `n` largest body values (global size) with a layout, constants aside (for the HTML), in program order."""
+    entries = [e for e in tensors(report) if "value_index" in e and e.get("axes") is not None and e["dims"]
+               and e["op"] != "stablehlo.constant"]  # constants: mostly splats, materialized where used
     top = sorted(entries, key=lambda e: (-math.prod(e["shape"]), -e["bytes_per_device"], e["value_index"]))
     seen, out = set(), []
     for e in top:

@@ -493,12 +493,6 @@ def _values_text(report: dict) -> list[str]:
     return ["values:", _table(rows, right={5})]
 
 
-def _pipeline_text(report: dict) -> list[str]:
-    from mtfc.passes import pipeline_analysis
-
-    return pipeline_analysis.render_text(report.get("pipeline") or [])[1:]  # its first line is a blank
-
-
 def _parameters_text(report: dict) -> list[str]:
     n = report["parameter_bytes_per_device"]
     return [f"parameters per device: {n} bytes ({human_bytes(n)})"]
@@ -533,14 +527,14 @@ SECTIONS: list[Section] = [
     Section("values", _values_text),
     Section("collectives", _collectives_text, _summary("communication")),
     Section("processes", _processes_text, lambda r: _processes_text(r) if r["processes"].get("error")
-            else [crossing_line(r["processes"])],
+            else _processes_text(r)[:1] + [crossing_line(r["processes"])],
             present=lambda r: r.get("processes") is not None, needs="--processes N"),
     Section("memory", _memory_text, _summary("memory")),
     Section("comparison", _comparison_text, _comparison_text,
             present=lambda r: r.get("comparison") is not None, needs="--compare"),
     Section("prediction", _prediction_text, _prediction_text,
             present=lambda r: r.get("prediction") is not None, needs="--predict"),
-    Section("pipeline", _pipeline_text, _pipeline_text, present=lambda r: bool(r.get("pipeline"))),
+    Section("pipeline", _summary("pipeline"), _summary("pipeline"), present=lambda r: bool(r.get("pipeline"))),
     Section("parameters", _parameters_text),
 ]
 

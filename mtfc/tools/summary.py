@@ -8,6 +8,7 @@ Three parts, each a section's ``summary`` in `mtfc.tools.report.SECTIONS`:
   (`mtfc.tools.causes.group_causes`), in words, each group's share of the
   step's communication time at the stated bandwidth, at most `MAX_CAUSES`
   lines of groups (the rest summed in one line);
+* `pipeline`: each pipeline's schedule and bubble, wrapped;
 * `memory`: per-device bytes of parameters, optimizer state, inputs and
   outputs, the peak of live activations and what is live there.
 
@@ -22,7 +23,7 @@ import textwrap
 from mtfc.tools import causes as causes_mod
 from mtfc.tools import report as rep
 
-MAX_CAUSES = 12
+MAX_CAUSES = 10
 LARGEST = 5
 
 
@@ -118,8 +119,8 @@ def communication(report: dict) -> list[str]:
 
 def memory(report: dict) -> list[str]:
     m = report["memory"]
-    out = [f"memory per device: parameters {_h(m['parameter_bytes'])}, optimizer state "
-           f"{_h(m['optimizer_state_bytes'])}, inputs {_h(m['input_bytes'])}, outputs {_h(m['output_bytes'])}"]
+    out = wrap(f"memory per device: parameters {_h(m['parameter_bytes'])}, optimizer state "
+               f"{_h(m['optimizer_state_bytes'])}, inputs {_h(m['input_bytes'])}, outputs {_h(m['output_bytes'])}")
     at = m["peak_at"]
     if at["index"] >= 0:
         line = (f"peak live activations {_h(m['peak_activation_bytes'])} at op #{at['index']} {at['op']} "
@@ -138,4 +139,14 @@ def memory(report: dict) -> list[str]:
                  (("arguments", "argument_bytes"), ("outputs", "output_bytes"), ("temporaries", "temp_bytes"))
                  if key in m["xla"]]
         out.append("XLA's buffers per device: " + ", ".join(parts))
+    return out
+
+
+def pipeline(report: dict) -> list[str]:
+    from mtfc.passes import pipeline_analysis
+
+    lines = pipeline_analysis.render_text(report.get("pipeline") or [])[1:]  # its first line is a blank
+    out: list[str] = []
+    for line in lines:
+        out += wrap(line, indent="    ") if line.strip() else [line]
     return out
