@@ -138,10 +138,10 @@ def test_peak_counts_a_splat_constant_as_one_element(tmp_path):
 A2, B2 = mtf.Dim("a", 8), mtf.Dim("b", 16)
 
 
-def _picture_module(tmp_path, layout, mode="explicit"):
+def _picture_module(tmp_path, layout, mode):
     def f(x):
         return {"y": x * 2.0}
-    path = tmp_path / f"show-{layout.replace(':', '_').replace(',', '-').replace('+', '_')}.mlir"
+    path = tmp_path / f"show-{mode}-{layout.replace(':', '_').replace(',', '-').replace('+', '_')}.mlir"
     write_module(compile_function(f, {"x": mtf.Input([A2, B2])}, mesh=MESH, layout=layout, mode=mode), str(path))
     return path
 
@@ -169,13 +169,15 @@ def _cells(text: str) -> dict[int, dict[str, tuple[int, int]]]:
     return out
 
 
-@pytest.mark.parametrize("layout,split", [
-    ("a:rows,b:cols", (2, 4)),      # a over rows (device row r), b over cols (column c)
-    ("a:cols,b:rows", (4, 2)),      # transposed: a's block is the column, b's the row
-    ("a:rows", (2, 1)),             # b whole: the 4 devices of a row hold the same block
+@pytest.mark.parametrize("layout,split,mode", [
+    ("a:rows,b:cols", (2, 4), "explicit"),   # a over rows (device row r), b over cols (column c)
+    ("a:cols,b:rows", (4, 2), "explicit"),   # transposed: a's block is the column, b's the row
+    ("a:rows", (2, 1), "explicit"),          # b whole: the 4 devices of a row hold the same block
+    ("a:rows,b:cols", (2, 4), "gspmd"),      # a global program: the layout's blocks
+    ("a:cols,b:rows", (4, 2), "none"),
 ])
-def test_show_draws_the_block_each_device_holds(tmp_path, layout, split):
-    text = invoke("inspect", _picture_module(tmp_path, layout), "--show", "x")
+def test_show_draws_the_block_each_device_holds(tmp_path, layout, split, mode):
+    text = invoke("inspect", _picture_module(tmp_path, layout, mode), "--show", "x", "--no-xla")
     _fits(text, 60)
     cells = _cells(text)
     assert sorted(cells) == list(range(8))

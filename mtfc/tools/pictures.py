@@ -129,14 +129,14 @@ def show_text(entry: dict, mesh: Mesh, width: int = WIDTH) -> list[str]:
     row_head = f"{names[0]} {rows - 1}" if len(names) > 1 else ""
     margin = len(row_head) + 1 if row_head else 0
     if margin + cols * (cell_w + 1) + 1 > width:
-        out = head + [f"mesh {mesh} (each line: a device, its coordinates, its block):"]
+        out = head + [f"mesh {mesh or '(one device)'} (each line: a device, its coordinates, its block):"]
         for d in range(mesh.size):
             coords = ", ".join(f"{a} {i}" for a, i in mesh.coords(d).items())
             out.append(f"  dev {d} ({coords}): {_letter(numbers[d])} " + " ".join(labels[d]))
         return out
     across = "x".join(names[1:]) if len(names) > 1 else names[0] if names else "devices"
     down = f"{names[0]} down, " if len(names) > 1 else ""
-    out = head + [f"mesh {mesh} ({down}{across} across, row-major):"]
+    out = head + [f"mesh {mesh or '(one device)'} ({down}{across} across, row-major):"]
     col_heads = []
     for c in range(cols):
         d = c if len(names) > 1 else c

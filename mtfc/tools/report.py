@@ -415,11 +415,11 @@ def _memory_text(report: dict) -> list[str]:
     if at["index"] >= 0:
         out += ["", f"largest values live at the peak (op #{at['index']} {at['op']} at {at['location']}):"]
         if at.get("loop_body_bytes"):
-            out.append(f"  (the peak is inside the loop: {_num(at['loop_body_bytes'])} bytes of it are the body's "
+            out.append(f"  (the peak is inside the loop: {human_bytes(at['loop_body_bytes'])} of it are the body's "
                        "temporaries, not listed)")
         rows = [("op", "dims", "dtype", "per device", "bytes", "live", "location")]
         for v in m["largest_live"]:
-            rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["local_shape"]), _num(v["bytes"]),
+            rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["local_shape"]), human_bytes(v["bytes"]),
                          f"{v['defined_at']}-{v['last_use']}", v["location"]))
         out.append(_table(rows, right={4}))
     return out
@@ -481,7 +481,8 @@ def _overview_text(report: dict) -> list[str]:
 def _arguments_text(report: dict) -> list[str]:
     rows = [("name", "role", "dims", "dtype", "global", "per device", "bytes/device")]
     for a in report["arguments"] + report["results"]:
-        rows.append((a["name"], a["role"], ",".join(a["dims"]), a["dtype"], _shape(a["shape"]), _shape(a["local_shape"]), a["bytes_per_device"]))
+        rows.append((a["name"], a["role"], ",".join(a["dims"]), a["dtype"], _shape(a["shape"]), _shape(a["local_shape"]),
+                     human_bytes(a["bytes_per_device"])))
     return ["arguments and results:", _table(rows, right={6})]
 
 
@@ -489,7 +490,7 @@ def _values_text(report: dict) -> list[str]:
     rows = [("op", "dims", "dtype", "global", "per device", "bytes/device", "location")]
     for v in report["values"]:
         rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["shape"]), _shape(v["local_shape"]),
-                     v["bytes_per_device"], v["location"]))
+                     human_bytes(v["bytes_per_device"]), v["location"]))
     return ["values:", _table(rows, right={5})]
 
 
