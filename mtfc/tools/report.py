@@ -1,23 +1,31 @@
 """`mtfc inspect`: what a module holds and what it will cost, per device.
 
-The report (a dict; `render_text` prints it as tables, the CLI's ``--json``
-prints it as is) has:
+The report (a dict; the CLI's ``--json`` prints it as is) is printed as
+text by sections (`SECTIONS`, a list of named `Section`s): `render_summary`
+the one-screen default (`mtfc.tools.summary`), `render_text` every table
+(``--all``), `render_sections` the ones named (``--section NAME``); every
+table fits `WIDTH` columns (`_table` cuts the widest columns in the middle).
+`mtfc.tools.pictures` draws one tensor's layout (``--show``) and
+`mtfc.tools.html_report` the HTML page (``--html``).  The report has:
 
 * the mesh, layout rules and partitioning;
 * every argument and result (name, role, dims, dtype, global and per-device
-  shape, bytes per device) and every value in @main's body (op, dims, dtype,
-  global and per-device shape, bytes per device, location);
+  shape, bytes per device, ``axes``: the mesh axes splitting each dim) and
+  every value in @main's body (op, dims, dtype, global and per-device shape,
+  bytes per device, location, ``axes`` -- None when its per-device shape
+  matches no layout of its dims);
 * ``collectives``: every collective of the per-device program -- read from
   the StableHLO of an ``explicit`` or ``shardy`` module, or from the HLO XLA
   compiled a ``gspmd`` module into -- with its mesh axes, group size n,
   per-device bytes S and NCCL-tests bus bytes, and the totals per step
   (`mtfc.passes.comm_analysis`); a collective inside a loop body is listed
   once, with ``trips`` (how often it runs per step), shown as
-  ``in loop (×N)``, and counted N times in the totals;
+  ``in loop (×N)``, and counted N times in the totals; each with a
+  ``reason`` in words (`mtfc.tools.causes.attach_reasons`);
 * ``memory``: per-device bytes of parameters, optimizer state and inputs, and
   the peak of live activations with the largest values live there
-  (`mtfc.passes.memory_analysis`), plus XLA's buffer sizes when the module
-  was compiled;
+  (`mtfc.passes.memory_analysis`), the live bytes at each op (``timeline``),
+  plus XLA's buffer sizes when the module was compiled;
 * ``processes`` (with ``processes=N``): for N processes holding the mesh
   process-major, which collectives cross process boundaries and the bytes
   that cross, per collective, per mesh axes and per step
