@@ -68,6 +68,21 @@ def test_summary_of_the_readme_fsdp_module_fits_one_screen(fsdp):
     assert 98 <= sum(shares) <= 102 and total == 55  # every collective in some group (rounded shares)
 
 
+@pytest.mark.parametrize("example,args", [
+    ("pipeline.py", ["--train"]),                       # the longest summary: two tick loops
+    ("transformer.py", ["--train", "-D", "SCAN=True"]),  # collectives inside a loop
+    ("moe.py", ["--train", "--mode", "shardy"]),
+    ("unet.py", ["--mode", "gspmd"]),                  # XLA's collectives, read from HLO
+    ("mlp.py", []),
+])
+def test_summaries_of_the_examples_fit_one_screen(tmp_path, example, args):
+    path = tmp_path / "m.mlir"
+    invoke("compile", os.path.join(EXAMPLES, example), "-o", path, *args)
+    text = invoke("inspect", path)
+    _fits(text, 60)
+    assert "memory per device:" in text and ("communication per step" in text or "collectives: none" in text)
+
+
 def test_summary_words_for_the_megatron_all_reduce(tmp_path):
     """Megatron's feed-forward sums d_ff, split over cols, once per layer."""
     path = tmp_path / "t.mlir"
@@ -223,12 +238,28 @@ def _render(html_path) -> tuple[str, list[str]]:
     return run.stdout, console
 
 
+def _screenshot(html_path, png) -> int:
+    """Bytes of a 1200x1600 PNG screenshot of the page."""
+    run = subprocess.run([_chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--window-size=1200,1600",
+                          f"--screenshot={png}", f"file://{os.path.abspath(html_path)}"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return len(data)
+
+
+BLANK_PNG = 20_000  # a 1200x1600 page with nothing drawn compresses to a few KB
+
+
 def test_the_console_check_sees_errors(tmp_path):
-    """The check below can fail: a page with a script error logs it."""
+    """The checks below can fail: a page with a script error logs it, and
+    a page with nothing drawn makes a small screenshot."""
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><script>console.error('boom'); notDefined();</script></body></html>")
     _, console = _render(bad)
     assert any("Uncaught ReferenceError" in line for line in console), console
+    assert _screenshot(bad, tmp_path / "bad.png") < BLANK_PNG
 
 
 def test_html_report_renders_without_errors(tmp_path, fsdp):
@@ -238,6 +269,7 @@ def test_html_report_renders_without_errors(tmp_path, fsdp):
     assert not re.search(r"""(src|href)\s*=|@import|url\(""", source)  # self-contained: loads nothing
     dom, console = _render(page)
     assert console == []
+    assert _screenshot(page, tmp_path / "report.png") > BLANK_PNG  # it draws something
     assert 'data-ready="1"' in dom  # the page's script ran to its end
     report = json.loads(invoke("inspect", fsdp, "--json"))
     for section in ("summary", "layouts", "collectives", "memory"):
