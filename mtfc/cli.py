@@ -236,8 +236,8 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, allow_unused_
                    "and the bytes that cross.")
 @click.option("--all", "show_all", is_flag=True, help="Print every section's full tables instead of the summary.")
 @click.option("--section", "sections", multiple=True, metavar="NAME",
-              help="Print this section's full table(s) (repeatable): overview, arguments, values, collectives, "
-                   "processes, memory, comparison, prediction, pipeline, parameters.")
+              help="Print this section's full table(s) (repeatable): overview, layout-search, arguments, values, "
+                   "collectives, processes, memory, comparison, prediction, pipeline, parameters.")
 @click.option("--html", "html_file", default=None, metavar="FILE",
               help="Also write a self-contained HTML report: each tensor's layout over the mesh, the collectives "
                    "in program order, the per-device memory timeline.")

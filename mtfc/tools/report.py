@@ -486,6 +486,12 @@ def _overview_text(report: dict) -> list[str]:
     return lines
 
 
+def _layout_search_text(report: dict) -> list[str]:
+    from mtfc.layout.command import choice_lines
+
+    return choice_lines(report["layout_search"])
+
+
 def _arguments_text(report: dict) -> list[str]:
     rows = [("name", "role", "dims", "dtype", "global", "per device", "bytes/device")]
     for a in report["arguments"] + report["results"]:
@@ -532,6 +538,10 @@ def _summary(name):
 # choice, say) is one more entry here.
 SECTIONS: list[Section] = [
     Section("overview", _overview_text, _summary("overview")),
+    # the choice `mtfc compile --layout auto` recorded (report key "layout_search", set by the layout
+    # search's code in inspect_module; `mtfc.layout.command` is imported only when the report has it)
+    Section("layout-search", _layout_search_text, _layout_search_text,
+            present=lambda r: r.get("layout_search") is not None, needs="a module compiled with --layout auto"),
     Section("arguments", _arguments_text),
     Section("values", _values_text),
     Section("collectives", _collectives_text, _summary("communication")),
@@ -581,7 +591,8 @@ def render_sections(report: dict, names: list[str]) -> str:
         if s is None:
             raise MtfcError(f"--section {name!r}: unknown section (choose from {', '.join(by_name)})")
         if not s.present(report):
-            why = f"add {s.needs}" if s.needs else "this module has none"
+            why = (f"add {s.needs}" if s.needs.startswith("--") else f"only {s.needs} has it") if s.needs \
+                else "this module has none"
             raise MtfcError(f"--section {name!r}: not in this report ({why})")
         blocks.append(s.full(report))
     return _join(blocks)
