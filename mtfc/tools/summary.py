@@ -96,7 +96,7 @@ def communication(report: dict) -> list[str]:
     total_s = sum(g.seconds for g in groups) or 1.0
     total = c["total"]
     out = wrap(f"communication per step, per device ({c['partitioner']}, read from {c['source']}): "
-                        f"{total['count']} collective runs, {_h(total['bus_bytes'])} bus bytes, {_seconds(total_s)} "
+                        f"{total['count']} collective run{'s' if total['count'] != 1 else ''}, {_h(total['bus_bytes'])} bus bytes, {_seconds(total_s)} "
                         f"at {bw}")
     kinds = ", ".join(f"{rep._purpose(k, report['partitioning'])} {t['count']} ({_h(t['bus_bytes'])})"
                       for k, t in sorted(c["by_kind"].items(), key=lambda kv: -kv[1]["bus_bytes"]))
