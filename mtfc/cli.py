@@ -298,20 +298,62 @@ def opt(module_file, passes, pipeline, mesh, layout, param_layout, allow_unused_
 @click.option("--processes", default=None, type=int,
               help="Place the mesh on N processes (process-major) and show which collectives cross them "
                    "and the bytes that cross.")
+@click.option("--all", "show_all", is_flag=True, help="Print every section's full tables instead of the summary.")
+@click.option("--section", "sections", multiple=True, metavar="NAME",
+              help="Print this section's full table(s) (repeatable): overview, layout-search, arguments, values, "
+                   "collectives, processes, memory, comparison, prediction, pipeline, parameters.")
+@click.option("--html", "html_file", default=None, metavar="FILE",
+              help="Also write a self-contained HTML report: each tensor's layout over the mesh, the collectives "
+                   "in program order, the per-device memory timeline.")
+@click.option("--show", "show_name", default=None, metavar="NAME",
+              help="Print the layout picture of one tensor (an argument/result name or a value's location) "
+                   "instead of the summary.")
 @_handle_errors
-def inspect(module_file, as_json, compare, predict, no_xla, backend, processes):
-    """Show a module's values, collectives and per-device memory."""
+def inspect(module_file, as_json, compare, predict, no_xla, backend, processes, show_all, sections, html_file,
+            show_name):
+    """Show what a module communicates and why, and its per-device memory: a
+    one-screen summary by default; --all or --section NAME for the full tables."""
     from mtfc import ir as mir
     from mtfc.files.modules import read_module
     from mtfc.passes import pipeline_analysis
-    from mtfc.tools.report import inspect_module, render_text
+    from mtfc.tools import report as report_tool
 
+    if show_all and sections:
+        raise MtfcError("give --all or --section, not both")
+    if as_json and (show_all or sections or show_name):
+        raise MtfcError("--json prints the whole report: drop --all, --section and --show")
+    known = report_tool.section_names()
+    for name in sections:
+        if name not in known:
+            raise MtfcError(f"--section {name!r}: unknown section (choose from {', '.join(known)})")
+    if html_file:
+        from mtfc.files.atomic import check_writable
+
+        check_writable(html_file)
     module = read_module(module_file, mir.new_context())
-    report = inspect_module(module, xla=not no_xla, compare=compare, backend=backend,
-                            source=module_file, processes=processes, predict=predict)
+    report = report_tool.inspect_module(module, xla=not no_xla, compare=compare, backend=backend,
+                                        source=module_file, processes=processes, predict=predict)
     report["pipeline"] = pipeline_analysis.pipeline_report(module)
-    text = None if as_json else "\n".join([render_text(report), *pipeline_analysis.render_text(report["pipeline"])])
-    click.echo(json.dumps(report, indent=2) if as_json else text)
+    if html_file:
+        from mtfc.tools.html_report import write_html
+
+        write_html(report, html_file, title=os.path.basename(module_file))
+        click.echo(f"wrote {html_file}", err=True)
+    if as_json:
+        text = json.dumps(report, indent=2)
+    elif show_name is not None:
+        from mtfc.mesh import Mesh
+        from mtfc.tools.pictures import find_tensor, show_text
+
+        text = "\n".join(show_text(find_tensor(report, show_name), Mesh.parse(report["mesh"])))
+    elif sections:
+        text = report_tool.render_sections(report, list(sections))
+    elif show_all:
+        text = report_tool.render_text(report)
+    else:
+        text = report_tool.render_summary(report) + (
+            "\n\nmore: --all (every table), --section NAME, --html FILE, --show TENSOR (mtfc inspect --help)")
+    click.echo(text)
 
 
 @main.command()

@@ -140,21 +140,23 @@ def test_json_schema(tmp_path):
         "parameter_bytes_per_device", "collectives", "processes", "memory", "comparison", "pipeline",
     }
     assert report["pipeline"] == []  # not pipelined (tests/test_pipeline.py reads a pipelined one)
-    assert report["schema"] == 4 and report["devices"] == 8 and report["partitioning"] == "explicit"
+    assert report["schema"] == 5 and report["devices"] == 8 and report["partitioning"] == "explicit"
     for a in report["arguments"] + report["results"]:
-        assert set(a) == {"name", "role", "dims", "dtype", "shape", "local_shape", "bytes_per_device"}
+        assert set(a) == {"name", "role", "dims", "dtype", "shape", "local_shape", "bytes_per_device", "axes"}
     for v in report["values"]:
-        assert set(v) == {"op", "location", "dims", "dtype", "shape", "local_shape", "bytes_per_device"}
+        assert set(v) == {"op", "location", "dims", "dtype", "shape", "local_shape", "bytes_per_device", "axes"}
         assert len(v["dims"]) == len(v["shape"]) == len(v["local_shape"])
     c = report["collectives"]
     assert set(c) == {"partitioner", "source", "error", "ops", "by_kind", "total"}
     for op in c["ops"]:
-        assert set(op) == COLLECTIVE_KEYS and op["kind"] in comm_analysis.KINDS
+        assert set(op) == COLLECTIVE_KEYS | {"reason"} and op["kind"] in comm_analysis.KINDS
     for t in list(c["by_kind"].values()) + [c["total"]]:
         _check_totals(t)
     m = report["memory"]
     assert set(m) == {"parameter_bytes", "optimizer_state_bytes", "input_bytes", "output_bytes",
-                      "peak_activation_bytes", "peak_at", "largest_live", "xla"}
+                      "peak_activation_bytes", "peak_at", "largest_live", "xla", "timeline"}
+    assert set(m["timeline"]) == {"ops", "locations", "bytes"}
+    assert max(m["timeline"]["bytes"]) == m["peak_activation_bytes"]
     assert set(m["peak_at"]) == {"index", "op", "location", "loop_body_bytes"}
     for v in m["largest_live"]:
         assert set(v) == {"op", "location", "dims", "dtype", "local_shape", "bytes", "defined_at", "last_use"}

@@ -313,11 +313,12 @@ def test_inspect_reports_the_pipeline(tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["inspect", str(out)])
     assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # the summary wraps lines at 100 columns
     # 4 stages, 4 microbatches: 7 ticks, bubble 3/7; one [1, 2, 32, 64] f32 buffer slab per tick
     for loop in ("forward", "gradient"):
-        assert re.search(rf"pipeline, {loop} ticks .*: 4 stages, 4 microbatches, 7 ticks; "
-                         r"bubble fraction \(S-1\)/\(M\+S-1\) = 0\.429", result.output), result.output
-    assert result.output.count("1 per tick, 16384 bytes/device per tick, 114688 bytes/device in all") == 2
+        assert re.search(rf"pipeline, {loop} ticks .*?: 4 stages, 4 microbatches, 7 ticks; "
+                         r"bubble fraction \(S-1\)/\(M\+S-1\) = 0\.429", text), result.output
+    assert text.count("1 per tick, 16384 bytes/device per tick, 114688 bytes/device in all") == 2
     result = runner.invoke(main, ["inspect", str(out), "--json"])
     import json
 

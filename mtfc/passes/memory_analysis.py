@@ -281,3 +281,24 @@ def liveness(module: ir.Module, *, top: int = 8, layouts: "mir.Layouts | None" =
     instead of the module's own (the layout search's candidates)."""
     with module.context:
         return evaluate(plan(module), per_device_shape_fn(module, layouts), top=top)
+
+
+@dataclass
+class Timeline:
+    """Per top-level op of @main, in program order: its name, location and the
+    per-device bytes live there (`liveness`'s running sum; at a loop its body's
+    peak is added, as for the peak)."""
+
+    ops: list[str]
+    locations: list[str]
+    bytes: list[int]
+
+
+def timeline(module: ir.Module, *, layouts: "mir.Layouts | None" = None) -> Timeline:
+    """The live bytes at each op of @main (the curve whose maximum is
+    `liveness(...).peak_bytes`)."""
+    with module.context:
+        block = plan(module)
+        local = per_device_shape_fn(module, layouts)
+        sizes = [_bytes(pv, local)[1] for pv in block.values]
+        return Timeline(list(block.ops), list(block.locations), _running(block, sizes, local))

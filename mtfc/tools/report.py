@@ -1,23 +1,31 @@
 """`mtfc inspect`: what a module holds and what it will cost, per device.
 
-The report (a dict; `render_text` prints it as tables, the CLI's ``--json``
-prints it as is) has:
+The report (a dict; the CLI's ``--json`` prints it as is) is printed as
+text by sections (`SECTIONS`, a list of named `Section`s): `render_summary`
+the one-screen default (`mtfc.tools.summary`), `render_text` every table
+(``--all``), `render_sections` the ones named (``--section NAME``); every
+table fits `WIDTH` columns (`_table` cuts the widest columns in the middle).
+`mtfc.tools.pictures` draws one tensor's layout (``--show``) and
+`mtfc.tools.html_report` the HTML page (``--html``).  The report has:
 
 * the mesh, layout rules and partitioning;
 * every argument and result (name, role, dims, dtype, global and per-device
-  shape, bytes per device) and every value in @main's body (op, dims, dtype,
-  global and per-device shape, bytes per device, location);
+  shape, bytes per device, ``axes``: the mesh axes splitting each dim) and
+  every value in @main's body (op, dims, dtype, global and per-device shape,
+  bytes per device, location, ``axes`` -- None when its per-device shape
+  matches no layout of its dims);
 * ``collectives``: every collective of the per-device program -- read from
   the StableHLO of an ``explicit`` or ``shardy`` module, or from the HLO XLA
   compiled a ``gspmd`` module into -- with its mesh axes, group size n,
   per-device bytes S and NCCL-tests bus bytes, and the totals per step
   (`mtfc.passes.comm_analysis`); a collective inside a loop body is listed
   once, with ``trips`` (how often it runs per step), shown as
-  ``in loop (×N)``, and counted N times in the totals;
+  ``in loop (×N)``, and counted N times in the totals; each with a
+  ``reason`` in words (`mtfc.tools.causes.attach_reasons`);
 * ``memory``: per-device bytes of parameters, optimizer state and inputs, and
   the peak of live activations with the largest values live there
-  (`mtfc.passes.memory_analysis`), plus XLA's buffer sizes when the module
-  was compiled;
+  (`mtfc.passes.memory_analysis`), the live bytes at each op (``timeline``),
+  plus XLA's buffer sizes when the module was compiled;
 * ``processes`` (with ``processes=N``): for N processes holding the mesh
   process-major, which collectives cross process boundaries and the bytes
   that cross, per collective, per mesh axes and per step
@@ -41,7 +49,9 @@ from mtfc.errors import MtfcError
 from mtfc.mesh import tensor_layout
 from mtfc.passes import comm_analysis, memory_analysis, process_analysis
 
-SCHEMA_VERSION = 4  # 4: collectives carry "trips"; memory.peak_at carries "loop_body_bytes"
+SCHEMA_VERSION = 5  # 4: collectives carry "trips"; memory.peak_at carries "loop_body_bytes"
+# 5 (keys added, none removed): arguments/results/values carry "axes"; collectives ops carry "reason";
+#   memory carries "timeline"
 
 
 def _dim_sizes(module: ir.Module) -> dict[str, int]:
@@ -113,6 +123,22 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
                 out.append(global_sizes.get(d, s * math.prod(mesh.axis_size(a) for a in axes)))
             return out
 
+        def value_axes(dims, global_shape, local, cls):
+            """The mesh axes splitting each dim of a value (None: its shapes match no layout)."""
+            try:
+                rule = layouts.of_value(dims, global_shape, cls=cls).axes
+            except Exception:
+                return None
+            out = []
+            for g, s, axes in zip(global_shape, local, rule):
+                if g == s:
+                    out.append([])
+                elif g == s * math.prod(mesh.axis_size(a) for a in axes):
+                    out.append(list(axes))
+                else:
+                    return None
+            return out
+
         def describe(sig, program_type):
             if per_device_program:
                 shape = list(ir.RankedTensorType(program_type).shape)
@@ -122,6 +148,7 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
                 "name": sig.name, "role": sig.role, "dims": sig.dims, "dtype": sig.dtype,
                 "shape": list(sig.shape), "local_shape": shape,
                 "bytes_per_device": math.prod(shape) * comm_analysis.element_bytes(str(ir.RankedTensorType(program_type).element_type)),
+                "axes": [list(a) for a in layouts.of_signature(sig).axes],
             }
 
         arguments = [describe(s, t) for s, t in zip(mir.arguments(module), ftype.inputs)]
@@ -142,6 +169,7 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
                     "op": op.name, "location": mir.location_text(op.location), "dims": d,
                     "dtype": mir.dtype_name(t.element_type), "shape": global_shape, "local_shape": local,
                     "bytes_per_device": math.prod(local) * comm_analysis.element_bytes(str(t.element_type)),
+                    "axes": value_axes(d, global_shape, local, mir.op_class(op)),
                 })
 
         # ------------------------------------------------------ collectives
@@ -166,6 +194,10 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
             collectives = {"partitioner": None, "source": None,
                            "error": None if kind == "none" else "not compiled (--no-xla)"}
         collectives["ops"] = [c.as_dict() for c in found]
+        if found:
+            from mtfc.tools.causes import attach_reasons
+
+            attach_reasons(module, collectives["ops"])
         collectives.update(comm_analysis.summarize(found))
         placed = None
         if processes is not None:
@@ -188,6 +220,8 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
             "largest_live": [v.as_dict() for v in live.live_at_peak],
             "xla": xla_memory,
         }
+        curve = memory_analysis.timeline(module)
+        memory["timeline"] = {"ops": curve.ops, "locations": curve.locations, "bytes": curve.bytes}
 
         report = {
             "schema": SCHEMA_VERSION,
@@ -219,15 +253,56 @@ def inspect_module(module: ir.Module, *, xla: bool = True, compare: bool = False
 # ----------------------------------------------------------------- text
 
 
-def _table(rows: list[tuple], right: set[int] = frozenset()) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+WIDTH = 100  # a terminal: every table line fits
+
+
+def middle(text, width: int) -> str:
+    """`text` cut to `width` characters in the middle (``block0/fe…(model.py:70:1)``)."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    if width < 4:
+        return text[:width]
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def _table(rows: list[tuple], right: set[int] = frozenset(), width: int = WIDTH) -> str:
+    """Rows as aligned columns (the first row the header), at most `width`
+    characters a line: the widest left-aligned columns are cut in the middle
+    (`middle`) until the table fits."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    floor = 10
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        shrinkable = [i for i in range(len(widths)) if i not in right and widths[i] > floor]
+        if not shrinkable:
+            break
+        i = max(shrinkable, key=lambda k: widths[k])
+        excess = sum(widths) + 2 * (len(widths) - 1) - width
+        others = sorted((widths[k] for k in shrinkable if k != i), reverse=True)
+        target = max(widths[i] - excess, others[0] if others else floor, floor)
+        widths[i] = target if target < widths[i] else widths[i] - 1
 
     def cell(i, c, w):
-        return str(c).rjust(w) if i in right else str(c).ljust(w)
+        c = middle(c, w)
+        return c.rjust(w) if i in right else c.ljust(w)
 
     lines = ["  ".join(cell(i, c, w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _operand(shape: str) -> str:
+    """``f32[256], f32[256], f32[]`` -> ``2×f32[256], f32[]`` (a fused collective's operands)."""
+    parts = [p.strip() for p in shape.split(", ")] if shape else []
+    out: list[list] = []
+    for p in parts:
+        if out and out[-1][0] == p:
+            out[-1][1] += 1
+        else:
+            out.append([p, 1])
+    return ", ".join(p if n == 1 else f"{n}×{p}" for p, n in out)
 
 
 def _shape(s) -> str:
@@ -273,8 +348,8 @@ def _collectives_text(report: dict) -> list[str]:
         return out + ["  none"]
     rows = [("#", "kind", "axes", "n", "operand", "S bytes", "bus bytes", "runs", "location")]
     for i, op in enumerate(c["ops"]):
-        rows.append((i, op["kind"], _axes(op), op["n"], op["shape"], _num(op["bytes"]), _num(op["bus_bytes"]),
-                     _runs(op), op["location"]))
+        rows.append((i, op["kind"], _axes(op), op["n"], _operand(op["shape"]), _num(op["bytes"]),
+                     _num(op["bus_bytes"]), _runs(op), op["location"]))
     out.append(_table(rows, right={0, 3, 5, 6}))
     out += ["", "collective totals per step (a collective in a loop counted once per trip):"]
     rows = [("kind", "count", "S bytes", "bus bytes", "bus")]
@@ -357,11 +432,11 @@ def _memory_text(report: dict) -> list[str]:
     if at["index"] >= 0:
         out += ["", f"largest values live at the peak (op #{at['index']} {at['op']} at {at['location']}):"]
         if at.get("loop_body_bytes"):
-            out.append(f"  (the peak is inside the loop: {_num(at['loop_body_bytes'])} bytes of it are the body's "
+            out.append(f"  (the peak is inside the loop: {human_bytes(at['loop_body_bytes'])} of it are the body's "
                        "temporaries, not listed)")
         rows = [("op", "dims", "dtype", "per device", "bytes", "live", "location")]
         for v in m["largest_live"]:
-            rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["local_shape"]), _num(v["bytes"]),
+            rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["local_shape"]), human_bytes(v["bytes"]),
                          f"{v['defined_at']}-{v['last_use']}", v["location"]))
         out.append(_table(rows, right={4}))
     return out
@@ -408,34 +483,125 @@ def _side_by_side(rows_in: list[dict], title: str) -> list[str]:
     return out + errors
 
 
-def render_text(report: dict) -> str:
-    out = [
-        f"mesh: {report['mesh'] or '(none)'}   layout: {report['layout'] or '(replicated)'}   "
-        f"partitioning: {report['partitioning']}   devices: {report['devices']}",
-        "",
-        "arguments and results:",
-    ]
-    if report.get("layout_search") is not None:
-        from mtfc.layout.command import choice_lines
+def _overview_text(report: dict) -> list[str]:
+    parts = [f"mesh: {report['mesh'] or '(none)'}", f"layout: {report['layout'] or '(replicated)'}",
+             f"partitioning: {report['partitioning']}", f"devices: {report['devices']}"]
+    lines = [parts[0]]
+    for p in parts[1:]:  # one line when it fits, else as many as it takes
+        if len(lines[-1]) + 3 + len(p) <= WIDTH:
+            lines[-1] += "   " + p
+        else:
+            lines.append(p)
+    return lines
 
-        out[1:1] = [""] + choice_lines(report["layout_search"])
+
+def _layout_search_text(report: dict) -> list[str]:
+    from mtfc.layout.command import choice_lines
+
+    return choice_lines(report["layout_search"])
+
+
+def _arguments_text(report: dict) -> list[str]:
     rows = [("name", "role", "dims", "dtype", "global", "per device", "bytes/device")]
     for a in report["arguments"] + report["results"]:
-        rows.append((a["name"], a["role"], ",".join(a["dims"]), a["dtype"], _shape(a["shape"]), _shape(a["local_shape"]), a["bytes_per_device"]))
-    out.append(_table(rows, right={6}))
-    out += ["", "values:"]
+        rows.append((a["name"], a["role"], ",".join(a["dims"]), a["dtype"], _shape(a["shape"]), _shape(a["local_shape"]),
+                     human_bytes(a["bytes_per_device"])))
+    return ["arguments and results:", _table(rows, right={6})]
+
+
+def _values_text(report: dict) -> list[str]:
     rows = [("op", "dims", "dtype", "global", "per device", "bytes/device", "location")]
     for v in report["values"]:
         rows.append((v["op"], ",".join(v["dims"]), v["dtype"], _shape(v["shape"]), _shape(v["local_shape"]),
-                     v["bytes_per_device"], v["location"]))
-    out.append(_table(rows, right={5}))
-    out += [""] + _collectives_text(report)
-    if report.get("processes") is not None:
-        out += [""] + _processes_text(report)
-    out += [""] + _memory_text(report)
-    if report.get("comparison") is not None:
-        out += [""] + _comparison_text(report)
-    if report.get("prediction") is not None:
-        out += [""] + _prediction_text(report)
-    out += ["", f"parameters per device: {report['parameter_bytes_per_device']} bytes"]
+                     human_bytes(v["bytes_per_device"]), v["location"]))
+    return ["values:", _table(rows, right={5})]
+
+
+def _parameters_text(report: dict) -> list[str]:
+    n = report["parameter_bytes_per_device"]
+    return [f"parameters per device: {n} bytes ({human_bytes(n)})"]
+
+
+class Section:
+    """One named part of the text report: `full(report)` its complete text
+    (``--all``, ``--section NAME``), `summary(report)` its lines in the
+    default one-screen summary (None: not in the summary), `present(report)`
+    whether the report has it at all (a section of an option not given is
+    absent; asking for it names the option)."""
+
+    def __init__(self, name, full, summary=None, present=None, needs=None):
+        self.name, self.full, self.summary = name, full, summary
+        self.present = present or (lambda report: True)
+        self.needs = needs
+
+
+def _summary(name):
+    def lines(report):
+        from mtfc.tools import summary
+
+        return getattr(summary, name)(report)
+    return lines
+
+
+# The text report, in order.  A new section (the layout search's recorded
+# choice, say) is one more entry here.
+SECTIONS: list[Section] = [
+    Section("overview", _overview_text, _summary("overview")),
+    # the choice `mtfc compile --layout auto` recorded (report key "layout_search", set by the layout
+    # search's code in inspect_module; `mtfc.layout.command` is imported only when the report has it)
+    Section("layout-search", _layout_search_text, _layout_search_text,
+            present=lambda r: r.get("layout_search") is not None, needs="a module compiled with --layout auto"),
+    Section("arguments", _arguments_text),
+    Section("values", _values_text),
+    Section("collectives", _collectives_text, _summary("communication")),
+    Section("processes", _processes_text, lambda r: _processes_text(r) if r["processes"].get("error")
+            else _processes_text(r)[:1] + [crossing_line(r["processes"])],
+            present=lambda r: r.get("processes") is not None, needs="--processes N"),
+    Section("memory", _memory_text, _summary("memory")),
+    Section("comparison", _comparison_text, _comparison_text,
+            present=lambda r: r.get("comparison") is not None, needs="--compare"),
+    Section("prediction", _prediction_text, _prediction_text,
+            present=lambda r: r.get("prediction") is not None, needs="--predict"),
+    Section("pipeline", _summary("pipeline"), _summary("pipeline"), present=lambda r: bool(r.get("pipeline"))),
+    Section("parameters", _parameters_text),
+]
+
+
+def section_names() -> list[str]:
+    return [s.name for s in SECTIONS]
+
+
+def _join(blocks: list[list[str]]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if b:
+            out += ([""] if out else []) + b
     return "\n".join(out)
+
+
+def render_text(report: dict) -> str:
+    """The full report: every present section's tables (``--all``)."""
+    return _join([s.full(report) for s in SECTIONS if s.present(report)])
+
+
+def render_summary(report: dict) -> str:
+    """The default: one screen (what communicates and why, memory, and the
+    sections of the options given)."""
+    return _join([s.summary(report) for s in SECTIONS if s.summary is not None and s.present(report)])
+
+
+def render_sections(report: dict, names: list[str]) -> str:
+    """The named sections in full, in the order asked; an unknown name, or a
+    section whose option was not given, is a one-line `MtfcError`."""
+    by_name = {s.name: s for s in SECTIONS}
+    blocks = []
+    for name in names:
+        s = by_name.get(name)
+        if s is None:
+            raise MtfcError(f"--section {name!r}: unknown section (choose from {', '.join(by_name)})")
+        if not s.present(report):
+            why = (f"add {s.needs}" if s.needs.startswith("--") else f"only {s.needs} has it") if s.needs \
+                else "this module has none"
+            raise MtfcError(f"--section {name!r}: not in this report ({why})")
+        blocks.append(s.full(report))
+    return _join(blocks)
