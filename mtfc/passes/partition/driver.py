@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import func
 
@@ -14,7 +16,26 @@ from mtfc.passes.partition.common import REGION_RULES, RULES, clone_region
 from mtfc.passes.partition.local import elementwise, replicated
 from mtfc.passes.partition.windows import halo_exchange, window_of
 
-ELEMENTWISE = op_rules.names(family=("elementwise", "control")) - {"func.return", "stablehlo.return"} - set(REGION_RULES)
+TERMINATORS = frozenset(("func.return", "stablehlo.return"))
+ELEMENTWISE = op_rules.names(family=("elementwise", "control")) - TERMINATORS - set(REGION_RULES)
+# Ops `Partitioner.copy_local` may copy: elementwise ops without a rule of
+# their own, and ops whose rule emits the op itself when nothing is split.
+ELEMENTWISE_COPYABLE = frozenset(ELEMENTWISE - set(RULES))
+COPYABLE = ELEMENTWISE_COPYABLE | {"stablehlo.constant", "stablehlo.broadcast_in_dim", "stablehlo.transpose"}
+
+
+class ResultInfo(NamedTuple):
+    """What the partitioner needs of an op's one result: its dims, global
+    shape and mesh axes per dim, the op's layout class, the result's local
+    type, and whether ``mtfc.dims`` must be rewritten on a copy of the op
+    (it is not the flat list the emitter writes)."""
+
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    axes: tuple
+    cls: str
+    local_type: ir.Type
+    retag: bool
 
 
 class Partitioner:
@@ -25,6 +46,7 @@ class Partitioner:
         self.layouts.validate()
         self.current_class = "activation"  # the layout class of the op being partitioned
         self.emit = Emitter(self.mesh)
+        self._infos: dict[tuple, ResultInfo] = {}  # (mtfc.dims, result type[, mtfc.class]) -> its ResultInfo
 
     # --------------------------------------------------------------- layouts
     def axes_of(self, dims, shape, what: str, cls: str | None = None) -> tuple[Axes, ...]:
@@ -35,7 +57,21 @@ class Partitioner:
         return ir.RankedTensorType.get(self.emit.local_shape(shape, axes), element_type)
 
     def clone(self, op: ir.Operation, operands: list[ir.Value], result_type: ir.Type, dims, **overrides) -> ir.Value:
-        """`op` with new operands and result type (attributes copied, then `overrides`)."""
+        """`op` with new operands and result type (attributes, regions and
+        location copied, then `overrides` set); `operands` replace `op`'s one
+        for one, or, when there are more or fewer, make a new op of `op`'s
+        name and attributes at the current location."""
+        if len(operands) == len(op.operands):
+            new = op.clone()  # attributes, regions and location copied in C++, without a binding call each
+            slots = new.operands
+            for i, v in enumerate(operands):
+                slots[i] = v
+            result = new.results[0]
+            if result.type != result_type:
+                result.set_type(result_type)
+            for name, attr in overrides.items():
+                new.attributes[name] = attr
+            return self.emit.tag(new, dims)
         attrs = {n: op.attributes[n] for n in op.attributes}
         attrs.update(overrides)
         new = ir.Operation.create(op.name, results=[result_type], operands=operands, attributes=attrs,
@@ -89,30 +125,90 @@ class Partitioner:
         block arguments included) to its `Local`, and gains the block's
         values; `terminator(op, env)` writes the block's terminator (the
         function's return, a loop region's ``stablehlo.return``).  Each op's
-        location is current while its ops are made."""
+        location is current while its ops are made (an op `copy_local`
+        copies keeps its own)."""
         with ir.InsertionPoint(new):
             for op in old.operations:
                 op = op.operation
+                name = op.name
+                if name in COPYABLE and self.copy_local(op, name, env):
+                    continue
                 with op.location:
-                    if op.name in ("func.return", "stablehlo.return"):
+                    if name in TERMINATORS:
                         terminator(op, env)
                     else:
                         self.partition_op(op, env)
 
-    def partition_op(self, op: ir.Operation, env: dict) -> None:
-        all_dims = mir.op_result_dims(op)
-        if all_dims is None:
+    # ------------------------------------------------------------ per op
+    def result_info(self, op: ir.Operation) -> ResultInfo:
+        """The `ResultInfo` of `op`'s one result, remembered per (``mtfc.dims``,
+        result type, ``mtfc.class``) -- uniqued objects, so ops alike share it.
+        Raises what `partition_op` raises of an op without ``mtfc.dims``, with
+        several results, or whose layout is impossible."""
+        attrs = op.attributes
+        dims_attr = attrs.get(mir.DIMS)
+        if dims_attr is None:
             raise MtfcError(f"{mir.describe_op(op)} carries no mtfc.dims")
+        results = op.results
+        if len(results) != 1:
+            raise MtfcError(f"partition: cannot split {mir.describe_op(op)}: ops with {len(results)} results have no rule")
+        result_type = results[0].type
+        cls_attr = attrs.get(mir.CLASS)
+        # never None beside an attribute in a key: comparing the two raises
+        key = (dims_attr, result_type) if cls_attr is None else (dims_attr, result_type, cls_attr)
+        info = self._infos.get(key)
+        if info is None:
+            info = self._infos[key] = self._result_info(op, dims_attr, result_type, cls_attr)
+        return info
+
+    def _result_info(self, op, dims_attr, result_type, cls_attr) -> ResultInfo:
+        (dims,) = mir.op_result_dims(op)
+        tensor = ir.RankedTensorType(result_type)
+        shape = tuple(tensor.shape)
+        cls = ir.StringAttr(cls_attr).value if cls_attr is not None else "activation"
+        axes = self.axes_of(dims, shape, mir.describe_op_lazily(op, "value of "), cls)
+        local = self.local_type(shape, axes, tensor.element_type) if any(axes) else result_type
+        return ResultInfo(tuple(dims), shape, axes, cls, local, mir.str_array(dims) != dims_attr)
+
+    def copy_local(self, op: ir.Operation, name: str, env: dict) -> bool:
+        """Partition `op` by copying it, when its rule would emit the op
+        itself with the operands' blocks and no collective -- an elementwise
+        op whose operands are laid out as its result (or scalar), or a
+        constant, broadcast or transpose with every operand and the result
+        whole -- and return True; else False, making nothing (the rule
+        decides).  The copy is the rule's op: attributes and location
+        kept, operands replaced, the result's type the local one."""
+        info = self.result_info(op)
+        axes = info.axes
+        args = [env[v] for v in op.operands]
+        if name in ELEMENTWISE_COPYABLE:
+            for x in args:
+                if x.axes != axes and x.shape:
+                    return False
+        elif any(axes) or any(a for x in args for a in x.axes):
+            return False
+        new = op.clone()
+        slots = new.operands
+        for i, x in enumerate(args):
+            slots[i] = x.value
+        result = new.results[0]
+        if any(axes):
+            result.set_type(info.local_type)
+        if info.retag:
+            self.emit.tag(new, info.dims)
+        env[op.results[0]] = Local(result, info.dims, info.shape, axes)
+        return True
+
+    def partition_op(self, op: ir.Operation, env: dict) -> None:
         if op.name in REGION_RULES:  # one Local per result, its regions partitioned recursively
+            if mir.op_result_dims(op) is None:
+                raise MtfcError(f"{mir.describe_op(op)} carries no mtfc.dims")
             env.update(zip(op.results, REGION_RULES[op.name](self, op, env)))
             return
-        if len(op.results) != 1:
-            raise MtfcError(f"partition: cannot split {mir.describe_op(op)}: ops with {len(op.results)} results have no rule")
-        dims = all_dims[0]
-        shape = tuple(ir.RankedTensorType(op.results[0].type).shape)
-        self.current_class = mir.op_class(op)
+        info = self.result_info(op)
+        dims, shape, axes = info.dims, info.shape, info.axes
+        self.current_class = info.cls
         what = mir.describe_op_lazily(op, "value of ")
-        axes = self.axes_of(dims, shape, what)
         if op.name in ("stablehlo.pad", "stablehlo.concatenate"):
             users = [u.owner for u in op.results[0].uses]
             if len(users) == 1 and window_of(self, users[0].operation, env) is not None:
@@ -135,4 +231,3 @@ class Partitioner:
         result = fn(self, op, args, list(dims), shape)
         result = self.emit.reshard(result, axes, what)
         env[op.results[0]] = result
-
