@@ -95,6 +95,7 @@ class Emitter:
         self._offsets: dict[tuple[Axes, int], ir.Value] = {}
         self._reshards: dict[tuple, Local] = {}  # one reshard per (value, target layout)
         self._factors: dict[tuple, int] = {}
+        self._groups: dict[tuple, ir.DenseIntElementsAttr] = {}
 
     @contextmanager
     def region(self):
@@ -118,6 +119,14 @@ class Emitter:
         if f is None:
             f = self._factors[key] = math.prod(self.mesh.axis_size(a) for a in axes)
         return f
+
+    def groups(self, axes: Sequence[str]) -> ir.DenseIntElementsAttr:
+        """`groups_attr` of `axes`, made once per emitter."""
+        key = tuple(axes)
+        attr = self._groups.get(key)
+        if attr is None:
+            attr = self._groups[key] = groups_attr(self.mesh, key)
+        return attr
 
     def local_shape(self, shape: Sequence[int], axes: Sequence[Axes]) -> list[int]:
         return [s // self.factor(a) for s, a in zip(shape, axes)]
@@ -166,13 +175,15 @@ class Emitter:
         """Combine `x` with `kind` across the devices that differ only along `axes`."""
         if not axes:
             return x
-        op = hlo.AllReduceOp([x.value.type], [x.value], groups_attr(self.mesh, axes))
+        value = x.value
+        op = ir.Operation.create("stablehlo.all_reduce", results=[value.type], operands=[value],
+                                 attributes={"replica_groups": self.groups(axes)}, regions=1)
         scalar = self.tensor_type([], x.element_type)
         block = op.regions[0].blocks.append(scalar, scalar)
         with ir.InsertionPoint(block):
-            combine = ir.Operation.create(op_rules.REDUCERS[kind], results=[scalar],
-                                          operands=[block.arguments[0], block.arguments[1]])
-            hlo.ReturnOp([combine.results[0]])
+            args = block.arguments
+            combine = ir.Operation.create(op_rules.REDUCERS[kind], results=[scalar], operands=[args[0], args[1]])
+            ir.Operation.create("stablehlo.return", operands=[combine.results[0]])
         return replace(x, value=self.tag(op, x.dims))
 
     def all_gather(self, x: Local, dim: int, axes: Axes) -> Local:
@@ -184,7 +195,7 @@ class Emitter:
         assert have[len(have) - len(axes):] == tuple(axes), (have, axes)
         shape = list(x.local_shape)
         shape[dim] *= self.factor(axes)
-        op = hlo.AllGatherOp([self.tensor_type(shape, x.element_type)], [x.value], dim, groups_attr(self.mesh, axes))
+        op = hlo.AllGatherOp([self.tensor_type(shape, x.element_type)], [x.value], dim, self.groups(axes))
         new_axes = list(x.axes)
         new_axes[dim] = have[: len(have) - len(axes)]
         return replace(x, value=self.tag(op, x.dims), axes=tuple(new_axes))
@@ -192,7 +203,7 @@ class Emitter:
     def all_to_all(self, x: Local, axes: Axes, from_dim: int, to_dim: int) -> Local:
         """Move mesh `axes` (the minor-most of `from_dim`) to the minor end of `to_dim`."""
         count = self.factor(axes)
-        op = hlo.AllToAllOp([x.value], to_dim, from_dim, count, groups_attr(self.mesh, axes))
+        op = hlo.AllToAllOp([x.value], to_dim, from_dim, count, self.groups(axes))
         new_axes = list(x.axes)
         new_axes[from_dim] = x.axes[from_dim][: len(x.axes[from_dim]) - len(axes)]
         new_axes[to_dim] = x.axes[to_dim] + tuple(axes)

@@ -47,10 +47,11 @@ def dot_general(p, op, args, dims, shape):
     """Local dot of local blocks, operands resharded to `dot_targets`; a split
     contracting dim leaves partial sums: all_reduce over its axes."""
     lhs, rhs = args
-    out_axes = p.axes_of(dims, shape, mir.describe_op(op))
+    what = mir.describe_op_lazily(op)
+    out_axes = p.axes_of(dims, shape, what)
     lhs_target, rhs_target, lc = dot_targets(op, lhs.axes, out_axes)
-    lhs = p.emit.reshard(lhs, lhs_target, mir.describe_op(op))
-    rhs = p.emit.reshard(rhs, rhs_target, mir.describe_op(op))
+    lhs = p.emit.reshard(lhs, lhs_target, what)
+    rhs = p.emit.reshard(rhs, rhs_target, what)
     t = p.local_type(shape, out_axes, ir.RankedTensorType(op.results[0].type).element_type)
     value = p.clone(op, [lhs.value, rhs.value], t, dims)
     result = local_result(p, value, dims, shape, out_axes)
