@@ -13,7 +13,7 @@ from mtfc.passes import op_rules
 from mtfc.passes.collectives import Axes, Emitter, Local
 from mtfc.passes.partition import contraction, convolution, gather, local, loops, pooling, windows  # noqa: F401 - their rules register on import
 from mtfc.passes.partition.common import REGION_RULES, RULES, clone_region
-from mtfc.passes.partition.local import elementwise, replicated
+from mtfc.passes.partition.local import elementwise, local_splat, replicated
 from mtfc.passes.partition.windows import halo_exchange, window_of
 
 TERMINATORS = frozenset(("func.return", "stablehlo.return"))
@@ -36,6 +36,7 @@ class ResultInfo(NamedTuple):
     cls: str
     local_type: ir.Type
     retag: bool
+    split: bool  # any(axes)
 
 
 class Partitioner:
@@ -47,14 +48,29 @@ class Partitioner:
         self.current_class = "activation"  # the layout class of the op being partitioned
         self.emit = Emitter(self.mesh)
         self._infos: dict[tuple, ResultInfo] = {}  # (mtfc.dims, result type[, mtfc.class]) -> its ResultInfo
+        self._axes: dict[tuple, tuple[Axes, ...]] = {}  # (dims, shape, class) -> axes_of
+        self._types: dict[tuple, ir.RankedTensorType] = {}  # (shape, axes, element type) -> local_type
+        self._ints: dict[ir.Attribute, tuple[int, ...]] = {}  # DenseI64ArrayAttr -> its values
+        self._splats: dict[tuple, ir.Attribute | None] = {}  # (constant's value, local type) -> local splat
+        self.memo: dict = {}  # for rules: what they read of attributes, per (rule's tag, attributes...)
 
     # --------------------------------------------------------------- layouts
     def axes_of(self, dims, shape, what: str, cls: str | None = None) -> tuple[Axes, ...]:
         """Mesh axes per dim of a value of class `cls` (default: the current op's)."""
-        return self.layouts.of_value(dims, shape, cls=cls or self.current_class, what=what).axes
+        cls = cls or self.current_class
+        key = (tuple(dims), tuple(shape), cls)
+        axes = self._axes.get(key)
+        if axes is None:  # an impossible layout raises, naming `what`, and is not remembered
+            axes = self._axes[key] = self.layouts.of_value(dims, shape, cls=cls, what=what).axes
+        return axes
 
     def local_type(self, shape, axes, element_type) -> ir.RankedTensorType:
-        return ir.RankedTensorType.get(self.emit.local_shape(shape, axes), element_type)
+        """The type of this device's block of a `shape` tensor laid out as `axes`."""
+        key = (tuple(shape), tuple(tuple(a) for a in axes), element_type)
+        t = self._types.get(key)
+        if t is None:
+            t = self._types[key] = ir.RankedTensorType.get(self.emit.local_shape(shape, axes), element_type)
+        return t
 
     def clone(self, op: ir.Operation, operands: list[ir.Value], result_type: ir.Type, dims, **overrides) -> ir.Value:
         """`op` with new operands and result type (attributes, regions and
@@ -168,16 +184,18 @@ class Partitioner:
         cls = ir.StringAttr(cls_attr).value if cls_attr is not None else "activation"
         axes = self.axes_of(dims, shape, mir.describe_op_lazily(op, "value of "), cls)
         local = self.local_type(shape, axes, tensor.element_type) if any(axes) else result_type
-        return ResultInfo(tuple(dims), shape, axes, cls, local, mir.str_array(dims) != dims_attr)
+        return ResultInfo(tuple(dims), shape, axes, cls, local, mir.str_array(dims) != dims_attr, any(axes))
 
     def copy_local(self, op: ir.Operation, name: str, env: dict) -> bool:
         """Partition `op` by copying it, when its rule would emit the op
-        itself with the operands' blocks and no collective -- an elementwise
-        op whose operands are laid out as its result (or scalar), or a
-        constant, broadcast or transpose with every operand and the result
-        whole -- and return True; else False, making nothing (the rule
-        decides).  The copy is the rule's op: attributes and location
-        kept, operands replaced, the result's type the local one."""
+        itself on the operands' blocks with no collective, and return True;
+        else return False, making nothing (the rule decides).  That is: an
+        elementwise op whose operands are laid out as its result (or are
+        scalars); a broadcast or transpose whose operand is laid out as the
+        result needs it (`broadcast_target`, `transpose_target`); a whole
+        constant.  The copy is what the rule emits: attributes and location
+        kept, operands replaced, the result's type the local one.  A split
+        splat constant is made at its local shape, as its rule does."""
         info = self.result_info(op)
         axes = info.axes
         args = [env[v] for v in op.operands]
@@ -185,19 +203,53 @@ class Partitioner:
             for x in args:
                 if x.axes != axes and x.shape:
                     return False
-        elif any(axes) or any(a for x in args for a in x.axes):
-            return False
+        elif name == "stablehlo.broadcast_in_dim":
+            x = args[0]
+            positions = self.i64s(op.attributes["broadcast_dimensions"])
+            xs, shape = x.shape, info.shape
+            if x.axes != tuple(axes[j] if xs[i] == shape[j] else () for i, j in enumerate(positions)):
+                return False
+        elif name == "stablehlo.transpose":
+            target = [()] * len(axes)
+            for k, src in enumerate(self.i64s(op.attributes["permutation"])):
+                target[src] = axes[k]
+            if args[0].axes != tuple(target):
+                return False
+        elif info.split:  # a constant
+            return self.splat_constant(op, info, env)
         new = op.clone()
         slots = new.operands
         for i, x in enumerate(args):
             slots[i] = x.value
         result = new.results[0]
-        if any(axes):
+        if info.split:
             result.set_type(info.local_type)
         if info.retag:
             self.emit.tag(new, info.dims)
         env[op.results[0]] = Local(result, info.dims, info.shape, axes)
         return True
+
+    def splat_constant(self, op: ir.Operation, info: ResultInfo, env: dict) -> bool:
+        """A split splat constant made at its local shape (`local.constant`);
+        False for any other constant."""
+        value = op.attributes["value"]
+        key = (value, info.local_type)
+        splat = self._splats.get(key, False)
+        if splat is False:
+            splat = self._splats[key] = local_splat(value, info.local_type)
+        if splat is None:
+            return False
+        new = ir.Operation.create("stablehlo.constant", results=[info.local_type],
+                                  attributes={"value": splat, mir.DIMS: mir.str_array(info.dims)}, loc=op.location)
+        env[op.results[0]] = Local(new.results[0], info.dims, info.shape, info.axes)
+        return True
+
+    def i64s(self, attr: ir.Attribute) -> tuple[int, ...]:
+        """The integers of a ``DenseI64ArrayAttr``, remembered per attribute."""
+        values = self._ints.get(attr)
+        if values is None:
+            values = self._ints[attr] = tuple(ir.DenseI64ArrayAttr(attr))
+        return values
 
     def partition_op(self, op: ir.Operation, env: dict) -> None:
         if op.name in REGION_RULES:  # one Local per result, its regions partitioned recursively
