@@ -55,9 +55,9 @@ def partition(module: ir.Module, options) -> None:
     if mir.partitioning(module) not in ("none", "gspmd"):
         raise MtfcError(f"partition: the module is already partitioned ({mir.partitioning(module)})")
     check_loop_dims(module)
-    reference = mir.stripped_clone(module)
-    reference.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
     mir.strip_partitioning_in_place(module)
+    reference = module.operation.clone()  # the global program: what mir.stripped_clone makes, without a second strip
+    reference.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
     Partitioner(module).run()
     erase_unused_decompositions(module)  # the composites' of the global program
     module.body.append(reference)
