@@ -96,6 +96,7 @@ class Emitter:
         self._reshards: dict[tuple, Local] = {}  # one reshard per (value, target layout)
         self._factors: dict[tuple, int] = {}
         self._groups: dict[tuple, ir.DenseIntElementsAttr] = {}
+        self._scalars: dict[ir.Type, ir.RankedTensorType] = {}  # element type -> its rank-0 tensor type
 
     @contextmanager
     def region(self):
@@ -136,8 +137,9 @@ class Emitter:
 
     @staticmethod
     def tag(op, dims: Sequence[str]) -> ir.Value:
+        """Write `dims` as the ``mtfc.dims`` of `op`'s one result; return the result."""
         operation = op.operation if hasattr(op, "operation") else op
-        mir.set_op_result_dims(operation, [list(dims)])
+        operation.attributes[mir.DIMS] = mir.str_array(dims)  # mir.set_op_result_dims of one result
         return operation.results[0]
 
     def scalar_i32(self, value: int) -> ir.Value:
@@ -176,15 +178,17 @@ class Emitter:
         if not axes:
             return x
         value = x.value
-        op = ir.Operation.create("stablehlo.all_reduce", results=[value.type], operands=[value],
-                                 attributes={"replica_groups": self.groups(axes)}, regions=1)
-        scalar = self.tensor_type([], x.element_type)
+        op = ir.Operation.create("stablehlo.all_reduce", results=[value.type], operands=[value], regions=1,
+                                 attributes={"replica_groups": self.groups(axes), mir.DIMS: mir.str_array(x.dims)})
+        scalar = self._scalars.get(x.element_type)
+        if scalar is None:
+            scalar = self._scalars[x.element_type] = self.tensor_type([], x.element_type)
         block = op.regions[0].blocks.append(scalar, scalar)
         with ir.InsertionPoint(block):
             args = block.arguments
             combine = ir.Operation.create(op_rules.REDUCERS[kind], results=[scalar], operands=[args[0], args[1]])
             ir.Operation.create("stablehlo.return", operands=[combine.results[0]])
-        return replace(x, value=self.tag(op, x.dims))
+        return Local(op.results[0], x.dims, x.shape, x.axes)
 
     def all_gather(self, x: Local, dim: int, axes: Axes) -> Local:
         """Concatenate along `dim` the blocks of the devices along `axes`, which

@@ -46,6 +46,8 @@ class Partitioner:
         self.layouts = mir.module_layouts(module)
         self.layouts.validate()
         self.current_class = "activation"  # the layout class of the op being partitioned
+        self.current_op: ir.Operation | None = None  # the op `partition_op` is partitioning, and its ResultInfo
+        self.current_info: ResultInfo | None = None
         self.emit = Emitter(self.mesh)
         self._infos: dict[tuple, ResultInfo] = {}  # (mtfc.dims, result type[, mtfc.class]) -> its ResultInfo
         self._axes: dict[tuple, tuple[Axes, ...]] = {}  # (dims, shape, class) -> axes_of
@@ -87,6 +89,9 @@ class Partitioner:
                 result.set_type(result_type)
             for name, attr in overrides.items():
                 new.attributes[name] = attr
+            info = self.current_info
+            if op is self.current_op and not info.retag and tuple(dims) == info.dims:
+                return result  # op's own mtfc.dims, copied
             return self.emit.tag(new, dims)
         attrs = {n: op.attributes[n] for n in op.attributes}
         attrs.update(overrides)
@@ -260,6 +265,7 @@ class Partitioner:
         info = self.result_info(op)
         dims, shape, axes = info.dims, info.shape, info.axes
         self.current_class = info.cls
+        self.current_op, self.current_info = op, info
         what = mir.describe_op_lazily(op, "value of ")
         if op.name in ("stablehlo.pad", "stablehlo.concatenate"):
             users = [u.owner for u in op.results[0].uses]
