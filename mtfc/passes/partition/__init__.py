@@ -20,6 +20,7 @@ under which the op is local, emits the local op, adds the collective the op's
 semantics need (a sum over a split dim -> all_reduce), and reshards the
 result to the layout its dims imply.  The package:
 
+- `prepare`     -- the module's sharding annotations removed first;
 - `driver`      -- the per-device function, op by op (`Partitioner`);
 - `common`      -- the rule table (`RULES`, `@rule`) and shared helpers;
 - `local`       -- ops computed from the device's own blocks (elementwise,
@@ -43,10 +44,10 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.passes.composites import erase_unused_decompositions
-from mtfc.passes.loops import check_loop_dims
 from mtfc.passes.manager import register_pass
 from mtfc.passes.partition.common import RULES, clone_region, rule  # noqa: F401 - the package's API
 from mtfc.passes.partition.driver import Partitioner
+from mtfc.passes.partition.prepare import strip_partitioning
 
 
 @register_pass("partition")
@@ -54,10 +55,10 @@ def partition(module: ir.Module, options) -> None:
     """Split @main into the per-device program with explicit collectives."""
     if mir.partitioning(module) not in ("none", "gspmd"):
         raise MtfcError(f"partition: the module is already partitioned ({mir.partitioning(module)})")
-    check_loop_dims(module)
-    mir.strip_partitioning_in_place(module)
+    strip_partitioning(module)
     reference = module.operation.clone()  # the global program: what mir.stripped_clone makes, without a second strip
     reference.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
-    Partitioner(module).run()
-    erase_unused_decompositions(module)  # the composites' of the global program
+    Partitioner(module).run()  # checks the loops' dims (check_loop_dims) when it meets the first loop
+    if len(mir.functions(module)) > 1:  # else no decomposition to erase
+        erase_unused_decompositions(module)  # the composites' of the global program
     module.body.append(reference)

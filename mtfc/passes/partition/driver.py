@@ -10,6 +10,7 @@ from jax.extend.mlir.dialects import func
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.passes import op_rules
+from mtfc.passes.loops import check_loop_dims
 from mtfc.passes.collectives import Axes, Emitter, Local
 from mtfc.passes.partition import contraction, convolution, gather, local, loops, pooling, windows  # noqa: F401 - their rules register on import
 from mtfc.passes.partition.common import REGION_RULES, RULES, clone_region
@@ -46,6 +47,7 @@ class Partitioner:
         self.layouts = mir.module_layouts(module)
         self.layouts.validate()
         self.current_class = "activation"  # the layout class of the op being partitioned
+        self.loops_checked = False  # check_loop_dims has run (at the first loop met)
         self.current_op: ir.Operation | None = None  # the op `partition_op` is partitioning, and its ResultInfo
         self.current_info: ResultInfo | None = None
         self.emit = Emitter(self.mesh)
@@ -188,8 +190,8 @@ class Partitioner:
         shape = tuple(tensor.shape)
         cls = ir.StringAttr(cls_attr).value if cls_attr is not None else "activation"
         axes = self.axes_of(dims, shape, mir.describe_op_lazily(op, "value of "), cls)
-        local = self.local_type(shape, axes, tensor.element_type) if any(axes) else result_type
-        return ResultInfo(tuple(dims), shape, axes, cls, local, mir.str_array(dims) != dims_attr, any(axes))
+        local_t = self.local_type(shape, axes, tensor.element_type) if any(axes) else result_type
+        return ResultInfo(tuple(dims), shape, axes, cls, local_t, mir.str_array(dims) != dims_attr, any(axes))
 
     def copy_local(self, op: ir.Operation, name: str, env: dict) -> bool:
         """Partition `op` by copying it, when its rule would emit the op
@@ -260,6 +262,9 @@ class Partitioner:
         if op.name in REGION_RULES:  # one Local per result, its regions partitioned recursively
             if mir.op_result_dims(op) is None:
                 raise MtfcError(f"{mir.describe_op(op)} carries no mtfc.dims")
+            if not self.loops_checked:  # before the first loop is partitioned: none splits its loop dim
+                check_loop_dims(self.module)
+                self.loops_checked = True
             env.update(zip(op.results, REGION_RULES[op.name](self, op, env)))
             return
         info = self.result_info(op)
