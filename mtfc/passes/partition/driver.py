@@ -10,7 +10,6 @@ from jax.extend.mlir.dialects import func
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.passes import op_rules
-from mtfc.passes.loops import check_loop_dims
 from mtfc.passes.collectives import Axes, Emitter, Local
 from mtfc.passes.partition import contraction, convolution, gather, local, loops, pooling, windows  # noqa: F401 - their rules register on import
 from mtfc.passes.partition.common import REGION_RULES, RULES, clone_region
@@ -47,7 +46,6 @@ class Partitioner:
         self.layouts = mir.module_layouts(module)
         self.layouts.validate()
         self.current_class = "activation"  # the layout class of the op being partitioned
-        self.loops_checked = False  # check_loop_dims has run (at the first loop met)
         self.current_op: ir.Operation | None = None  # the op `partition_op` is partitioning, and its ResultInfo
         self.current_info: ResultInfo | None = None
         self.emit = Emitter(self.mesh)
@@ -262,9 +260,6 @@ class Partitioner:
         if op.name in REGION_RULES:  # one Local per result, its regions partitioned recursively
             if mir.op_result_dims(op) is None:
                 raise MtfcError(f"{mir.describe_op(op)} carries no mtfc.dims")
-            if not self.loops_checked:  # before the first loop is partitioned: none splits its loop dim
-                check_loop_dims(self.module)
-                self.loops_checked = True
             env.update(zip(op.results, REGION_RULES[op.name](self, op, env)))
             return
         info = self.result_info(op)
