@@ -32,10 +32,11 @@ Axes = tuple[str, ...]
 
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen dataclass's __init__ costs 3x (one per value)
 class Local:
     """A per-device value: `value` holds this device's block of a global tensor
-    with dims `dims`, global sizes `shape`, each dim split over `axes[i]`."""
+    with dims `dims`, global sizes `shape`, each dim split over `axes[i]`.
+    Never changed once made (`dataclasses.replace` makes another)."""
 
     value: ir.Value
     dims: tuple[str, ...]
