@@ -76,11 +76,18 @@ class Partitioner:
 
     def clone(self, op: ir.Operation, operands: list[ir.Value], result_type: ir.Type, dims, **overrides) -> ir.Value:
         """`op` with new operands and result type (attributes, regions and
-        location copied, then `overrides` set); `operands` replace `op`'s one
-        for one, or, when there are more or fewer, make a new op of `op`'s
-        name and attributes at the current location."""
+        location copied, then `overrides` set; its regions' block arguments
+        at the current location, as `clone_region` makes them); `operands`
+        replace `op`'s one for one, or, when there are more or fewer, make a
+        new op of `op`'s name and attributes at the current location."""
         if len(operands) == len(op.operands):
             new = op.clone()  # attributes, regions and location copied in C++, without a binding call each
+            if len(new.regions):  # block arguments at the current location, as `clone_region` makes them
+                here = ir.Location.current
+                for region in new.regions:
+                    for block in region.blocks:
+                        for arg in block.arguments:
+                            arg.set_location(here)
             slots = new.operands
             for i, v in enumerate(operands):
                 slots[i] = v
