@@ -32,10 +32,11 @@ Axes = tuple[str, ...]
 
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen dataclass's __init__ costs 3x (one per value)
 class Local:
     """A per-device value: `value` holds this device's block of a global tensor
-    with dims `dims`, global sizes `shape`, each dim split over `axes[i]`."""
+    with dims `dims`, global sizes `shape`, each dim split over `axes[i]`.
+    Never changed once made (`dataclasses.replace` makes another)."""
 
     value: ir.Value
     dims: tuple[str, ...]
@@ -95,6 +96,8 @@ class Emitter:
         self._offsets: dict[tuple[Axes, int], ir.Value] = {}
         self._reshards: dict[tuple, Local] = {}  # one reshard per (value, target layout)
         self._factors: dict[tuple, int] = {}
+        self._groups: dict[tuple, ir.DenseIntElementsAttr] = {}
+        self._scalars: dict[ir.Type, ir.RankedTensorType] = {}  # element type -> its rank-0 tensor type
 
     @contextmanager
     def region(self):
@@ -119,6 +122,14 @@ class Emitter:
             f = self._factors[key] = math.prod(self.mesh.axis_size(a) for a in axes)
         return f
 
+    def groups(self, axes: Sequence[str]) -> ir.DenseIntElementsAttr:
+        """`groups_attr` of `axes`, made once per emitter."""
+        key = tuple(axes)
+        attr = self._groups.get(key)
+        if attr is None:
+            attr = self._groups[key] = groups_attr(self.mesh, key)
+        return attr
+
     def local_shape(self, shape: Sequence[int], axes: Sequence[Axes]) -> list[int]:
         return [s // self.factor(a) for s, a in zip(shape, axes)]
 
@@ -127,8 +138,9 @@ class Emitter:
 
     @staticmethod
     def tag(op, dims: Sequence[str]) -> ir.Value:
+        """Write `dims` as the ``mtfc.dims`` of `op`'s one result; return the result."""
         operation = op.operation if hasattr(op, "operation") else op
-        mir.set_op_result_dims(operation, [list(dims)])
+        operation.attributes[mir.DIMS] = mir.str_array(dims)  # mir.set_op_result_dims of one result
         return operation.results[0]
 
     def scalar_i32(self, value: int) -> ir.Value:
@@ -166,14 +178,18 @@ class Emitter:
         """Combine `x` with `kind` across the devices that differ only along `axes`."""
         if not axes:
             return x
-        op = hlo.AllReduceOp([x.value.type], [x.value], groups_attr(self.mesh, axes))
-        scalar = self.tensor_type([], x.element_type)
+        value = x.value
+        op = ir.Operation.create("stablehlo.all_reduce", results=[value.type], operands=[value], regions=1,
+                                 attributes={"replica_groups": self.groups(axes), mir.DIMS: mir.str_array(x.dims)})
+        scalar = self._scalars.get(x.element_type)
+        if scalar is None:
+            scalar = self._scalars[x.element_type] = self.tensor_type([], x.element_type)
         block = op.regions[0].blocks.append(scalar, scalar)
         with ir.InsertionPoint(block):
-            combine = ir.Operation.create(op_rules.REDUCERS[kind], results=[scalar],
-                                          operands=[block.arguments[0], block.arguments[1]])
-            hlo.ReturnOp([combine.results[0]])
-        return replace(x, value=self.tag(op, x.dims))
+            args = block.arguments
+            combine = ir.Operation.create(op_rules.REDUCERS[kind], results=[scalar], operands=[args[0], args[1]])
+            ir.Operation.create("stablehlo.return", operands=[combine.results[0]])
+        return Local(op.results[0], x.dims, x.shape, x.axes)
 
     def all_gather(self, x: Local, dim: int, axes: Axes) -> Local:
         """Concatenate along `dim` the blocks of the devices along `axes`, which
@@ -184,7 +200,7 @@ class Emitter:
         assert have[len(have) - len(axes):] == tuple(axes), (have, axes)
         shape = list(x.local_shape)
         shape[dim] *= self.factor(axes)
-        op = hlo.AllGatherOp([self.tensor_type(shape, x.element_type)], [x.value], dim, groups_attr(self.mesh, axes))
+        op = hlo.AllGatherOp([self.tensor_type(shape, x.element_type)], [x.value], dim, self.groups(axes))
         new_axes = list(x.axes)
         new_axes[dim] = have[: len(have) - len(axes)]
         return replace(x, value=self.tag(op, x.dims), axes=tuple(new_axes))
@@ -192,7 +208,7 @@ class Emitter:
     def all_to_all(self, x: Local, axes: Axes, from_dim: int, to_dim: int) -> Local:
         """Move mesh `axes` (the minor-most of `from_dim`) to the minor end of `to_dim`."""
         count = self.factor(axes)
-        op = hlo.AllToAllOp([x.value], to_dim, from_dim, count, groups_attr(self.mesh, axes))
+        op = hlo.AllToAllOp([x.value], to_dim, from_dim, count, self.groups(axes))
         new_axes = list(x.axes)
         new_axes[from_dim] = x.axes[from_dim][: len(x.axes[from_dim]) - len(axes)]
         new_axes[to_dim] = x.axes[to_dim] + tuple(axes)

@@ -20,6 +20,7 @@ under which the op is local, emits the local op, adds the collective the op's
 semantics need (a sum over a split dim -> all_reduce), and reshards the
 result to the layout its dims imply.  The package:
 
+- `prepare`     -- one walk: annotations to remove? loops to check?
 - `driver`      -- the per-device function, op by op (`Partitioner`);
 - `common`      -- the rule table (`RULES`, `@rule`) and shared helpers;
 - `local`       -- ops computed from the device's own blocks (elementwise,
@@ -47,6 +48,7 @@ from mtfc.passes.loops import check_loop_dims
 from mtfc.passes.manager import register_pass
 from mtfc.passes.partition.common import RULES, clone_region, rule  # noqa: F401 - the package's API
 from mtfc.passes.partition.driver import Partitioner
+from mtfc.passes.partition.prepare import strip_partitioning, survey
 
 
 @register_pass("partition")
@@ -54,10 +56,13 @@ def partition(module: ir.Module, options) -> None:
     """Split @main into the per-device program with explicit collectives."""
     if mir.partitioning(module) not in ("none", "gspmd"):
         raise MtfcError(f"partition: the module is already partitioned ({mir.partitioning(module)})")
-    check_loop_dims(module)
-    reference = mir.stripped_clone(module)
+    found = survey(module)
+    if found.loops:
+        check_loop_dims(module)
+    strip_partitioning(module, found.annotated)
+    reference = module.operation.clone()  # the global program: what mir.stripped_clone makes, without a second strip
     reference.attributes["sym_name"] = ir.StringAttr.get(mir.REFERENCE)
-    mir.strip_partitioning_in_place(module)
     Partitioner(module).run()
-    erase_unused_decompositions(module)  # the composites' of the global program
+    if len(mir.functions(module)) > 1:  # else no decomposition to erase
+        erase_unused_decompositions(module)  # the composites' of the global program
     module.body.append(reference)

@@ -172,7 +172,7 @@ def dilation_error(what: str, dim: str, axes, ld: int) -> MtfcError:
 def convolution(p, op, args, dims, shape):
     lhs, rhs = args
     c = conv_numbers(op)
-    what = mir.describe_op(op)
+    what = mir.describe_op_lazily(op)
     out_axes = p.axes_of(dims, shape, what)
     plan = conv_plan(op, lhs.axes, rhs.shape, shape, out_axes, p.emit.factor)
     lhs = p.emit.reshard(lhs, plan.lhs, what)
@@ -252,9 +252,9 @@ def reverse(p, op, args, dims, shape):
     """Reverse locally along whole dims (the reversed ones are gathered: a
     kernel's window dims, whole under any sensible layout)."""
     (x,) = args
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     target = reverse_target(op, axes)
-    x = p.emit.reshard(x, target, mir.describe_op(op))
+    x = p.emit.reshard(x, target, mir.describe_op_lazily(op))
     t = p.local_type(shape, target, x.element_type)
     return local_result(p, p.clone(op, [x.value], t, dims), dims, shape, target)
 

@@ -43,10 +43,10 @@ def gather(p, op, args, dims, shape):
         raise MtfcError(f"partition: no rule splits {mir.describe_op(op)}: only single-dim lookups "
                         "(the DSL's gather) are supported")
     axis = collapsed[0]
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     table_target, vocab_axes = gather_targets(table.axes, axis, n_idx, axes)
-    table = p.emit.reshard(table, table_target, mir.describe_op(op))
-    indices = p.emit.reshard(indices, axes[:n_idx], mir.describe_op(op))
+    table = p.emit.reshard(table, table_target, mir.describe_op_lazily(op))
+    indices = p.emit.reshard(indices, axes[:n_idx], mir.describe_op_lazily(op))
     sizes = list(table.local_shape)
     sizes[axis] = 1
     t = p.local_type(shape, axes, table.element_type)

@@ -27,6 +27,14 @@ def elementwise(p, op, args, dims, shape):
     return local_result(p, p.clone(op, [x.value for x in operands], t, dims), dims, shape, axes)
 
 
+def local_splat(value: ir.Attribute, local: ir.RankedTensorType) -> ir.Attribute | None:
+    """A splat constant's `value` at the `local` type; None when `value` is no splat."""
+    value = ir.DenseElementsAttr(value)
+    if not value.is_splat:
+        return None
+    return ir.DenseElementsAttr.get_splat(local, value.get_splat_value())
+
+
 @rule("stablehlo.constant")
 def constant(p, op, args, dims, shape):
     """A splat is made at its local shape; any other split constant is cut locally."""
@@ -34,10 +42,9 @@ def constant(p, op, args, dims, shape):
     global_type = ir.RankedTensorType(op.results[0].type)
     if not any(axes):
         return replicated(p, op, args, dims, shape)
-    value = ir.DenseElementsAttr(op.attributes["value"])
-    if value.is_splat:
-        local = p.local_type(shape, axes, global_type.element_type)
-        splat = ir.DenseElementsAttr.get_splat(local, value.get_splat_value())
+    local = p.local_type(shape, axes, global_type.element_type)
+    splat = local_splat(op.attributes["value"], local)
+    if splat is not None:
         return local_result(p, p.emit.tag(hlo.ConstantOp(splat), dims), dims, shape, axes)
     whole = replicated(p, op, args, dims, shape)
     return p.emit.reshard(whole, axes, mir.describe_op_lazily(op))

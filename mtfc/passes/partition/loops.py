@@ -25,7 +25,7 @@ from mtfc.passes.partition.common import i64s, local_result, region_rule, rule
 def carried_layouts(p, op: ir.Operation) -> list[tuple[tuple[str, ...], tuple[int, ...], tuple]]:
     """(dims, global shape, mesh axes per dim) of each value a loop carries,
     from its ``mtfc.dims`` and ``mtfc.classes``."""
-    what = mir.describe_op(op)
+    what = mir.describe_op_lazily(op)
     dims, classes = mir.op_result_dims(op), mir.op_result_classes(op)
     if len(dims) != len(op.results) or len(classes) != len(op.results):
         raise MtfcError(f"partition: {what} carries {len(op.results)} values but lists {len(dims)} "
@@ -47,7 +47,7 @@ def while_loop(p, op: ir.Operation, env: dict) -> list[Local]:
     location are kept; values the emitter makes once per function (replica
     id, shard offsets) are made again inside each region, which uses no
     value from outside."""
-    what = mir.describe_op(op)
+    what = mir.describe_op_lazily(op)
     carried = carried_layouts(p, op)
     operands = [p.emit.reshard(env[v], axes, f"carried value #{k} entering {what}")
                 for k, (v, (_, _, axes)) in enumerate(zip(op.operands, carried))]
@@ -92,7 +92,7 @@ def dynamic_slice(p, op, args, dims, shape):
     x, *starts = args
     sizes = i64s(op.attributes["slice_sizes"])
     target = sliced_dims_whole(x, sizes)
-    x = p.emit.reshard(x, target, mir.describe_op(op))
+    x = p.emit.reshard(x, target, mir.describe_op_lazily(op))
     local_sizes = p.emit.local_shape(sizes, target)
     t = p.local_type(shape, target, x.element_type)
     value = p.clone(op, [x.value] + [s.value for s in starts], t, dims,
@@ -107,8 +107,8 @@ def dynamic_update_slice(p, op, args, dims, shape):
     are whole in both."""
     x, update, *starts = args
     target = sliced_dims_whole(x, list(update.shape))
-    x = p.emit.reshard(x, target, mir.describe_op(op))
-    update = p.emit.reshard(update, target, mir.describe_op(op))
+    x = p.emit.reshard(x, target, mir.describe_op_lazily(op))
+    update = p.emit.reshard(update, target, mir.describe_op_lazily(op))
     t = p.local_type(shape, target, x.element_type)
     value = p.clone(op, [x.value, update.value] + [s.value for s in starts], t, dims)
     return local_result(p, value, dims, shape, target)

@@ -120,7 +120,7 @@ def _halo_plan(p, op, x: Local, pooled_shape, axes, windows, fill: ir.Value, wha
 @rule("stablehlo.reduce_window")
 def reduce_window(p, op, args, dims, shape):
     """A max or sum pool: split windowed dims by halo exchange, the rest local."""
-    what = mir.describe_op(op)
+    what = mir.describe_op_lazily(op)
     if len(op.operands) != 2:
         raise MtfcError(f"partition: no rule splits the variadic {what}")
     x, init = args
@@ -143,7 +143,7 @@ def select_and_scatter_rule(p, op, args, dims, shape):
     """``mtfc.select_and_scatter``: the operand's halo in (-inf at the global
     edges), the local select_and_scatter on it, the rows it wrote into the
     halo sent back to their owners and added."""
-    what = mir.describe_op(op)
+    what = mir.describe_op_lazily(op)
     x, source = args
     axes = p.axes_of(dims, shape, what)
     x = p.emit.reshard(x, axes, what)

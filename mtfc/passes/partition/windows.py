@@ -98,11 +98,11 @@ def slice_(p, op, args, dims, shape):
     """Slice locally along whole dims; a sliced dim that is split is gathered first."""
     (x,) = args
     start, limit = i64s(op.attributes["start_indices"]), i64s(op.attributes["limit_indices"])
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     sources, k, cut = window_plan(op, args, axes)
     if sources is not None:
         return window_exchange(p, op, sources, k, None, dims, shape, axes)
-    x = p.emit.reshard(x, _whole_along(x, cut), mir.describe_op(op))
+    x = p.emit.reshard(x, _whole_along(x, cut), mir.describe_op_lazily(op))
     local = x.local_shape
     start = [s if i in cut else 0 for i, s in enumerate(start)]
     limit = [l if i in cut else local[i] for i, l in enumerate(limit)]
@@ -117,11 +117,11 @@ def slice_(p, op, args, dims, shape):
 def pad(p, op, args, dims, shape):
     """Pad locally along whole dims; a padded dim that is split is gathered first."""
     x, value = args
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     sources, k, padded = window_plan(op, args, axes)
     if sources is not None:
         return window_exchange(p, op, sources, k, value, dims, shape, axes)
-    x = p.emit.reshard(x, _whole_along(x, padded), mir.describe_op(op))
+    x = p.emit.reshard(x, _whole_along(x, padded), mir.describe_op_lazily(op))
     t = p.local_type(shape, x.axes, x.element_type)
     return local_result(p, p.clone(op, [x.value, value.value], t, dims), dims, shape, x.axes)
 
@@ -129,12 +129,12 @@ def pad(p, op, args, dims, shape):
 @rule("stablehlo.concatenate")
 def concatenate(p, op, args, dims, shape):
     """Concatenate locally when the concat dim is whole; gather it first otherwise."""
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     sources, _, (d,) = window_plan(op, args, axes)
     if sources is not None:
         return window_exchange(p, op, sources, d, None, dims, shape, axes)
     target = [() if i == d else a for i, a in enumerate(axes)]
-    parts = [p.emit.reshard(x, target, mir.describe_op(op)) for x in args]
+    parts = [p.emit.reshard(x, target, mir.describe_op_lazily(op)) for x in args]
     t = p.local_type(shape, target, parts[0].element_type)
     return local_result(p, p.clone(op, [x.value for x in parts], t, dims), dims, shape, target)
 
@@ -259,7 +259,7 @@ def window_exchange(p: Partitioner, op: ir.Operation, sources, k: int, fill, dim
         value = e.tag(hlo.ConstantOp(ir.DenseElementsAttr.get_splat(out_type, zero_attr(first.element_type))), dims)
     for x, t in sources:
         target = [tuple(axes[i]) if i != k else A for i in range(len(axes))]
-        x = e.reshard(x, target, mir.describe_op(op))
+        x = e.reshard(x, target, mir.describe_op_lazily(op))
         value = fetch_window(p, x, k, lambda j, t=t: j * c + t, c, base=value)
     return Local(value, tuple(dims), tuple(shape), tuple(tuple(a) for a in axes))
 
@@ -320,7 +320,7 @@ def shift_exchange(p: Partitioner, op: ir.Operation, x: Local, k: int, t: int, w
     within the dim's groups; positions past the ends take `pad` (a scalar;
     None: zero), or wrap around for a cyclic shift (``0 <= t < n``)."""
     e = p.emit
-    x = e.reshard(x, [axes[i] if i != k else x.axes[k] for i in range(len(axes))], mir.describe_op(op))
+    x = e.reshard(x, [axes[i] if i != k else x.axes[k] for i in range(len(axes))], mir.describe_op_lazily(op))
     dim_axes = x.axes[k]
     groups = p.mesh.groups(list(dim_axes))
     local = list(x.local_shape)
@@ -376,7 +376,7 @@ def composite(p, op, args, dims, shape):
         from mtfc.passes.partition.pooling import select_and_scatter_rule
 
         return select_and_scatter_rule(p, op, args, dims, shape)
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     if any(a for x in args for a in x.axes) or any(axes):
         raise MtfcError(f"partition: no rule splits the composite {name!r} ({mir.describe_op(op)})")
     from mtfc.passes.partition.local import replicated
@@ -390,12 +390,12 @@ def shift_rule(p, op, args, dims, shape):
     (x,) = args
     k, offset, wrap = shift_attributes(op)
     n = shape[k]
-    axes = p.axes_of(dims, shape, mir.describe_op(op))
+    axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
     if axes[k]:
         t = (-offset) % n if wrap else -offset
         return shift_exchange(p, op, x, k, t, wrap, None, dims, shape, axes)
     e = p.emit
-    x = e.reshard(x, axes, mir.describe_op(op))
+    x = e.reshard(x, axes, mir.describe_op_lazily(op))
     local = list(x.local_shape)
     rank = len(local)
     start, limit = [0] * rank, list(local)
