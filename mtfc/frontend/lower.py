@@ -9,6 +9,7 @@ mesh and layout rules.  Only ops reachable from the outputs are emitted.
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
 from jax.extend.mlir import ir
@@ -30,15 +31,38 @@ class Lowerer:
         self.layout_class = "activation"  # of the graph operation being lowered
         self.module = module  # where composite ops' decompositions go
         self._symbols: set[str] = set()
+        # attributes and locations made once per lowering (one context): dims lists,
+        # splat constants, file locations
+        self._dims: dict[tuple, ir.ArrayAttr] = {}
+        self._splats: dict[tuple, ir.DenseElementsAttr] = {}
+        self._files: dict[tuple, ir.Location] = {}
 
     def tag(self, op_or_value, dims) -> ir.Value:
         """Attach ``mtfc.dims`` (and the layout class, when not the default) to
         the op defining the (single) result; return it."""
-        op = op_or_value.operation if hasattr(op_or_value, "operation") else op_or_value.owner
-        op.attributes[mir.DIMS] = mir.str_array(list(dims))
+        op = getattr(op_or_value, "operation", None)
+        if op is None:
+            op = op_or_value.owner
+        key = tuple(dims)
+        attr = self._dims.get(key)
+        if attr is None:
+            attr = self._dims[key] = mir.str_array(key)
+        attrs = op.attributes
+        attrs[mir.DIMS] = attr
         if self.layout_class != "activation":
-            op.attributes[mir.CLASS] = ir.StringAttr.get(self.layout_class)
+            attrs[mir.CLASS] = ir.StringAttr.get(self.layout_class)
         return op.results[0]
+
+    def location(self, op: Operation, prefix: str = "") -> ir.Location:
+        """``"prefix + op name"("file":line)``: where `op` was made (its file
+        location made once per line)."""
+        if op.location is None:
+            return ir.Location.name(prefix + op.name)
+        file = self._files.get(op.location)
+        if file is None:
+            filename, line = op.location
+            file = self._files[op.location] = ir.Location.file(os.path.basename(filename), line, 1)
+        return ir.Location.name(prefix + op.name, childLoc=file)
 
     def type(self, tensor: Tensor) -> ir.RankedTensorType:
         return mir.tensor_type(tensor.shape.sizes, tensor.dtype)
@@ -47,6 +71,18 @@ class Lowerer:
         return mir.tensor_type(sizes, dtype)
 
     def dense(self, value, tensor: Tensor) -> ir.DenseElementsAttr:
+        """`value` (a number or an array) as a constant of `tensor`'s type; a
+        Python number's splat made once per (number, type)."""
+        kind = type(value)
+        if kind is float or kind is int or kind is bool:
+            key = (kind, struct.pack("<d", value) if kind is float else value, tensor.dtype, tensor.shape.sizes)
+            attr = self._splats.get(key)
+            if attr is None:
+                attr = self._splats[key] = self._dense(value, tensor)
+            return attr
+        return self._dense(value, tensor)
+
+    def _dense(self, value, tensor: Tensor) -> ir.DenseElementsAttr:
         t = self.type(tensor)
         np_dtype = mir.numpy_dtype(tensor.dtype)
         array = np.asarray(value, dtype=np_dtype)
@@ -96,13 +132,6 @@ def _scalar_attr(value, dtype: str) -> ir.Attribute:
     return ir.IntegerAttr.get(element, int(value))
 
 
-def _location(op: Operation, prefix: str = "") -> ir.Location:
-    if op.location is None:
-        return ir.Location.name(prefix + op.name)
-    filename, line = op.location
-    return ir.Location.name(prefix + op.name, childLoc=ir.Location.file(os.path.basename(filename), line, 1))
-
-
 def lower_ops(lx: Lowerer, operations: list[Operation], values: dict[int, ir.Value], remat: "_Recompute | None" = None) -> None:
     """Emit `operations` (in order) at the current insertion point, reading
     and filling `values` (tensor id -> SSA value).  With `remat`, gradient
@@ -115,7 +144,7 @@ def lower_ops(lx: Lowerer, operations: list[Operation], values: dict[int, ir.Val
             args = [remat.value(t) if t.op.recompute and t.op.primitive != "scan" else values[id(t)] for t in op.inputs]
         else:
             args = [values[id(t)] for t in op.inputs]
-        with _location(op):
+        with lx.location(op):
             results = PRIMITIVES[op.primitive].lower(lx, op, args)
         for t, r in zip(op.outputs, results):
             values[id(t)] = r
@@ -154,7 +183,7 @@ class _Recompute:
             args = [self.value(i) if i.op.recompute and i.op.primitive != "scan" else self._barrier(i) for i in op.inputs]
             saved = self.lx.layout_class
             self.lx.layout_class = op.layout_class
-            with _location(op, prefix="recompute/"):
+            with self.lx.location(op, prefix="recompute/"):
                 results = PRIMITIVES[op.primitive].lower(self.lx, op, args)
             self.lx.layout_class = saved
             for out, r in zip(op.outputs, results):
@@ -164,7 +193,7 @@ class _Recompute:
     def _barrier(self, t: Tensor) -> ir.Value:
         if id(t) not in self.barriers:
             value = self.values[id(t)]
-            with _location(t.op, prefix="recompute/"):
+            with self.lx.location(t.op, prefix="recompute/"):
                 barrier = hlo.OptimizationBarrierOp([value])
             self.barriers[id(t)] = self.lx.tag(barrier, t.shape.names)
         return self.barriers[id(t)]
