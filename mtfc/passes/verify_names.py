@@ -568,7 +568,7 @@ def verify_module(module: ir.Module, *, source: str | None = None) -> None:
         _verify(module, where=f"{source}: " if source else "")
 
 
-@register_pass("verify-names")
+@register_pass("verify-names", changes=False)
 def verify_names(module: ir.Module, options) -> None:
     """Check the IR contract (dims, roles, names, layouts, shardings) of docs/IR.md."""
     _verify(module)
