@@ -36,6 +36,7 @@ class Lowerer:
         self._dims: dict[tuple, ir.ArrayAttr] = {}
         self._splats: dict[tuple, ir.DenseElementsAttr] = {}
         self._files: dict[tuple, ir.Location] = {}
+        self._types: dict[tuple, ir.RankedTensorType] = {}
 
     def tag(self, op_or_value, dims) -> ir.Value:
         """Attach ``mtfc.dims`` (and the layout class, when not the default) to
@@ -65,7 +66,30 @@ class Lowerer:
         return ir.Location.name(prefix + op.name, childLoc=file)
 
     def type(self, tensor: Tensor) -> ir.RankedTensorType:
-        return mir.tensor_type(tensor.shape.sizes, tensor.dtype)
+        key = (tensor.shape.sizes, tensor.dtype)
+        t = self._types.get(key)
+        if t is None:
+            t = self._types[key] = mir.tensor_type(*key)
+        return t
+
+    def make(self, name: str, tensor: Tensor, operands, attributes: dict | None = None) -> ir.Value:
+        """The op `name` of `operands` with `attributes` and one result, of
+        `tensor`'s type, tagged with its dims (and class) as `tag` does: the
+        generic builder, for the ops lowered most (elementwise, constants,
+        broadcasts), whose result type is the tensor's."""
+        return self._make(name, self.type(tensor), tensor.shape.names, operands, attributes)
+
+    def _make(self, name: str, result_type: ir.Type, names: tuple, operands, attributes: dict | None) -> ir.Value:
+        attr = self._dims.get(names)
+        if attr is None:
+            attr = self._dims[names] = mir.str_array(names)
+        attrs = {mir.DIMS: attr}
+        if self.layout_class != "activation":
+            attrs[mir.CLASS] = ir.StringAttr.get(self.layout_class)
+        if attributes:
+            attrs.update(attributes)
+        return ir.Operation.create(name, results=[result_type], operands=list(operands),
+                                   attributes=attrs).results[0]
 
     def type_of(self, sizes, dtype: str) -> ir.RankedTensorType:
         return mir.tensor_type(sizes, dtype)
@@ -118,9 +142,16 @@ class Lowerer:
 
     def scalar(self, value, dtype: str) -> ir.Value:
         """A rank-0 constant, e.g. a reduction's init value or a pad value."""
-        t = mir.tensor_type([], dtype)
-        op = hlo.ConstantOp(ir.DenseElementsAttr.get_splat(t, _scalar_attr(value, dtype)))
-        return self.tag(op, [])
+        key = ("scalar", dtype, type(value), struct.pack("<d", value) if isinstance(value, float) else value)
+        try:
+            attr = self._splats.get(key)
+        except TypeError:  # (an unhashable number: not remembered)
+            key, attr = None, None
+        if attr is None:
+            attr = ir.DenseElementsAttr.get_splat(mir.tensor_type([], dtype), _scalar_attr(value, dtype))
+            if key is not None:
+                self._splats[key] = attr
+        return self._make("stablehlo.constant", attr.type, (), [], {"value": attr})
 
 
 def _scalar_attr(value, dtype: str) -> ir.Attribute:
