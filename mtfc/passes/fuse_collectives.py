@@ -95,9 +95,18 @@ def _merge_key(op: ir.Operation) -> tuple:
     """What all_reduces must share to become one variadic op: replica groups,
     reducer body, element type and the channel/device-id flags."""
     body = [o.operation.name for o in op.regions[0].blocks[0].operations]
-    return (str(op.attributes["replica_groups"]), tuple(body),
-            str(ir.RankedTensorType(op.operands[0].type).element_type),
+    # (attributes and types are uniqued: equal exactly when they print the same)
+    return (op.attributes["replica_groups"], tuple(body),
+            ir.RankedTensorType(op.operands[0].type).element_type,
             "use_global_device_ids" in op.attributes, "channel_handle" in op.attributes)
+
+
+def _dedup_key(op: ir.Operation) -> tuple:
+    """What makes two collectives identical: name, operands, attributes but the
+    dims, reducer body and result types."""
+    attrs = tuple(sorted((n, str(op.attributes[n])) for n in op.attributes if n != mir.DIMS))
+    body = str(op.regions[0]) if len(op.regions) else ""
+    return (op.name, tuple(op.operands), attrs, body, tuple(str(r.type) for r in op.results))
 
 
 @dataclass
@@ -133,6 +142,7 @@ class Fuser:
         self.maybe_dead: list[ir.Operation] = []  # ops that may have lost their last use since
         self._ops: list[ir.Operation] | None = None
         self._collectives: list[ir.Operation] | None = None
+        self._created: list[ir.Operation] = []  # collectives created since, for `collectives`
         self.loops: list[ir.Operation] = []  # the block's stablehlo.while ops (after `remove_dead`)
 
     def ops(self) -> list[ir.Operation]:
@@ -151,24 +161,28 @@ class Fuser:
         drops those it erases."""
         if self._collectives is None:
             self._collectives = [op for op in self.ops() if op.name in COLLECTIVES]
-        return list(self._collectives)
+            self._created = []
+        known = self._collectives
+        for op in self._created:  # (after insertions MLIR renumbers the block once, at the first comparison)
+            lo, hi = 0, len(known)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if known[mid].is_before_in_block(op):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            known.insert(lo, op)
+        self._created = []
+        return list(known)
 
     def created(self, op: ir.Operation) -> None:
         """Register `op`, just created in this block (every rewrite does, for
         each op it creates): `ops` is reread, and a collective joins
-        `collectives` in its place."""
+        `collectives` in its place (at the next call: a rewrite visits a
+        snapshot)."""
         self._ops = None
-        if self._collectives is None or op.name not in COLLECTIVES:
-            return
-        known = self._collectives
-        lo, hi = 0, len(known)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if known[mid].is_before_in_block(op):
-                lo = mid + 1
-            else:
-                hi = mid
-        known.insert(lo, op)
+        if self._collectives is not None and op.name in COLLECTIVES:
+            self._created.append(op)
 
     def here(self, op: ir.Operation | None) -> bool:
         """Whether `op` is an op of this block (not of a nested region, not outside)."""
@@ -426,13 +440,19 @@ class Fuser:
 
     def deduplicate(self) -> None:
         seen: dict[tuple, ir.Operation] = {}
+        # (name, operands) -> collectives seen with them: the full key (attributes
+        # and body printed) only for ops sharing both with an earlier one
+        candidates: dict[tuple, list[ir.Operation]] = {}
         for op in self.collectives():
             if op.name not in COLLECTIVES:
                 continue
-            attrs = tuple(sorted((n, str(op.attributes[n])) for n in op.attributes if n != mir.DIMS))
-            body = str(op.regions[0]) if len(op.regions) else ""
-            operands = tuple(op.operands)
-            k = (op.name, operands, attrs, body, tuple(str(r.type) for r in op.results))
+            same = candidates.setdefault((op.name, tuple(op.operands)), [])
+            same.append(op)
+            if len(same) == 1:
+                continue
+            if len(same) == 2:
+                seen.setdefault(_dedup_key(same[0]), same[0])
+            k = _dedup_key(op)
             if k in seen:
                 for old, new in zip(op.results, seen[k].results):
                     self.replace(old, new)
@@ -471,6 +491,7 @@ class Fuser:
             return
         if self._collectives is not None:
             self._collectives = [c for c in self._collectives if c.results[0] not in found]
+            self._created = [c for c in self._created if c.results[0] not in found]
         self.loops = [w for w in self.loops if not len(w.results) or w.results[0] not in found]
         for op in dead:
             op.erase()
@@ -492,6 +513,7 @@ class Fuser:
         kept.reverse()
         self._ops = kept
         self._collectives = [op for op in kept if op.name in COLLECTIVES]
+        self._created = []
         self.loops = [op for op in kept if op.name == "stablehlo.while"]
         self.sweep = False
         self.maybe_dead = []
