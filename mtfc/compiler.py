@@ -103,7 +103,7 @@ def compile_entry(
             module.operation.attributes[mir.OPTIMIZER] = ir.StringAttr.get(str(step.optimizer))
             module.operation.attributes[mir.PRECISION] = ir.StringAttr.get(step.precision)
     clock = _lap(timings, "lower", clock)
-    module = run_passes(module, PIPELINES[mode], dump_dir=dump_dir)
+    module = run_passes(module, PIPELINES[mode], dump_dir=dump_dir, verified=True)  # (lower_graph verified it)
     _lap(timings, "passes", clock)
     if train:
         from mtfc.frontend.train import warn_dropped

@@ -134,6 +134,17 @@ def _parse_dims(attr: ir.Attribute) -> tuple[bool, tuple[tuple[str, ...], ...]]:
     return False, (tuple(read_str_array(array)),)
 
 
+def parsed_dims(attr: ir.Attribute) -> tuple[bool, tuple[tuple[str, ...], ...]]:
+    """An ``mtfc.dims`` attribute read once per context: (nested -- one list
+    per result --, the names of each result's dims).  Raises ValueError or
+    TypeError when it is not a list of strings or of lists of strings."""
+    table = _DIMS_LISTS.table(attr.context)
+    parsed = table.get(attr)
+    if parsed is None:
+        parsed = table[attr] = _parse_dims(attr)
+    return parsed
+
+
 def op_result_dims(op: ir.Operation) -> list[list[str]] | None:
     """Dim names of each result of `op`, or None when it carries none."""
     attrs = op.attributes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -46,13 +47,13 @@ class Shape(tuple):
                 raise MtfcError(f"dim {n!r} is used twice in one tensor shape {list(dims)}", where=_user_where())
         return super().__new__(cls, dims)
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
-        return tuple(d.name for d in self)
+        return tuple([d.name for d in self])  # (a Shape never changes: computed once)
 
-    @property
+    @functools.cached_property
     def sizes(self) -> tuple[int, ...]:
-        return tuple(d.size for d in self)
+        return tuple([d.size for d in self])
 
     @property
     def size(self) -> int:

@@ -9,6 +9,7 @@ mesh and layout rules.  Only ops reachable from the outputs are emitted.
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
 from jax.extend.mlir import ir
@@ -30,23 +31,82 @@ class Lowerer:
         self.layout_class = "activation"  # of the graph operation being lowered
         self.module = module  # where composite ops' decompositions go
         self._symbols: set[str] = set()
+        # attributes and locations made once per lowering (one context): dims lists,
+        # splat constants, file locations
+        self._dims: dict[tuple, ir.ArrayAttr] = {}
+        self._splats: dict[tuple, ir.DenseElementsAttr] = {}
+        self._files: dict[tuple, ir.Location] = {}
+        self._types: dict[tuple, ir.RankedTensorType] = {}
 
     def tag(self, op_or_value, dims) -> ir.Value:
         """Attach ``mtfc.dims`` (and the layout class, when not the default) to
         the op defining the (single) result; return it."""
-        op = op_or_value.operation if hasattr(op_or_value, "operation") else op_or_value.owner
-        op.attributes[mir.DIMS] = mir.str_array(list(dims))
+        op = getattr(op_or_value, "operation", None)
+        if op is None:
+            op = op_or_value.owner
+        key = tuple(dims)
+        attr = self._dims.get(key)
+        if attr is None:
+            attr = self._dims[key] = mir.str_array(key)
+        attrs = op.attributes
+        attrs[mir.DIMS] = attr
         if self.layout_class != "activation":
-            op.attributes[mir.CLASS] = ir.StringAttr.get(self.layout_class)
+            attrs[mir.CLASS] = ir.StringAttr.get(self.layout_class)
         return op.results[0]
 
+    def location(self, op: Operation, prefix: str = "") -> ir.Location:
+        """``"prefix + op name"("file":line)``: where `op` was made (its file
+        location made once per line)."""
+        if op.location is None:
+            return ir.Location.name(prefix + op.name)
+        file = self._files.get(op.location)
+        if file is None:
+            filename, line = op.location
+            file = self._files[op.location] = ir.Location.file(os.path.basename(filename), line, 1)
+        return ir.Location.name(prefix + op.name, childLoc=file)
+
     def type(self, tensor: Tensor) -> ir.RankedTensorType:
-        return mir.tensor_type(tensor.shape.sizes, tensor.dtype)
+        key = (tensor.shape.sizes, tensor.dtype)
+        t = self._types.get(key)
+        if t is None:
+            t = self._types[key] = mir.tensor_type(*key)
+        return t
+
+    def make(self, name: str, tensor: Tensor, operands, attributes: dict | None = None) -> ir.Value:
+        """The op `name` of `operands` with `attributes` and one result, of
+        `tensor`'s type, tagged with its dims (and class) as `tag` does: the
+        generic builder, for the ops lowered most (elementwise, constants,
+        broadcasts), whose result type is the tensor's."""
+        return self._make(name, self.type(tensor), tensor.shape.names, operands, attributes)
+
+    def _make(self, name: str, result_type: ir.Type, names: tuple, operands, attributes: dict | None) -> ir.Value:
+        attr = self._dims.get(names)
+        if attr is None:
+            attr = self._dims[names] = mir.str_array(names)
+        attrs = {mir.DIMS: attr}
+        if self.layout_class != "activation":
+            attrs[mir.CLASS] = ir.StringAttr.get(self.layout_class)
+        if attributes:
+            attrs.update(attributes)
+        return ir.Operation.create(name, results=[result_type], operands=list(operands),
+                                   attributes=attrs).results[0]
 
     def type_of(self, sizes, dtype: str) -> ir.RankedTensorType:
         return mir.tensor_type(sizes, dtype)
 
     def dense(self, value, tensor: Tensor) -> ir.DenseElementsAttr:
+        """`value` (a number or an array) as a constant of `tensor`'s type; a
+        Python number's splat made once per (number, type)."""
+        kind = type(value)
+        if kind is float or kind is int or kind is bool:
+            key = (kind, struct.pack("<d", value) if kind is float else value, tensor.dtype, tensor.shape.sizes)
+            attr = self._splats.get(key)
+            if attr is None:
+                attr = self._splats[key] = self._dense(value, tensor)
+            return attr
+        return self._dense(value, tensor)
+
+    def _dense(self, value, tensor: Tensor) -> ir.DenseElementsAttr:
         t = self.type(tensor)
         np_dtype = mir.numpy_dtype(tensor.dtype)
         array = np.asarray(value, dtype=np_dtype)
@@ -82,9 +142,16 @@ class Lowerer:
 
     def scalar(self, value, dtype: str) -> ir.Value:
         """A rank-0 constant, e.g. a reduction's init value or a pad value."""
-        t = mir.tensor_type([], dtype)
-        op = hlo.ConstantOp(ir.DenseElementsAttr.get_splat(t, _scalar_attr(value, dtype)))
-        return self.tag(op, [])
+        key = ("scalar", dtype, type(value), struct.pack("<d", value) if isinstance(value, float) else value)
+        try:
+            attr = self._splats.get(key)
+        except TypeError:  # (an unhashable number: not remembered)
+            key, attr = None, None
+        if attr is None:
+            attr = ir.DenseElementsAttr.get_splat(mir.tensor_type([], dtype), _scalar_attr(value, dtype))
+            if key is not None:
+                self._splats[key] = attr
+        return self._make("stablehlo.constant", attr.type, (), [], {"value": attr})
 
 
 def _scalar_attr(value, dtype: str) -> ir.Attribute:
@@ -94,13 +161,6 @@ def _scalar_attr(value, dtype: str) -> ir.Attribute:
     if dtype == "i1":
         return ir.IntegerAttr.get(element, int(bool(value)))
     return ir.IntegerAttr.get(element, int(value))
-
-
-def _location(op: Operation, prefix: str = "") -> ir.Location:
-    if op.location is None:
-        return ir.Location.name(prefix + op.name)
-    filename, line = op.location
-    return ir.Location.name(prefix + op.name, childLoc=ir.Location.file(os.path.basename(filename), line, 1))
 
 
 def lower_ops(lx: Lowerer, operations: list[Operation], values: dict[int, ir.Value], remat: "_Recompute | None" = None) -> None:
@@ -115,7 +175,7 @@ def lower_ops(lx: Lowerer, operations: list[Operation], values: dict[int, ir.Val
             args = [remat.value(t) if t.op.recompute and t.op.primitive != "scan" else values[id(t)] for t in op.inputs]
         else:
             args = [values[id(t)] for t in op.inputs]
-        with _location(op):
+        with lx.location(op):
             results = PRIMITIVES[op.primitive].lower(lx, op, args)
         for t, r in zip(op.outputs, results):
             values[id(t)] = r
@@ -154,7 +214,7 @@ class _Recompute:
             args = [self.value(i) if i.op.recompute and i.op.primitive != "scan" else self._barrier(i) for i in op.inputs]
             saved = self.lx.layout_class
             self.lx.layout_class = op.layout_class
-            with _location(op, prefix="recompute/"):
+            with self.lx.location(op, prefix="recompute/"):
                 results = PRIMITIVES[op.primitive].lower(self.lx, op, args)
             self.lx.layout_class = saved
             for out, r in zip(op.outputs, results):
@@ -164,7 +224,7 @@ class _Recompute:
     def _barrier(self, t: Tensor) -> ir.Value:
         if id(t) not in self.barriers:
             value = self.values[id(t)]
-            with _location(t.op, prefix="recompute/"):
+            with self.lx.location(t.op, prefix="recompute/"):
                 barrier = hlo.OptimizationBarrierOp([value])
             self.barriers[id(t)] = self.lx.tag(barrier, t.shape.names)
         return self.barriers[id(t)]

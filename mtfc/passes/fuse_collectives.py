@@ -72,6 +72,11 @@ def _users(value: ir.Value) -> list[ir.Operation]:
     return [use.owner.operation if hasattr(use.owner, "operation") else use.owner for use in value.uses]
 
 
+def _first_result(op: ir.Operation | None) -> ir.Value | None:
+    """`op`'s first result (None for None or an op without results)."""
+    return op.results[0] if op is not None and len(op.results) else None
+
+
 def _later(a: ir.Operation | None, b: ir.Operation | None) -> ir.Operation | None:
     """The later of two ops of one block (None counts as before every op)."""
     if a is None:
@@ -90,9 +95,18 @@ def _merge_key(op: ir.Operation) -> tuple:
     """What all_reduces must share to become one variadic op: replica groups,
     reducer body, element type and the channel/device-id flags."""
     body = [o.operation.name for o in op.regions[0].blocks[0].operations]
-    return (str(op.attributes["replica_groups"]), tuple(body),
-            str(ir.RankedTensorType(op.operands[0].type).element_type),
+    # (attributes and types are uniqued: equal exactly when they print the same)
+    return (op.attributes["replica_groups"], tuple(body),
+            ir.RankedTensorType(op.operands[0].type).element_type,
             "use_global_device_ids" in op.attributes, "channel_handle" in op.attributes)
+
+
+def _dedup_key(op: ir.Operation) -> tuple:
+    """What makes two collectives identical: name, operands, attributes but the
+    dims, reducer body and result types."""
+    attrs = tuple(sorted((n, str(op.attributes[n])) for n in op.attributes if n != mir.DIMS))
+    body = str(op.regions[0]) if len(op.regions) else ""
+    return (op.name, tuple(op.operands), attrs, body, tuple(str(r.type) for r in op.results))
 
 
 @dataclass
@@ -124,16 +138,51 @@ class Fuser:
         self.n = num_devices
         self.variadic = variadic  # may all_reduces be merged into one variadic op
         self.changed = False
-        self.dirty = True  # ops may have lost their last use since `remove_dead` last ran
+        self.sweep = True  # `remove_dead` sweeps the whole block (the first time: ops dead on entry)
+        self.maybe_dead: list[ir.Operation] = []  # ops that may have lost their last use since
         self._ops: list[ir.Operation] | None = None
+        self._collectives: list[ir.Operation] | None = None
+        self._created: list[ir.Operation] = []  # collectives created since, for `collectives`
+        self.loops: list[ir.Operation] = []  # the block's stablehlo.while ops (after `remove_dead`)
 
     def ops(self) -> list[ir.Operation]:
-        """The block's ops in order (a new list after each `replace` or erasure:
-        the only ways, with the ops a rewrite creates just before a `replace`,
-        that the block changes)."""
+        """The block's ops in order (a new list after a rewrite creates an op
+        (`created`) or `remove_dead` erases some: the only ways the block's
+        list of ops changes)."""
         if self._ops is None:
             self._ops = [op.operation for op in self.block.operations]
         return self._ops
+
+    def collectives(self) -> list[ir.Operation]:
+        """The block's collectives (`COLLECTIVES`) in order, a snapshot: the
+        rewrites visit only these, and the ~95% other ops of a program cost
+        nothing.  Kept up to date without rereading the block: a rewrite
+        that creates a collective registers it (`created`), `remove_dead`
+        drops those it erases."""
+        if self._collectives is None:
+            self._collectives = [op for op in self.ops() if op.name in COLLECTIVES]
+            self._created = []
+        known = self._collectives
+        for op in self._created:  # (after insertions MLIR renumbers the block once, at the first comparison)
+            lo, hi = 0, len(known)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if known[mid].is_before_in_block(op):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            known.insert(lo, op)
+        self._created = []
+        return list(known)
+
+    def created(self, op: ir.Operation) -> None:
+        """Register `op`, just created in this block (every rewrite does, for
+        each op it creates): `ops` is reread, and a collective joins
+        `collectives` in its place (at the next call: a rewrite visits a
+        snapshot)."""
+        self._ops = None
+        if self._collectives is not None and op.name in COLLECTIVES:
+            self._created.append(op)
 
     def here(self, op: ir.Operation | None) -> bool:
         """Whether `op` is an op of this block (not of a nested region, not outside)."""
@@ -172,14 +221,18 @@ class Fuser:
         return k
 
     def replace(self, old: ir.Value, new: ir.Value) -> None:
+        """Replace every use of `old` by `new`: `old`'s op may be left dead, and so
+        may `new`'s if `old` had no use (an op a rewrite just created)."""
+        for value in (old, new):
+            producer = _producer(value)
+            if producer is not None:
+                self.maybe_dead.append(producer)
         old.replace_all_uses_with(new)
         self.changed = True
-        self.dirty = True
-        self._ops = None
 
     # ------------------------------------------------------------- rewrites
     def gather_then_own_slice(self) -> None:
-        for op in self.ops():
+        for op in self.collectives():
             if op.name != "stablehlo.all_gather" or len(op.results) != 1:
                 continue
             k = _int_attr(op, "all_gather_dim")
@@ -188,7 +241,7 @@ class Fuser:
                     self.replace(user.results[0], op.operands[0])
 
     def own_slice_then_gather(self) -> None:
-        for op in self.ops():
+        for op in self.collectives():
             if op.name != "stablehlo.all_gather" or len(op.results) != 1:
                 continue
             ds = _producer(op.operands[0])
@@ -198,7 +251,7 @@ class Fuser:
                 self.replace(op.results[0], ds.operands[0])
 
     def all_to_all_inverse(self) -> None:
-        for op in self.ops():
+        for op in self.collectives():
             if op.name != "stablehlo.all_to_all" or len(op.results) != 1:
                 continue
             first = _producer(op.operands[0])
@@ -223,7 +276,7 @@ class Fuser:
 
     def _sink_all_reduce_once(self) -> bool:
         sunk = False
-        for op in self.ops():
+        for op in self.collectives():
             if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
                 continue
             users = _users(op.results[0])
@@ -236,11 +289,13 @@ class Fuser:
             with ir.InsertionPoint(move), move.location:
                 moved = ir.Operation.create(move.name, results=[move.results[0].type], operands=[op.operands[0]],
                                             attributes=attrs)
+                self.created(moved)
                 reduce_attrs = {n: op.attributes[n] for n in op.attributes}
                 reduce_attrs[mir.DIMS] = move.attributes[mir.DIMS]
                 summed = ir.Operation.create("stablehlo.all_reduce", results=[move.results[0].type],
                                              operands=[moved.results[0]], attributes=reduce_attrs, regions=1)
                 clone_region(op.regions[0], summed.regions[0])
+            self.created(summed)
             self.replace(move.results[0], summed.results[0])
         return sunk
 
@@ -254,7 +309,7 @@ class Fuser:
         becomes the reduce_scatter, then the convert of the block: a slice
         commutes with a convert exactly, and the sum stays in the all_reduce's
         element type."""
-        for op in self.ops():
+        for op in self.collectives():
             if op.name != "stablehlo.all_reduce" or len(op.results) != 1:
                 continue
             users = _users(op.results[0])
@@ -283,11 +338,13 @@ class Fuser:
                                          operands=[op.operands[0]], attributes=attrs, regions=1)
                 clone_region(op.regions[0], rs.regions[0])
                 mir.set_op_result_dims(rs, dims)
+                self.created(rs)
                 block = rs
                 if convert is not None:
                     block = ir.Operation.create("stablehlo.convert", results=[block_type], operands=[rs.results[0]],
                                                 attributes={n: convert.attributes[n] for n in convert.attributes})
                     mir.set_op_result_dims(block, dims)
+                    self.created(block)
             for ds in slices:
                 self.replace(ds.results[0], block.results[0])
 
@@ -341,7 +398,7 @@ class Fuser:
         comes after B's first user, which comes after B's slot."""
         buckets: dict[tuple, _Bucket] = {}
         done: list[_Bucket] = []
-        for op in self.ops():
+        for op in self.collectives():
             if op.name != "stablehlo.all_reduce":
                 continue
             k = _merge_key(op)
@@ -370,6 +427,7 @@ class Fuser:
             merged = ir.Operation.create("stablehlo.all_reduce", results=types, operands=operands,
                                          attributes=attrs, regions=1)
             clone_region(first.regions[0], merged.regions[0])
+        self.created(merged)
         mir.set_op_result_dims(merged, [mir.value_dims(r) for o in members for r in o.results])
         results = iter(merged.results)
         for o in members:
@@ -382,13 +440,19 @@ class Fuser:
 
     def deduplicate(self) -> None:
         seen: dict[tuple, ir.Operation] = {}
-        for op in self.ops():
+        # (name, operands) -> collectives seen with them: the full key (attributes
+        # and body printed) only for ops sharing both with an earlier one
+        candidates: dict[tuple, list[ir.Operation]] = {}
+        for op in self.collectives():
             if op.name not in COLLECTIVES:
                 continue
-            attrs = tuple(sorted((n, str(op.attributes[n])) for n in op.attributes if n != mir.DIMS))
-            body = str(op.regions[0]) if len(op.regions) else ""
-            operands = tuple(op.operands)
-            k = (op.name, operands, attrs, body, tuple(str(r.type) for r in op.results))
+            same = candidates.setdefault((op.name, tuple(op.operands)), [])
+            same.append(op)
+            if len(same) == 1:
+                continue
+            if len(same) == 2:
+                seen.setdefault(_dedup_key(same[0]), same[0])
+            k = _dedup_key(op)
             if k in seen:
                 for old, new in zip(op.results, seen[k].results):
                     self.replace(old, new)
@@ -396,19 +460,63 @@ class Fuser:
                 seen[k] = op
 
     def remove_dead(self) -> None:
-        """Erase @main's ops whose results are all unused.  One backward sweep
-        reaches the fixpoint (an op's users come after it), so after it only a
-        `replace` -- every rewrite's one way to change the program -- can make
-        an op dead: without one since the last sweep there is nothing to do."""
-        if not self.dirty:
+        """Erase the block's ops whose results are all unused (not the
+        terminator, nor ops without results), to the fixpoint.
+
+        The first time, one backward sweep of the whole block (an op's users
+        come after it).  After it only a `replace` -- every rewrite's one way
+        to change the program -- can make an op dead: the op whose value it
+        replaced (or the op it created, if that value had no use), then,
+        as dead ops go, the producers of their operands.  So later calls
+        look only at those (`maybe_dead`): ops all of whose uses are by ops
+        found dead (a use inside a loop's body counts at the loop), found
+        users first and erased in that order (each once, while every handle
+        is valid); the same ops the sweep would erase."""
+        if self.sweep:
+            self._sweep_block()
             return
-        for op in reversed(self.ops()):
-            if op.name == "func.return" or not len(op.results):
+        work, self.maybe_dead = self.maybe_dead, []
+        dead: list[ir.Operation] = []
+        found: set[ir.Value] = set()  # first results of `dead` (a value hashes by identity, an op by content)
+        while work:
+            op = work.pop()
+            if not self.here(op) or op.name == "func.return" or not len(op.results) or op.results[0] in found:
                 continue
-            if all(not list(r.uses) for r in op.results):
+            if all(_first_result(self.in_block(use.owner.operation)) in found for r in op.results for use in r.uses):
+                dead.append(op)
+                found.add(op.results[0])
+                for inner in (mir.walk(op) if len(op.regions) else (op,)):  # a loop body's uses too
+                    work.extend(p for p in map(_producer, inner.operands) if p is not None)
+        if not dead:
+            return
+        if self._collectives is not None:
+            self._collectives = [c for c in self._collectives if c.results[0] not in found]
+            self._created = [c for c in self._created if c.results[0] not in found]
+        self.loops = [w for w in self.loops if not len(w.results) or w.results[0] not in found]
+        for op in dead:
+            op.erase()
+        self._ops = None
+
+    def _sweep_block(self) -> None:
+        """`remove_dead` by one backward sweep of the whole block."""
+        kept = []
+        for op in reversed(self.ops()):
+            results = op.results
+            if len(results) == 1:  # (most ops: the quick test)
+                unused = next(iter(results[0].uses), None) is None
+            else:
+                unused = len(results) and op.name != "func.return" and all(not list(r.uses) for r in results)
+            if unused:
                 op.erase()
-                self._ops = None
-        self.dirty = False
+            else:
+                kept.append(op)
+        kept.reverse()
+        self._ops = kept
+        self._collectives = [op for op in kept if op.name in COLLECTIVES]
+        self._created = []
+        self.loops = [op for op in kept if op.name == "stablehlo.while"]
+        self.sweep = False
+        self.maybe_dead = []
 
     def run(self) -> None:
         for _ in range(8):
@@ -441,9 +549,8 @@ def fuse_collectives(module: ir.Module, options) -> None:
 def _fuse_block(block: ir.Block, num_devices: int, variadic: bool) -> None:
     """`Fuser` on `block`, then on the cond and body blocks of each loop left
     in it (a loop whose results went unused is gone by then)."""
-    Fuser(block, num_devices, variadic=variadic).run()
-    for op in list(block.operations):
-        op = op.operation
-        if op.name == "stablehlo.while":
-            for region in op.regions:
-                _fuse_block(region.blocks[0], num_devices, variadic)
+    fuser = Fuser(block, num_devices, variadic=variadic)
+    fuser.run()
+    for op in fuser.loops:
+        for region in op.regions:
+            _fuse_block(region.blocks[0], num_devices, variadic)

@@ -1,8 +1,9 @@
 """The pass registry and pipeline runner (with numbered per-pass dumps).
 
 A pass is a function ``(module, options) -> None`` that rewrites `module` in
-place.  `run_passes` runs a list of them, verifying the module after each,
-and when given a dump directory writes ``00-input.mlir``,
+place.  `run_passes` runs a list of them, verifying the module after each
+(after a pass registered read-only, only if the module was not known to
+verify before it), and when given a dump directory writes ``00-input.mlir``,
 ``01-<first-pass>.mlir``, ... so every intermediate module can be read.
 """
 
@@ -29,6 +30,7 @@ class Pass:
     name: str
     run: Callable[[ir.Module, PassOptions], None]
     summary: str
+    changes: bool = True  # False: the pass only checks (it leaves the module as it was)
 
 
 PASSES: dict[str, Pass] = {}
@@ -42,13 +44,14 @@ PIPELINES: dict[str, list[str]] = {
 }
 
 
-def register_pass(name: str):
+def register_pass(name: str, *, changes: bool = True):
     """Decorator registering ``fn(module, options)`` as pass `name`; its docstring's
-    first line is the pass's summary."""
+    first line is the pass's summary.  `changes=False`: the pass never changes
+    the module (a check), so a module that verified before it still does."""
 
     def wrap(fn):
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        PASSES[name] = Pass(name, fn, summary)
+        PASSES[name] = Pass(name, fn, summary, changes)
         return fn
 
     return wrap
@@ -68,8 +71,12 @@ def run_passes(
     *,
     options: PassOptions | None = None,
     dump_dir: str | None = None,
+    verified: bool = False,
 ) -> ir.Module:
-    """Run passes `names` over `module` in place; return it."""
+    """Run passes `names` over `module` in place; return it.  `verified`: the
+    module is known to verify (`compile_entry`'s, just lowered and verified),
+    so a read-only pass first (verify-names) is not followed by verifying
+    it again."""
     from mtfc.files.atomic import write_text_atomic
     from mtfc.files.modules import module_text
 
@@ -82,8 +89,10 @@ def run_passes(
             raise MtfcError(f"unknown pass {name!r} (known: {', '.join(sorted(PASSES))})")
         with module.context, ir.Location.unknown():
             PASSES[name].run(module, options)
-        if not module.operation.verify():
-            raise AssertionError(f"pass {name} produced a module that does not verify")
+        if PASSES[name].changes or not verified:
+            if not module.operation.verify():
+                raise AssertionError(f"pass {name} produced a module that does not verify")
+            verified = True
         if dump_dir:
             write_text_atomic(os.path.join(dump_dir, f"{i:02d}-{name}.mlir"), module_text(module))
     return module

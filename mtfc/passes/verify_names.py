@@ -173,38 +173,116 @@ def _check_aliases(args: list[_Interface], results: list[_Interface]) -> None:
             raise MtfcError(f"{a.what}: {mir.ALIAS} = {k} names no result (@main has {len(results)})")
         if k in taken:
             raise MtfcError(f"{a.what}: {mir.ALIAS} = {k} is also {taken[k].what}'s; a result reuses one buffer")
-        if str(results[k].type) != str(a.type):
+        if results[k].type != a.type:  # (types are uniqued: equal when they print the same)
             raise MtfcError(f"{a.what}: {mir.ALIAS} = {k} names {results[k].what} of type {results[k].type}, "
                             f"not the argument's {a.type}")
         taken[k] = a
 
 
 _TERMINATORS = ("func.return", "stablehlo.return")
+_DIMS, _WHILE = mir.DIMS, "stablehlo.while"
 
 
-def _check_body(fn: ir.Operation, kind: str) -> None:
-    known: dict[ir.Value, list[str]] = {}  # dims of the results checked so far (operands read them)
+class _Body:
+    """What one walk of @main's body (`_check_body`) learned for the later checks."""
+
+    def __init__(self):
+        self.loops: list[ir.Operation] = []  # stablehlo.while ops carrying mtfc.loop_dim
+        self.dims_attrs: set = set()  # the distinct mtfc.dims attributes of its ops
+        self.state: set[str] = set()  # dims of param-class results (when asked for)
+
+    def module_dims(self, args, results) -> tuple[set[str], set[str]]:
+        """`module_dims` of the walked function, without walking it again."""
+        every, state = _interface_dims(args, results)
+        for attr in self.dims_attrs:
+            for d in mir.parsed_dims(attr)[1]:
+                every.update(d)
+        state.update(self.state)
+        return every, state
+
+
+def _check_body(fn: ir.Operation, kind: str, *, state: bool = False) -> _Body:
+    """Check every op of `program_ops(fn)` (dims, sizes, loops) in one walk.
+
+    An op's verdict depends only on its name, its ``mtfc.dims`` attribute, its
+    result types and -- for size-keeping ops of a global program -- its
+    operands' dims and types (a loop also on its other attributes and its
+    body); so each distinct such signature is checked once and its repeats
+    are only looked up (a deep model repeats a few hundred thousands of
+    times).  Loops are always checked in full.  With `state`, also collects
+    the dims of param-class results (`module_dims`)."""
+    body = _Body()
+    operands = kind in ("none", "gspmd")
+    known: dict[ir.Value, tuple] = {}  # value -> (dims, type): results checked so far, operands read
+    verdicts: dict[tuple, tuple] = {}  # signature -> dims per result, of ops that passed
+    lookup, seen = known.get, body.dims_attrs.add
     for op in program_ops(fn):
-        if op.name in _TERMINATORS:
+        name = op.name
+        if name in _TERMINATORS:
             continue
-        what = mir.describe_op_lazily(op)
-        if mir.DIMS not in op.attributes:
-            if kind == "shardy" or not len(op.results):
-                continue  # Shardy's own reshapes may have no names (docs/passes/shardy.md)
-            raise MtfcError(f"{what} carries no mtfc.dims")
         try:
-            dims = mir.op_result_dims(op)
-        except (ValueError, TypeError, AssertionError):
-            raise MtfcError(f"{what}: mtfc.dims must be a list of strings (or of lists, one per result)") from None
-        if len(dims) != len(op.results):
-            raise MtfcError(f"{what}: mtfc.dims lists {len(dims)} results, the op has {len(op.results)}")
-        for d, r in zip(dims, op.results):
-            _check_dims(d, r.type, what)
-        _check_one_size(op, dims, kind, what, known)
-        for d, r in zip(dims, op.results):
-            known[r] = d
-        if op.name == "stablehlo.while" and mir.LOOP_DIM in op.attributes:
-            _check_loop(op, dims, kind, what)
+            attr = op.attributes[_DIMS]
+        except KeyError:
+            attr = None
+        results = list(op.results)
+        if attr is None or name == _WHILE:
+            dims = _check_op(op, kind, known)
+            if dims is None:
+                continue
+            types = [r.type for r in results]
+            if name == "stablehlo.while" and mir.LOOP_DIM in op.attributes:
+                body.loops.append(op)
+        else:
+            types = tuple([r.type for r in results])
+            if operands and name in _SIZE_KEEPING:
+                key = (name, attr, types, tuple([lookup(v) or _operand(v, known) for v in op.operands]))
+            else:
+                key = (name, attr, types)
+            dims = verdicts.get(key)
+            if dims is None:
+                dims = verdicts[key] = _check_op(op, kind, known)
+        seen(attr)
+        for r, d, t in zip(results, dims, types):
+            known[r] = (d, t)
+        if state:
+            for d, cls in zip(dims, mir.op_result_classes(op)):
+                if cls == "param":
+                    body.state.update(d)
+    return body
+
+
+def _operand(value: ir.Value, known: dict) -> tuple | None:
+    """(dims, type) of an operand not produced by a checked op (an argument of
+    @main or of a loop's region), remembered in `known`; None when it has no
+    dims to read (reported at its own op)."""
+    try:
+        entry = known[value] = (tuple(mir.value_dims(value)), value.type)
+    except (MtfcError, KeyError, IndexError, ValueError):
+        return None
+    return entry
+
+
+def _check_op(op: ir.Operation, kind: str, known: dict) -> tuple | None:
+    """Check one op of @main's body (or of a loop's): its dims, their sizes,
+    a loop's carried values.  Returns its dims per result (None for an op
+    allowed to carry none)."""
+    what = mir.describe_op_lazily(op)
+    if mir.DIMS not in op.attributes:
+        if kind == "shardy" or not len(op.results):
+            return None  # Shardy's own reshapes may have no names (docs/passes/shardy.md)
+        raise MtfcError(f"{what} carries no mtfc.dims")
+    try:
+        dims = mir.op_result_dims(op)
+    except (ValueError, TypeError, AssertionError):
+        raise MtfcError(f"{what}: mtfc.dims must be a list of strings (or of lists, one per result)") from None
+    if len(dims) != len(op.results):
+        raise MtfcError(f"{what}: mtfc.dims lists {len(dims)} results, the op has {len(op.results)}")
+    for d, r in zip(dims, op.results):
+        _check_dims(d, r.type, what)
+    _check_one_size(op, dims, kind, what, known)
+    if op.name == "stablehlo.while" and mir.LOOP_DIM in op.attributes:
+        _check_loop(op, dims, kind, what)
+    return tuple(tuple(d) for d in dims)
 
 
 def _check_loop(op: ir.Operation, dims: list[list[str]], kind: str, what: str) -> None:
@@ -266,12 +344,11 @@ def _check_one_size(op: ir.Operation, dims: list[list[str]], kind: str, what: st
         return
     values = [(d, r.type, f"result #{k}") for k, (d, r) in enumerate(zip(dims, op.results))]
     if kind in ("none", "gspmd") and op.name in _SIZE_KEEPING:
+        known = {} if known is None else known
         for k, v in enumerate(op.operands):
-            try:
-                d = known.get(v) if known is not None else None
-                values.append((d if d is not None else mir.value_dims(v), v.type, f"operand #{k}"))
-            except (MtfcError, KeyError, IndexError, ValueError):
-                continue  # an unnamed operand is reported at its own op
+            entry = known.get(v) or _operand(v, known)
+            if entry is not None:  # an unnamed operand is reported at its own op
+                values.append((entry[0], entry[1], f"operand #{k}"))
     _check_sizes(values, what)
 
 
@@ -397,14 +474,20 @@ def _check_per_device(module: ir.Module, layouts: mir.Layouts,
                                 f"of its global shape {list(g.shape)} (dims {g.dims}) under the layout")
 
 
-def module_dims(fn: ir.Operation, args, results) -> tuple[set[str], set[str]]:
-    """(dims of every value of @main, dims of its parameters and optimizer state)."""
+def _interface_dims(args, results) -> tuple[set[str], set[str]]:
+    """(dims of @main's arguments and results, dims of those that are stored state)."""
     every: set[str] = set()
     state: set[str] = set()
     for v in args + results:
         every.update(v.dims)
         if v.role in mir.STATE_ROLES:
             state.update(v.dims)
+    return every, state
+
+
+def module_dims(fn: ir.Operation, args, results) -> tuple[set[str], set[str]]:
+    """(dims of every value of @main, dims of its parameters and optimizer state)."""
+    every, state = _interface_dims(args, results)
     for op in program_ops(fn):
         if mir.DIMS not in op.attributes or op.name in _TERMINATORS:
             continue
@@ -428,12 +511,14 @@ def _unused_rule_error(rule: str, dim: str, have: set[str], what: str, holder: s
     )
 
 
-def check_rules_used(module: ir.Module, fn: ir.Operation, args, results) -> None:
+def check_rules_used(module: ir.Module, fn: ir.Operation, args, results, body: _Body | None = None) -> None:
     """Every layout rule names a dim of the module, every parameter-layout rule
-    a dim of its stored state (parameters, optimizer state, param-class ops)."""
+    a dim of its stored state (parameters, optimizer state, param-class ops).
+    `body`: what `_check_body` collected of `fn` (its state dims included,
+    when the module has a parameter layout), instead of walking it again."""
     if mir.ALLOW_UNUSED_RULES in module.operation.attributes:
         return
-    every, state = module_dims(fn, args, results)
+    every, state = body.module_dims(args, results) if body is not None else module_dims(fn, args, results)
     checks = [(mir.module_layout(module), every, "layout", "value")]
     if mir.PARAM_LAYOUT in module.operation.attributes:
         checks.append((mir.module_param_layout(module), state, "parameter layout",
@@ -460,12 +545,13 @@ def _verify(module: ir.Module, *, where: str = "", allow_unused: bool = False) -
         fn = mir.entry_function(module)
         args, results = _interfaces(fn)
         _check_interfaces(args, results)
-        _check_body(fn, kind)
-        check_loop_dims(module)
+        body = _check_body(fn, kind, state=mir.PARAM_LAYOUT in module.operation.attributes)
+        if body.loops:  # (nothing to check without loops)
+            check_loop_dims(module)
         if kind in ("none", "gspmd"):
             _check_layouts_apply(layouts, args, results)
         if not allow_unused:
-            check_rules_used(module, fn, args, results)
+            check_rules_used(module, fn, args, results, body)
         _check_shardings(fn, kind, layouts, args, results)
         if kind in mir.PER_DEVICE:
             _check_per_device(module, layouts, args, results)
@@ -482,7 +568,7 @@ def verify_module(module: ir.Module, *, source: str | None = None) -> None:
         _verify(module, where=f"{source}: " if source else "")
 
 
-@register_pass("verify-names")
+@register_pass("verify-names", changes=False)
 def verify_names(module: ir.Module, options) -> None:
     """Check the IR contract (dims, roles, names, layouts, shardings) of docs/IR.md."""
     _verify(module)

@@ -23,7 +23,7 @@ class Constant(Primitive):
 
     def lower(self, lx, op, args):
         out = op.outputs[0]
-        return [lx.tag(hlo.ConstantOp(lx.dense(op.params["value"], out)), out.shape.names)]
+        return [lx.make("stablehlo.constant", out, [], {"value": lx.dense(op.params["value"], out)})]
 
     def grad(self, op, output_grads):
         return []

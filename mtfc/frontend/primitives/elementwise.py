@@ -39,6 +39,7 @@ BINARY = {
     "and": hlo.AndOp,
     "or": hlo.OrOp,
 }
+_OP_NAMES = {fn: builder.OPERATION_NAME for fn, builder in {**UNARY, **BINARY}.items()}  # (`Lowerer.make`)
 COMPARE = {"eq": "EQ", "ne": "NE", "lt": "LT", "le": "LE", "gt": "GT", "ge": "GE"}
 FLOAT_ONLY = {"exp", "log", "tanh", "logistic", "sqrt", "rsqrt", "floor", "power"}
 BOOL_ONLY = {"not", "and", "or"}
@@ -77,10 +78,8 @@ class Elementwise(Primitive):
     def lower(self, lx, op, args):
         fn = op.params["fn"]
         dims = op.outputs[0].shape.names
-        if fn in UNARY:
-            out = UNARY[fn](*args)
-        elif fn in BINARY:
-            out = BINARY[fn](*args)
+        if fn in _OP_NAMES:
+            return [lx.make(_OP_NAMES[fn], op.outputs[0], args)]
         elif fn in COMPARE:
             kind = "FLOAT" if op.inputs[0].dtype in FLOAT_DTYPES else ("UNSIGNED" if op.inputs[0].dtype == "i1" else "SIGNED")
             out = hlo.CompareOp(

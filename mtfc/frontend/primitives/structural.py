@@ -7,6 +7,7 @@ sum over the added dims, a slice's a pad with zeros, a pad's a slice, and so on.
 
 from __future__ import annotations
 
+from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo as hlo
 
 from mtfc.frontend.dims import Shape
@@ -38,7 +39,8 @@ class Broadcast(Primitive):
             names = [x.shape.names[i] for i in order]
             value = lx.tag(hlo.TransposeOp(value, order), names)
             positions = sorted(positions)
-        return [lx.tag(hlo.BroadcastInDimOp(lx.type(out), value, positions), out.shape.names)]
+        return [lx.make("stablehlo.broadcast_in_dim", out, [value],
+                        {"broadcast_dimensions": ir.DenseI64ArrayAttr.get(positions)})]
 
     def grad(self, op, output_grads):
         from mtfc.frontend import ops
