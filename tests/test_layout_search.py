@@ -1,7 +1,8 @@
 """The layout search (`mtfc layout`, `mtfc compile --layout auto`,
 mtfc/layout/): it finds the layout where the answer is known -- data
-parallel when parameters are tiny, Megatron-style (d_ff split) when
-activations are small against the weights, FSDP when the memory budget
+parallel when parameters are tiny, Megatron-style (d_ff split; heads and
+d_ff sharing one mesh axis in a transformer block) when activations are
+small against the weights, FSDP when the memory budget
 forbids replicated parameters, an error when nothing fits -- its cost
 model's parts agree with independent counts, and bad input is one line.
 
@@ -14,6 +15,7 @@ No test asserts a time."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import pathlib
@@ -32,7 +34,7 @@ from mtfc.layout.cost import layouts_of, module_table, op_flops, per_device_flop
 from mtfc.layout.network import PRESETS
 from mtfc.layout.report import parse_size
 from mtfc.layout.search import EXHAUSTIVE_LIMIT, best, evaluate, search_result
-from mtfc.mesh import Mesh
+from mtfc.mesh import LayoutRules, Mesh, tensor_layout
 from mtfc.passes import comm_analysis, memory_analysis, run_passes
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -52,6 +54,26 @@ def mlp(x, y):
     out = mtf.layers.dense(h, d_model, [d_ff], name="fc2")
     err = out - y
     return {{"loss": mtf.reduce_mean(err * err)}}
+'''
+
+BLOCK = '''
+import mtfc as mtf
+
+batch = mtf.Dim("batch", 2)
+length = mtf.Dim("length", 8)
+d_model = mtf.Dim("d_model", 256)
+heads = mtf.Dim("heads", 8)
+d_kv = mtf.Dim("d_kv", 64)
+d_ff = mtf.Dim("d_ff", 1024)
+
+
+@mtf.entry(inputs={"x": mtf.Input([batch, length, d_model]), "y": mtf.Input([batch, length, d_model])},
+           mesh="model:4", layout="", optimizer="adamw:lr=1e-3")
+def block(x, y):
+    h = x + mtf.layers.attention(x, io_dim=d_model, heads_dim=heads, kv_dim=d_kv, length_dim=length, causal=True)
+    out = h + mtf.layers.feed_forward(h, io_dim=d_model, hidden_dim=d_ff, activation=mtf.gelu)
+    err = out - y
+    return {"loss": mtf.reduce_mean(err * err)}
 '''
 
 DOT = '''
@@ -109,6 +131,24 @@ def test_megatron_when_activations_are_small_against_the_weights(tmp_path):
     # why: data parallelism all-reduces the weights' gradients, Megatron only [batch, d_model] activations
     assert dp.features.axis_bytes["model"] > 50 * winner.features.axis_bytes["model"]
     assert any(c["kind"] == "all_reduce" and c["dims"] == ["d_ff"] for c in winner.collectives)
+
+
+def test_megatron_shares_the_model_axis_between_heads_and_d_ff(tmp_path):
+    # a transformer block with tiny activations (2 x 8 tokens) against its weights: Megatron's layout splits
+    # the attention heads AND the feed-forward hidden dim over the one model axis -- dims that never meet in
+    # one tensor, so they may share it
+    path = tmp_path / "block.py"
+    path.write_text(BLOCK)
+    mesh = Mesh.parse("model:4")
+    for train in (False, True):
+        module = global_module(str(path), train=train)
+        winner, result = best(module, mesh, network=PRESETS["cpu"])
+        assert (winner.rules, winner.param_rules) == ("heads:model,d_ff:model", ""), (train, winner.rules)
+        by_rules = {(c.rules, c.param_rules): c for c in result.candidates}
+        # each half alone leaves the other half's weights replicated: more compute and memory per device
+        for half in ("heads:model", "d_ff:model"):
+            c = by_rules[(half, "")]
+            assert c.total_s > winner.total_s and c.peak_bytes > winner.peak_bytes, (train, half)
 
 
 def test_fsdp_when_the_budget_forbids_replicated_parameters(tmp_path):
@@ -210,22 +250,95 @@ def test_splat_constants_count_one_element():
     assert live.peak_bytes == 64 * 64 * 4 + 4  # the sum, and one element of the splat
 
 
-def test_space_respects_divisibility_and_one_dim_per_axis(tmp_path):
+def module_values(module):
+    """(dims, shape) of every argument, result and op result (loop bodies included), read from the IR."""
+    from jax.extend.mlir import ir
+
+    out = []
+    with module.context:
+        for sig in list(mir.arguments(module)) + list(mir.results(module)):
+            out.append((tuple(sig.dims), tuple(sig.shape)))
+        for op in mir.walk_ops(mir.entry_function(module)):
+            dims = mir.op_result_dims(op)
+            for k, r in enumerate(op.results):
+                if dims is not None and k < len(dims) and isinstance(r.type, ir.RankedTensorType):
+                    out.append((tuple(dims[k]), tuple(ir.RankedTensorType(r.type).shape)))
+    return sorted(set(out))
+
+
+def accepted_everywhere(values, mesh, text):
+    """The independent validity check: `mesh.tensor_layout` lays out every value under rules `text`."""
+    rules = LayoutRules.parse(text)
+    try:
+        for dims, shape in values:
+            tensor_layout(dims, shape, rules, mesh)
+    except MtfcError:
+        return False
+    return True
+
+
+def test_space_is_exactly_the_layouts_every_value_accepts(tmp_path):
+    # brute force: every dim -> subset of mesh axes (mesh order), kept iff tensor_layout accepts every value
     path = model_file(tmp_path, batch=6, d_model=8, d_ff=12, mesh="rows:2,cols:4")
-    info = space.space_info(global_module(path, train=True))
     mesh = Mesh.parse("rows:2,cols:4")
-    acts = list(space.activation_space(info, mesh))
-    texts = [space.rules_text(a) for a in acts]
-    assert texts[0] == "" and len(set(texts)) == len(texts)
-    for a in acts:
-        axes = [x for _, ax in a for x in ax]
-        assert len(axes) == len(set(axes))
-        for d, ax in a:
-            k = math.prod(mesh.axis_size(x) for x in ax)
-            assert all(n % k == 0 for n in info.sizes.get(d, frozenset()) | info.param_sizes.get(d, frozenset()))
-    assert "batch:cols" not in texts and "batch:rows" in texts and "d_ff:cols" in texts  # 6 % 4, 6 % 2, 12 % 4
-    for p in space.param_space(info, mesh, (("batch", ("rows",)),))[1:]:
-        assert "batch" not in p  # FSDP splits the parameters' own dims
+    for train in (False, True):
+        module = global_module(path, train=train)
+        info = space.space_info(module)
+        values = module_values(module)
+        acts = list(space.activation_space(info, mesh))
+        texts = [space.rules_text(a) for a in acts]
+        assert texts[0] == "" and len(set(texts)) == len(texts)
+        subsets = [(), ("rows",), ("cols",), ("rows", "cols")]
+        brute = set()
+        for pick in itertools.product(subsets, repeat=len(info.dims)):
+            text = space.rules_text(tuple((d, ax) for d, ax in zip(info.dims, pick) if ax))
+            if accepted_everywhere(values, mesh, text):
+                brute.add(text)
+        assert set(texts) == brute, (train, sorted(brute ^ set(texts)))
+        assert "batch:cols" not in texts and "batch:rows" in texts and "d_ff:cols" in texts  # 6 % 4, 6 % 2, 12 % 4
+        for p in space.param_space(info, mesh, (("batch", ("rows",)),))[1:]:
+            assert "batch" not in p  # FSDP splits the parameters' own dims
+
+
+def test_the_transformers_space_holds_megatron_and_only_valid_layouts():
+    module = global_module(str(EXAMPLES / "transformer.py"), train=True)
+    mesh = Mesh.parse("rows:2,cols:4")
+    info = space.space_info(module)
+    values = module_values(module)
+    acts = [space.rules_text(a) for a in space.activation_space(info, mesh)]
+    assert "batch:rows,heads:cols,d_ff:cols" in acts  # the example's own (Megatron) layout
+    shared = [t for t in acts if len([x for r in LayoutRules.parse(t).rules for x in r[1]]) >
+              len({x for r in LayoutRules.parse(t).rules for x in r[1]})]
+    assert len(shared) > len(acts) // 2  # most layouts share an axis: the old space lacked them
+    for text in acts:  # never two dims of one value on one axis, every split divides
+        assert accepted_everywhere(values, mesh, text), text
+    assert not accepted_everywhere(values, mesh, "batch:cols,d_ff:cols")  # they meet in the hidden activation
+    for text in acts:  # and the parameter rules: stored state under each
+        for p in space.param_space(info, mesh, LayoutRules.parse(text).rules)[1:]:
+            assert accepted_everywhere([v for v in values if set(v[0]) <= set(info.param_sizes)], mesh, p), (text, p)
+
+
+def test_candidates_the_search_emits_partition():
+    # a sample of the transformer's candidates (train step), the winner and shared-axis ones among them,
+    # compile in explicit mode without error, each argument at its candidate's per-device shape
+    from jax.extend.mlir import ir
+
+    path = str(EXAMPLES / "transformer.py")
+    result = search_result(global_module(path, train=True), Mesh.parse("rows:2,cols:4"), network=PRESETS["cpu"])
+    ranked = result.candidates
+    sample = ranked[:2] + ranked[len(ranked) // 2:len(ranked) // 2 + 1] + ranked[-1:]
+    sample += [c for c in ranked if c.param_rules][:1]
+    sample += [c for c in ranked if "heads:cols" in c.rules and "d_ff:cols" in c.rules][:1]
+    for c in sample:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = compile_file(path, mode="explicit", layout=c.rules, param_layout=c.param_rules or None,
+                                  train=True)
+        assert module.operation.attributes["mtfc.partitioning"].value == "explicit"
+        layouts = layouts_of(Mesh.parse("rows:2,cols:4"), c.rules, c.param_rules)
+        with module.context:
+            local = [tuple(ir.RankedTensorType(a.type).shape) for a in mir.entry_function(module).regions[0].blocks[0].arguments]
+            assert local == [tuple(layouts.of_signature(sig).local_sizes) for sig in mir.arguments(module)], c.rules
 
 
 # ------------------------------------------------------------------ the CLI

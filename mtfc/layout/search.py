@@ -10,10 +10,11 @@ Method, chosen by the size of the space (deterministic, not by a clock):
 * **exhaustive** when the activation space has at most `EXHAUSTIVE_LIMIT`
   valid assignments: every one is scored, and for train steps every one's
   parameter rules too when the total stays within `EXHAUSTIVE_LIMIT` x 2;
-* **beam** otherwise: mesh axes are given out one at a time (largest mesh
-  axis first); after each, the `BEAM_WIDTH` best partial layouts (each
-  already a complete candidate: the remaining axes unused) are extended by
-  giving the next axis to each dim, or to none.  For train steps beyond the
+* **beam** otherwise: from the replicated layout, each step extends the
+  `BEAM_WIDTH` best layouts so far by every valid single move -- one more
+  (dim, mesh axis), the axis free or used only by dims that never meet the
+  dim in one value -- or by none, and keeps the `BEAM_WIDTH` best-ranked;
+  it stops when a step changes nothing.  For train steps beyond the
   exhaustive size, parameter rules are searched for the `BEAM_WIDTH`
   fastest activation layouts and the `BEAM_WIDTH` best-ranked ones, each
   with its `PARAM_WIDTH` most promising parameter rules by a prescreen that
@@ -26,6 +27,8 @@ Candidates the partitioner refuses (`layout_cost.predict` raises
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -94,11 +97,11 @@ def search_result(module: ir.Module, mesh: Mesh, *, network, memory_budget: int 
     table = module_table(module)
     info = space.space_info(module)
     if train is not None:
-        info = space.SpaceInfo(info.dims, info.sizes, info.param_sizes, train, info.weight_dims)
+        info = dataclasses.replace(info, train=train)
     score = _Scorer(table, mesh, network, memory_budget)
-    acts = list(space.activation_space(info, mesh)) if len(mesh.names) <= 4 else None
+    acts = list(itertools.islice(space.activation_space(info, mesh), EXHAUSTIVE_LIMIT + 1))
     method = "exhaustive"
-    if acts is not None and len(acts) <= EXHAUSTIVE_LIMIT:
+    if len(acts) <= EXHAUSTIVE_LIMIT:
         for a in acts:
             score(space.rules_text(a))
     else:
@@ -148,22 +151,27 @@ def _assignment(rules: str) -> space.Assignment:
 
 
 def _beam(info: space.SpaceInfo, mesh: Mesh, score: _Scorer) -> None:
-    """Give the mesh axes out one at a time, largest first, keeping the
-    `BEAM_WIDTH` best-ranked layouts after each (the module docstring)."""
-    beam: list[space.Assignment] = [()]
+    """Grow layouts one (dim, mesh axis) at a time from the replicated one,
+    keeping the `BEAM_WIDTH` best-ranked after each step, until a step
+    changes nothing (the module docstring).  A move may give a dim an axis
+    that other dims already use, when they never meet it in one value."""
     score("")
-    for axis in sorted(mesh.names, key=lambda a: (-mesh.axis_size(a), mesh.names.index(a))):
-        pool = {space.rules_text(a): a for a in beam}  # "none": each layout as it is
+    beam: list[space.Assignment] = [()]
+    for _ in range(len(info.dims) * len(mesh.names) + 1):
+        pool = {space.rules_text(a): a for a in beam}  # "stop": each layout as it is
         for a in beam:
-            for b in space.extensions(info, mesh, a, axis):
-                pool[space.rules_text(b)] = b
+            for b in space.moves(info, mesh, a):
+                pool.setdefault(space.rules_text(b), b)
         ranked = []
         for text, a in pool.items():
             c = score(text)
             if c is not None:
                 ranked.append((rank_key(c), a))
         ranked.sort(key=lambda x: x[0])
-        beam = [a for _, a in ranked[:BEAM_WIDTH]] or [()]
+        new = [a for _, a in ranked[:BEAM_WIDTH]] or [()]
+        if new == beam:
+            break
+        beam = new
 
 
 def search(module: ir.Module, mesh: Mesh, *, network, memory_budget: int | None = None, top: int | None = None,
