@@ -1,9 +1,13 @@
 """The layout search's quality (issue 12 item 5): the chosen layout's
 measured step time against every valid candidate's, on the 8-device CPU mesh.
 
-    python -m benchmarks.layout --calibrate benchmarks/cpu-network.json   # measure all, fit the cpu constants
-    python -m benchmarks.layout --json benchmarks/results-layout.json     # the RESULTS.md table
+    python -m benchmarks.layout --calibrate cpu-network.json --json benchmarks/results-layout.json
     python -m benchmarks.layout --quick                                  # the tiny transformer only (smoke)
+
+benchmarks/results-layout.json was made with ``--max-candidates 40
+--max-train-candidates 16 --final-steps 10`` (about 35 minutes on the
+shared 2 cores; the defaults, 96 and 40, take over an hour), so its
+candidates are sampled from the ranking, not exhaustive: see 3. below.
 
 Models (each forward and train step, mesh ``rows:2,cols:4``): the benchmark
 transformer (`benchmarks.model`) at two sizes (``small``, ``medium``), the
