@@ -21,11 +21,19 @@ RegionRule = Callable[["Partitioner", ir.Operation, dict], list[Local]]
 REGION_RULES: dict[str, RegionRule] = {}
 
 
-def rule(*names: str):
-    """Register the decorated function as the explicit rule of the ops `names`."""
+# ops whose rule emits the op itself, with local types, when nothing needs a
+# collective: `Partitioner.copy_local` may copy them directly (`rule(copyable=True)`)
+COPYABLE_RULES: set[str] = set()
+
+
+def rule(*names: str, copyable: bool = False):
+    """Register the decorated function as the explicit rule of the ops `names`;
+    `copyable`: see `COPYABLE_RULES`."""
     def wrap(fn):
         for n in names:
             RULES[n] = fn
+            if copyable:
+                COPYABLE_RULES.add(n)
         return fn
 
     return wrap

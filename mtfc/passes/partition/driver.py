@@ -12,7 +12,7 @@ from mtfc.errors import MtfcError
 from mtfc.passes import op_rules
 from mtfc.passes.collectives import Axes, Emitter, Local
 from mtfc.passes.partition import contraction, convolution, gather, local, loops, pooling, windows  # noqa: F401 - their rules register on import
-from mtfc.passes.partition.common import REGION_RULES, RULES, clone_region
+from mtfc.passes.partition.common import COPYABLE_RULES, REGION_RULES, RULES, clone_region
 from mtfc.passes.partition.local import elementwise, local_splat, replicated
 from mtfc.passes.partition.windows import halo_exchange, window_of
 
@@ -21,7 +21,7 @@ ELEMENTWISE = op_rules.names(family=("elementwise", "control")) - TERMINATORS - 
 # Ops `Partitioner.copy_local` may copy: elementwise ops without a rule of
 # their own, and ops whose rule emits the op itself when nothing is split.
 ELEMENTWISE_COPYABLE = frozenset(ELEMENTWISE - set(RULES))
-COPYABLE = ELEMENTWISE_COPYABLE | {"stablehlo.constant", "stablehlo.broadcast_in_dim", "stablehlo.transpose"}
+COPYABLE = ELEMENTWISE_COPYABLE | COPYABLE_RULES
 
 
 class ResultInfo(NamedTuple):

@@ -35,7 +35,7 @@ def local_splat(value: ir.Attribute, local: ir.RankedTensorType) -> ir.Attribute
     return ir.DenseElementsAttr.get_splat(local, value.get_splat_value())
 
 
-@rule("stablehlo.constant")
+@rule("stablehlo.constant", copyable=True)
 def constant(p, op, args, dims, shape):
     """A splat is made at its local shape; any other split constant is cut locally."""
     axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
@@ -82,7 +82,7 @@ def transpose_target(op: ir.Operation, axes) -> list:
     return target
 
 
-@rule("stablehlo.broadcast_in_dim")
+@rule("stablehlo.broadcast_in_dim", copyable=True)
 def broadcast_in_dim(p, op, args, dims, shape):
     """Each operand dim takes the layout of the result dim it becomes; size-1
     dims broadcast along a split dim are whole."""
@@ -93,7 +93,7 @@ def broadcast_in_dim(p, op, args, dims, shape):
     return local_result(p, p.clone(op, [x.value], t, dims), dims, shape, axes)
 
 
-@rule("stablehlo.transpose")
+@rule("stablehlo.transpose", copyable=True)
 def transpose(p, op, args, dims, shape):
     (x,) = args
     axes = p.axes_of(dims, shape, mir.describe_op_lazily(op))
