@@ -117,23 +117,36 @@ def _key(rules: str, param_rules: str) -> tuple:
     return (tuple(sorted(LayoutRules.parse(rules).rules)), tuple(sorted(LayoutRules.parse(param_rules).rules)))
 
 
-def all_candidates(module, mesh, network) -> tuple[list, int]:
-    """Every valid candidate of the search's space, scored with `network`: (candidates, refused)."""
+SCORE_LIMIT = 60_000  # above: a seeded uniform sample of SCORE_SAMPLE candidates is scored (MoE's train step)
+SCORE_SAMPLE = 6_000
+
+
+def all_candidates(module, mesh, network) -> tuple[list, int, int, bool]:
+    """Every valid candidate of the search's space, scored with `network`:
+    (scored candidates, refused, the space's size, whether all were scored).
+    A space over `SCORE_LIMIT` is scored on a seeded uniform sample of
+    `SCORE_SAMPLE` (scoring one takes 5-40 ms: the MoE train step's 397,561
+    would take hours)."""
+    import random
+
     from mtfc.errors import MtfcError
     from mtfc.layout import space
     from mtfc.layout.cost import evaluate_table, module_table
 
     table = module_table(module)
     info = space.space_info(module)
+    pairs = [(space.rules_text(a), p) for a in space.activation_space(info, mesh)
+             for p in (space.param_space(info, mesh, a) if info.train else [""])]
+    size, complete = len(pairs), len(pairs) <= SCORE_LIMIT
+    if not complete:
+        pairs = random.Random(0).sample(pairs, SCORE_SAMPLE)
     out, refused = [], 0
-    for a in space.activation_space(info, mesh):
-        rules = space.rules_text(a)
-        for p in (space.param_space(info, mesh, a) if info.train else [""]):
-            try:
-                out.append(evaluate_table(table, mesh, rules, p, network=network))
-            except MtfcError:
-                refused += 1
-    return out, refused
+    for rules, p in pairs:
+        try:
+            out.append(evaluate_table(table, mesh, rules, p, network=network))
+        except MtfcError:
+            refused += 1
+    return out, refused, size, complete
 
 
 def _evaluate(module, mesh, rules, param_rules, network, budget=None):
@@ -165,7 +178,7 @@ def run_model(model: str, train: bool, *, prior, max_candidates: int, steps: int
     start = time.perf_counter()
     module = global_module(model, train)
     mesh = mir.module_mesh(module)
-    cands, refused = all_candidates(module, mesh, prior)
+    cands, refused, space_size, all_scored = all_candidates(module, mesh, prior)
     peaks = sorted(c.peak_bytes for c in cands)
     budget = int(statistics.median(peaks))
     cands = sorted((_with_network(c, prior, budget) for c in cands), key=rank_key)
@@ -181,7 +194,7 @@ def run_model(model: str, train: bool, *, prior, max_candidates: int, steps: int
             baselines[name] = {"rules": c.rules, "in_space": True, "refused": None}
         if not isinstance(c, str):
             baselines[name]["candidate"] = c
-    exhaustive = len(cands) <= max_candidates
+    exhaustive = all_scored and len(cands) <= max_candidates
     picks = list(range(len(cands))) if exhaustive else select(len(cands), max_candidates // 2,
                                                                max_candidates - max_candidates // 2)
     chosen = [cands[i] for i in picks]
@@ -189,11 +202,12 @@ def run_model(model: str, train: bool, *, prior, max_candidates: int, steps: int
         c = b.get("candidate")
         if c is not None and all(_key(c.rules, c.param_rules) != _key(x.rules, x.param_rules) for x in chosen):
             chosen.append(c)
-    echo(f"{model} {'train' if train else 'forward'}: {len(cands)} valid candidates ({refused} refused), "
+    echo(f"{model} {'train' if train else 'forward'}: {space_size} candidates, {len(cands)} valid scored "
+         f"({refused} refused{'' if all_scored else ', a uniform sample'}), "
          f"measuring {len(chosen)}{'' if exhaustive else ' (sampled)'}, budget {budget:,} B")
     measured = measure_candidates(module, chosen, k=len(chosen), lower_ranked=0, steps=steps, echo=None)
     return {"model": model, "step": "train" if train else "forward", "mesh": MESH, "valid": len(cands),
-            "refused": refused, "exhaustive": exhaustive, "budget_bytes": budget, "module": module,
+            "refused": refused, "space_size": space_size, "all_scored": all_scored, "exhaustive": exhaustive, "budget_bytes": budget, "module": module,
             "candidates": cands, "measurements": measured, "baselines": baselines,
             "load_average_start": list(load_start), "load_average_end": list(os.getloadavg()),
             "seconds": time.perf_counter() - start}
@@ -247,7 +261,8 @@ def finish_model(rec: dict, network, *, final_steps: int, echo) -> dict:
     chosen_measured_phase1 = next((m for m in ms if _key(m.rules, m.param_rules) == _key(c.rules, c.param_rules)), None)
     out = {
         "model": rec["model"], "step": rec["step"], "mesh": rec["mesh"], "valid": rec["valid"],
-        "refused": rec["refused"], "measured": len(ms), "exhaustive": rec["exhaustive"],
+        "refused": rec["refused"], "space_size": rec["space_size"], "all_scored": rec["all_scored"],
+        "measured": len(ms), "exhaustive": rec["exhaustive"],
         "budget_bytes": budget, "search_method": result.method, "search_seconds": round(result.seconds, 3),
         "chosen": _final_dict(c, budget), "best_measured": _final_dict(b, budget) if b else None,
         "chosen_over_best": ratio, "within_10pct": None if ratio is None else bool(ratio <= 1.10),
@@ -301,7 +316,9 @@ def _num(x, fmt="{:.2f}") -> str:
 
 COLUMNS = [
     ("model", lambda r: r["model"]), ("step", lambda r: r["step"]),
-    ("candidates (measured)", lambda r: f"{r['valid']} ({r['measured']}{'' if r['exhaustive'] else ', sampled'})"),
+    ("candidates: space, scored (measured)", lambda r: f"{r.get('space_size', r['valid']):,}, "
+     f"{r['valid']:,}{'' if r.get('all_scored', True) else ' sampled'} ({r['measured']}"
+     f"{'' if r['exhaustive'] else ', sampled'})"),
     ("chosen", lambda r: _layout(r["chosen"])), ("chosen ms", lambda r: _ms(r["chosen"])),
     ("best measured", lambda r: _layout(r["best_measured"])), ("best ms", lambda r: _ms(r["best_measured"])),
     ("chosen/best", lambda r: _num(r["chosen_over_best"])),

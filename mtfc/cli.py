@@ -144,9 +144,9 @@ _dump_option = click.option(
               help="With --train: compute dtype (bf16 keeps f32 master weights and optimizer state).")
 @_dump_option
 @click.option("--network", default=None, help="With --layout auto: the machine the cost model predicts for: "
-              "cpu (default), nvlink, infiniband, ici, or a network JSON file (docs/layout.md).")
+              "cpu (default), nvlink, infiniband, ici, or a network JSON file (docs/layout-search.md).")
 @click.option("--memory-per-device", default=None, metavar="SIZE",
-              help="With --layout auto: the per-device memory budget, e.g. 16GiB (docs/layout.md).")
+              help="With --layout auto: the per-device memory budget, e.g. 16GiB (docs/layout-search.md).")
 @_handle_errors
 def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode, portable, entry_name, defines, train,
             optimizer, precision, dump_dir, network, memory_per_device):  # noqa: A001
@@ -200,7 +200,7 @@ def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode,
 @click.option("--json", "json_out", default=None, metavar="OUT", help="Also write the ranked candidates to OUT (JSON).")
 @click.option("--measure", "measure_k", default=None, type=int, metavar="K",
               help="Compile and run the top K and K lower-ranked candidates on the devices: predicted against "
-                   "measured step time, rank correlation (docs/layout.md, Measuring).")
+                   "measured step time, rank correlation (docs/layout-search.md, Measuring).")
 @click.option("--calibrate", "calibrate_out", default=None, metavar="OUT",
               help="Fit the network's constants to the measured runs (--measure K, default 4) and save them to "
                    "OUT for --network OUT.")
@@ -213,7 +213,7 @@ def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode,
 def layout(model, mesh, train, optimizer, precision, memory_per_device, network, top, json_out, measure_k,
            calibrate_out, backend, entry_name, defines):
     """Search the model's layouts on a mesh and print them ranked by predicted
-    step time (compute, communication, peak memory; docs/layout.md)."""
+    step time (compute, communication, peak memory; docs/layout-search.md)."""
     from mtfc.files.modules import is_module_file
     from mtfc.frontend.model import parse_defines
     from mtfc.layout.command import layout_command

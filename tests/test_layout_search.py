@@ -300,6 +300,26 @@ def test_space_is_exactly_the_layouts_every_value_accepts(tmp_path):
             assert "batch" not in p  # FSDP splits the parameters' own dims
 
 
+def test_negligible_dims_are_never_split_and_heavy_small_dims_are(tmp_path):
+    # the train step's schedule_step (a few elements, no FLOPs) is never split; batch is small
+    # against the weights here (8 x 2048 against 256 x 2048) but carries every matmul's FLOPs: kept
+    module = global_module(model_file(tmp_path, batch=8, d_model=256, d_ff=2048, mesh="model:4"), train=True)
+    info = space.space_info(module)
+    values = module_values(module)
+    largest = {d: max(math.prod(shape) for dims, shape in values if d in dims)
+               for d in {d for dims, _ in values for d in dims}}
+    assert "schedule_step" in largest and largest["schedule_step"] * space.NEGLIGIBLE_FRACTION <= max(largest.values())
+    assert info.negligible == ("schedule_step",)
+    assert largest["batch"] * space.NEGLIGIBLE_FRACTION <= max(largest.values())  # small, yet not negligible
+    assert "batch" in info.dims and "schedule_step" not in info.dims
+    mesh = Mesh.parse("model:4")
+    for a in space.activation_space(info, mesh):
+        assert "schedule_step" not in dict(a)
+        for p in space.param_space(info, mesh, a):
+            assert "schedule_step" not in p
+    assert all("schedule_step" not in dict(m) for m in space.moves(info, mesh, ()))
+
+
 def test_the_transformers_space_holds_megatron_and_only_valid_layouts():
     module = global_module(str(EXAMPLES / "transformer.py"), train=True)
     mesh = Mesh.parse("rows:2,cols:4")

@@ -6,4 +6,4 @@ per-device FLOP/s and per-axis latency and bandwidth), and the check of the
 model against the machine: `measure` (compile and run candidates, predicted
 against measured step time, rank correlation) and `calibrate` (fit a
 `Network` from such measurements).  It sits above `mtfc/passes/` and, for
-measuring, above `mtfc/runtime/`; docs/layout.md."""
+measuring, above `mtfc/runtime/`; docs/layout-search.md."""

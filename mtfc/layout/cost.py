@@ -1,4 +1,4 @@
-"""The predicted cost of one candidate layout (docs/layout.md, "Cost model").
+"""The predicted cost of one candidate layout (docs/layout-search.md, "Cost model").
 
 For a global module (as the frontend writes it), a mesh and a candidate
 (activation rules, parameter rules), per device and per step:
@@ -46,7 +46,7 @@ from mtfc.passes import comm_analysis, layout_cost, memory_analysis, op_rules
 
 @dataclass(frozen=True)
 class CostFeatures:
-    """What a candidate costs, before a network prices it (the contract in docs/layout.md)."""
+    """What a candidate costs, before a network prices it (the contract in docs/layout-search.md)."""
 
     flops: float                        # per device per step (loops: x trips)
     axis_count: Mapping[str, float]     # per mesh axis: sum over collectives touching it of trips
@@ -109,7 +109,7 @@ def module_table(module: ir.Module) -> ModuleTable:
     if kind not in ("none", "gspmd"):
         raise MtfcError(f"layout search: the module is already partitioned ({kind}); search from the global module")
     with module.context:
-        flop_ops = _flop_table(module)
+        flop_ops = flop_table(module)
         args = []
         fn = mir.entry_function(module)
         for arg, sig in zip(fn.regions[0].blocks[0].arguments, mir.arguments(module)):
@@ -159,7 +159,7 @@ def op_flops(op: ir.Operation) -> float:
     return 0.0
 
 
-def _flop_table(module: ir.Module) -> list[_FlopOp]:
+def flop_table(module: ir.Module) -> list[_FlopOp]:
     """Every op with FLOPs in @main (loop bodies included), grouped by (factors, class)."""
     totals: dict[tuple, float] = {}
     for op in mir.walk_ops(mir.entry_function(module)):

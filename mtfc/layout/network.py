@@ -1,7 +1,7 @@
 """The machine a layout's cost is predicted for: a `Network` of achieved
 per-device FLOP/s and, per mesh axis, collective latency and bus bandwidth.
 
-The layout cost model (`mtfc.layout.cost`, contract in docs/layout.md) is
+The layout cost model (`mtfc.layout.cost`, contract in docs/layout-search.md) is
 linear in ``1/flops_per_s``, ``latency(a)`` and ``1/bandwidth(a)``::
 
     compute_s = flops / flops_per_s

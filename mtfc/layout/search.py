@@ -1,4 +1,4 @@
-"""The layout search (docs/layout.md, "Method"): score candidate layouts
+"""The layout search (docs/layout-search.md, "Method"): score candidate layouts
 (`space`) with the cost model (`cost`) and rank them.
 
 Ranking: candidates that fit the memory budget first, then by predicted

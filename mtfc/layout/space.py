@@ -1,4 +1,4 @@
-"""The candidate layouts of a global module on a mesh (docs/layout.md, "Search space").
+"""The candidate layouts of a global module on a mesh (docs/layout-search.md, "Search space").
 
 A candidate is two `LayoutRules` texts: the activation rules (``mtfc.layout``)
 and, for train steps, the parameter rules (``mtfc.param_layout``, docs/IR.md
@@ -27,6 +27,16 @@ parameters split further over a set of mesh axes that no dim meeting ``p``
 in a stored tensor uses (e.g. ``batch:data`` gives ``d_model:data``).  Again
 only splits that divide every stored tensor with ``p``.
 
+**Negligible dims are never split.**  A dim whose values all hold at most
+1/`NEGLIGIBLE_FRACTION` of the elements of the module's largest value, and
+whose ops (those with a factor it names, `cost.flop_table`) do at most
+1/`NEGLIGIBLE_FRACTION` of the module's FLOPs, stays replicated -- a train
+step's ``schedule_step``, the MoE layer's ``group_cumsum_source``, a
+pooling's ``pixel``: splitting it would divide almost no memory or compute
+and add collectives, yet every such dim multiplies the space
+(``schedule_step`` alone by 4 on a 2 x 4 mesh).  `SpaceInfo.dims`
+holds the dims that may be split; `SpaceInfo.negligible` the others.
+
 `SpaceInfo` is read from the IR once (`space_info`): dims, sizes, and which
 dim pairs co-occur in some value; enumeration is then pure Python.
 """
@@ -45,6 +55,8 @@ from mtfc.mesh import Mesh
 
 Assignment = tuple[tuple[str, tuple[str, ...]], ...]  # (dim, axes) in first-use order, = LayoutRules.rules
 
+NEGLIGIBLE_FRACTION = 8  # a dim whose largest value holds <= 1/8 of the largest value's elements is not split
+
 
 def _pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
@@ -55,13 +67,14 @@ class SpaceInfo:
     """The dim names of a module, every size each takes, and which dims meet
     in one value, by layout class."""
 
-    dims: tuple[str, ...]                           # every dim name, in first-appearance order
+    dims: tuple[str, ...]                           # the dims that may be split, in first-appearance order
     sizes: dict[str, frozenset[int]] = field(hash=False)        # activation-class sizes (and every value's)
     param_sizes: dict[str, frozenset[int]] = field(hash=False)  # sizes in stored state (param class)
     train: bool = False
     weight_dims: frozenset[str] = frozenset()  # dims of the parameters (role ``parameter``)
     pairs: frozenset[tuple[str, str]] = frozenset()        # (a, b), a < b: both dims of some value (any class)
     param_pairs: frozenset[tuple[str, str]] = frozenset()  # the same over stored state (param class) only
+    negligible: tuple[str, ...] = ()  # dims only small values carry: never split (module docstring)
 
     @property
     def param_dims(self) -> tuple[str, ...]:
@@ -82,10 +95,14 @@ def space_info(module: ir.Module) -> SpaceInfo:
     weights: set[str] = set()
     pairs: set[tuple[str, str]] = set()
     param_pairs: set[tuple[str, str]] = set()
+    largest: dict[str, int] = {}  # dim -> elements of the largest value carrying it
 
     def add(dims, shape, cls):
         if len(dims) != len(shape):
             return
+        elements = math.prod(int(n) for n in shape)
+        for d in dims:
+            largest[d] = max(largest.get(d, 0), elements)
         for d, n in zip(dims, shape):
             order.setdefault(d)
             (param if cls == "param" else sizes).setdefault(d, set()).add(int(n))
@@ -108,9 +125,24 @@ def space_info(module: ir.Module) -> SpaceInfo:
                 if k < len(dims) and isinstance(r.type, ir.RankedTensorType):
                     add(dims[k], ir.RankedTensorType(r.type).shape, classes[k] if k < len(classes) else "activation")
         train = mir.step_kind(module) == "train"
-    return SpaceInfo(tuple(order), {d: frozenset(s) for d, s in sizes.items()},
+        negligible = _negligible(module, order, largest)
+    return SpaceInfo(tuple(d for d in order if d not in negligible), {d: frozenset(s) for d, s in sizes.items()},
                      {d: frozenset(s) for d, s in param.items()}, train, frozenset(weights),
-                     frozenset(pairs), frozenset(param_pairs))
+                     frozenset(pairs), frozenset(param_pairs), negligible)
+
+
+def _negligible(module: ir.Module, order, largest: dict[str, int]) -> tuple[str, ...]:
+    """The dims of `order` that are small in both memory and FLOPs (module docstring)."""
+    from mtfc.layout.cost import flop_table
+
+    biggest = max(largest.values(), default=0)
+    small = [d for d in order if largest[d] * NEGLIGIBLE_FRACTION <= biggest]
+    if not small:
+        return ()
+    ops = flop_table(module)
+    total = sum(op.flops for op in ops)
+    share = {d: sum(op.flops for op in ops if any(name == d for name, _ in op.factors)) for d in small}
+    return tuple(d for d in small if share[d] * NEGLIGIBLE_FRACTION <= total)
 
 
 def divides(mesh: Mesh, axes, sizes) -> bool:
