@@ -142,6 +142,9 @@ _dump_option = click.option(
               "(overrides the model's).")
 @click.option("--precision", default=None, type=click.Choice(["f32", "bf16"]),
               help="With --train: compute dtype (bf16 keeps f32 master weights and optimizer state).")
+@click.option("--tap", "taps", multiple=True, metavar="PATTERN",
+              help="Also return the results of the ops whose names match PATTERN (fnmatch over scope/op names, "
+              "e.g. 'block0/attention/*'; repeatable) as results tap/<op name>, as mtf.tap does (docs/dsl.md, Taps).")
 @_dump_option
 @click.option("--network", default=None, help="With --layout auto: the machine the cost model predicts for: "
               "cpu (default), nvlink, infiniband, ici, or a network JSON file (docs/layout-search.md).")
@@ -149,7 +152,7 @@ _dump_option = click.option(
               help="With --layout auto: the per-device memory budget, e.g. 16GiB (docs/layout-search.md).")
 @_handle_errors
 def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode, portable, entry_name, defines, train,
-            optimizer, precision, dump_dir, network, memory_per_device):  # noqa: A001
+            optimizer, precision, taps, dump_dir, network, memory_per_device):  # noqa: A001
     """Compile a model file to StableHLO (--layout auto: the layout the search predicts fastest)."""
     from mtfc.compiler import DEFAULT_MODE, compile_file
     from mtfc.frontend.model import parse_defines
@@ -175,12 +178,12 @@ def compile(model, output, mesh, layout, param_layout, allow_unused_rules, mode,
         module = compile_auto(
             model, mesh=mesh, mode=mode or DEFAULT_MODE, train=train, network=network,
             memory_per_device=memory_per_device, dump_dir=dump_dir, entry_name=entry_name, optimizer=optimizer,
-            precision=precision, defines=parse_defines(defines))
+            precision=precision, defines=parse_defines(defines), taps=taps)
     else:
         module = compile_file(
             model, mesh=mesh, layout=layout, param_layout=param_layout, mode=mode or DEFAULT_MODE, dump_dir=dump_dir,
             entry_name=entry_name, train=train, optimizer=optimizer, precision=precision,
-            allow_unused_rules=allow_unused_rules or None, defines=parse_defines(defines),
+            allow_unused_rules=allow_unused_rules or None, defines=parse_defines(defines), taps=taps,
         )
     write_module(module, output, portable=portable)
     click.echo(f"wrote {output}", err=True)

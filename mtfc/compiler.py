@@ -15,6 +15,7 @@ from jax.extend.mlir import ir
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.frontend.lower import lower_graph
+from mtfc.frontend.tap import add_taps
 from mtfc.frontend.model import Entry, Input, load_model_file, resolve_mesh_layout, run_model_code, trace_entry
 from mtfc.mesh import LayoutRules, Mesh
 from mtfc.passes.manager import PIPELINES, run_passes
@@ -60,6 +61,7 @@ def compile_entry(
     precision: str | None = None,
     allow_unused_rules: bool | None = None,
     timings: dict[str, float] | None = None,
+    taps: tuple[str, ...] = (),
 ) -> ir.Module:
     """Trace `entry` (or, with `train`, its train step), lower it to global
     StableHLO, and run `mode`'s pipeline.
@@ -72,7 +74,11 @@ def compile_entry(
     A layout rule naming a dim the module does not have is an error (in the
     pipeline's `verify-names`) unless `allow_unused_rules` (default: the
     entry's own setting) -- then the module records it
-    (``mtfc.allow_unused_rules``), so later checks of the module agree."""
+    (``mtfc.allow_unused_rules``), so later checks of the module agree.
+
+    The model's `mtf.tap` values and the results of the ops matching the
+    `taps` patterns (``--tap``) become results with role ``tap``, after the
+    others (`mtfc.frontend.tap`)."""
     if mode not in PIPELINES:
         raise MtfcError(f"unknown mode {mode!r} (choose from {', '.join(PIPELINES)})")
     mesh_obj, rules = resolve_mesh_layout(entry, mesh, layout)
@@ -88,9 +94,10 @@ def compile_entry(
         traced, roles, aliases = step.traced, step.output_roles, step.aliases
     else:
         traced, roles, aliases = trace_entry(entry, path), entry.output_roles, None
+    outputs, roles = add_taps(traced.graph, traced.outputs, roles, taps, where=_entry_where(entry))
     clock = _lap(timings, "trace", clock)
     module = lower_graph(
-        traced.graph, traced.outputs, mesh=mesh_obj, layout=rules, model_name=entry.name,
+        traced.graph, outputs, mesh=mesh_obj, layout=rules, model_name=entry.name,
         context=context, output_roles=roles, aliases=aliases,
     )
     with module.context:
@@ -110,6 +117,13 @@ def compile_entry(
 
         warn_dropped(step)
     return module
+
+
+def _entry_where(entry: Entry) -> str | None:
+    """``file:line`` of the entry function's definition."""
+    from mtfc.frontend.train import _entry_location, _where
+
+    return _where(_entry_location(entry))
 
 
 def _lap(timings: dict[str, float] | None, phase: str, start: tuple[float, float]) -> tuple[float, float]:

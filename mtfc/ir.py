@@ -48,7 +48,7 @@ ALLOW_UNUSED_RULES = "mtfc.allow_unused_rules"  # unit attr: layout rules may na
 LAYOUT_SEARCH = "mtfc.layout_search"  # dict: the searched layout and its predicted cost (mtfc compile --layout auto)
 ENTRY = "main"
 
-ROLES = ("input", "parameter", "optimizer_state", "output", "metric", "loss")
+ROLES = ("input", "parameter", "optimizer_state", "output", "metric", "loss", "tap")
 
 _DTYPES = {
     "f32": (np.float32, lambda: ir.F32Type.get()),

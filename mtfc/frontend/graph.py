@@ -253,6 +253,8 @@ class Graph:
         self._variable_names: set[str] = set()  # of `variables` (add_variable's check, O(1))
         self._scopes: list[str] = []
         self._names: dict[str, int] = {}
+        # `mtf.tap`: result name (``tap/...``) -> (tensor, model-file line); root graph only
+        self.taps: dict[str, tuple[Tensor, tuple[str, int] | None]] = {}
         # While set, ops are recorded at this location instead of the caller's
         # model-file line (gradient ops take their forward op's location).
         self.location_override: tuple[str, int] | None = None

@@ -156,4 +156,5 @@ def warn_dropped(step: TrainStep) -> None:
     if step.dropped:
         warn(f"entry {step.traced.name!r}: the train step drops the non-scalar output(s) "
              + ", ".join(step.dropped)
-             + " (a train step's results are the loss, scalar outputs as metrics, and the new state)")
+             + " (a train step's results are the loss, scalar outputs as metrics, taps, and the new state; "
+             "mtf.tap keeps a value)")

@@ -56,7 +56,7 @@ from mtfc.passes.manager import register_pass
 
 KINDS = ("none", "gspmd", "explicit", "shardy")
 ARG_ROLES = ("input", "parameter", "optimizer_state")
-RESULT_ROLES = ("output", "loss", "metric", "parameter", "optimizer_state")
+RESULT_ROLES = ("output", "loss", "metric", "tap", "parameter", "optimizer_state")
 SHARDING = "mhlo.sharding"
 SDY_SHARDING = "sdy.sharding"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")

@@ -8,7 +8,8 @@ with the unsharded run's (`check.compare`), and `judge_step` decides by role
 which comparisons decide the verdict (*gated*) and which are only shown
 (*reported*):
 
-* ``loss``, ``metric``, ``optimizer_state`` (and any ``output``): gated.
+* ``loss``, ``metric``, ``tap`` (a value the model taps, `mtf.tap` /
+  ``--tap``), ``optimizer_state`` (and any ``output``): gated.
   The optimizer state carries every gradient: Adam's ``m`` is (1 - b1)
   times the clipped gradient (``v`` its square), SGD's ``momentum`` the
   gradient on a first step.  Adafactor keeps no first moment: its slots
@@ -42,7 +43,7 @@ from mtfc.runtime.check import Comparison, compare
 # second-moment estimate (ill-conditioned where a gradient is near zero)
 NORMALIZED_UPDATE = {"sgd": False, "adam": True, "adamw": True, "adafactor": True}
 
-ROLE_ORDER = ("loss", "metric", "output", "optimizer_state", "parameter")
+ROLE_ORDER = ("loss", "metric", "tap", "output", "optimizer_state", "parameter")
 
 
 @dataclass

@@ -3,7 +3,9 @@
 In a multi-process job every process feeds its own devices' shards and runs
 the program; the outputs are gathered, and process 0 alone prints the
 summary, runs the ``--check`` reference (the unsharded program on its first
-device) and writes ``--outputs``."""
+device) and writes ``--outputs``.  Taps (results with role ``tap``,
+`mtfc.frontend.tap`) are results like the others: in the table (with their
+dims), checked, and saved (`outputs_npz`: with the ``mtfc.dims`` entry)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,37 @@ def load_inputs(path: str, program: Program, seed: int, ranges: dict | None = No
     return inputs
 
 
+DIMS_KEY = "mtfc.dims"  # the --outputs entry naming each saved array's dims, in a module with taps
+
+
+def outputs_npz(values: dict[str, np.ndarray], signatures) -> bytes:
+    """The ``--outputs`` file: `values` by name; when some of `signatures`
+    (the module's results) are taps (role ``tap``), also the entry
+    ``mtfc.dims``: a JSON object, saved array name -> its dims (read it with
+    ``json.loads(str(np.load(FILE)["mtfc.dims"]))``)."""
+    import json
+
+    dims = {s.name: list(s.dims) for s in signatures if s.name in values}
+    extra = {}
+    if any(s.role == "tap" for s in signatures):
+        if DIMS_KEY in values:
+            raise MtfcError(f"--outputs: a result is named {DIMS_KEY!r}, the entry that names the saved arrays' dims")
+        extra[DIMS_KEY] = np.array(json.dumps(dims))
+    buffer = io.BytesIO()
+    np.savez(buffer, **values, **extra)
+    return buffer.getvalue()
+
+
+def result_rows(signatures, values: dict[str, np.ndarray], header: str = "output") -> list[tuple]:
+    """The summary table's rows: name, dims, shape, dtype, checksum of each result in `values`."""
+    rows = [(header, "dims", "shape", "dtype", "checksum")]
+    for sig in signatures:
+        if sig.name in values:
+            rows.append((sig.name, "[" + ",".join(sig.dims) + "]", "x".join(map(str, sig.shape)) or "scalar",
+                         sig.dtype, checksum(values[sig.name])))
+    return rows
+
+
 def checksum(array: np.ndarray) -> str:
     a = np.asarray(array, dtype=np.float64)
     return f"sum={a.sum():.6g} mean|x|={np.abs(a).mean() if a.size else 0.0:.6g}"
@@ -86,11 +119,7 @@ def run_command(
              else f"1 {backend} device")
     echo(f"module {module_file}: partitioning {kind}, {where}")
     echo(f"layout: {mir.module_layout(module) or '(replicated)'}")
-    rows = [("output", "dims", "shape", "dtype", "checksum")]
-    for sig in program.results:
-        value = result.outputs[sig.name]
-        rows.append((sig.name, "[" + ",".join(sig.dims) + "]", "x".join(map(str, sig.shape)) or "scalar", sig.dtype, checksum(value)))
-    echo(table(rows))
+    echo(table(result_rows(program.results, result.outputs)))
     echo(f"compile {result.compile_seconds * 1e3:.1f} ms, step {result.step_seconds * 1e3:.3f} ms (median of {repeat})")
 
     if not distributed.is_primary():
@@ -108,8 +137,6 @@ def run_command(
         echo(table(rows))
         echo("check: " + ("passed" if ok else "FAILED"))
     if outputs_file:
-        buffer = io.BytesIO()
-        np.savez(buffer, **result.outputs)
-        write_bytes_atomic(outputs_file, buffer.getvalue())
+        write_bytes_atomic(outputs_file, outputs_npz(result.outputs, program.results))
         echo(f"wrote {outputs_file}")
     return ok

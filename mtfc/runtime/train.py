@@ -5,13 +5,13 @@
 checkpoint saved on another mesh, layout, seed or data source), optionally
 checks the first step against the unsharded program, runs `loop.run_loop`
 with the hooks the options ask for (progress, ``--log``, ``--tensorboard``, the finite-loss
-guard, ``--save-every``), then prints a summary, saves ``--save`` and
-writes ``--outputs``.
+guard, ``--save-every``), then prints a summary (and the last step's taps,
+results with role ``tap``, with their dims), saves ``--save`` and writes
+``--outputs`` (the final state and the last step's loss, metrics and taps).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +29,8 @@ from mtfc.runtime import devices as rt_devices
 from mtfc.runtime.check_step import judge_step, report_lines
 from mtfc.runtime.data import Batches, describe_info, open_batches, same_source, throughput_unit
 from mtfc.runtime.execute import Program
+from mtfc.runtime.forward import outputs_npz, result_rows
+from mtfc.runtime.tables import table
 from mtfc.runtime import distributed, failure
 from mtfc.runtime.sources import as_source, materialize
 from mtfc.runtime.loop import FiniteLossHook, Hook, LogHook, ProgressHook, SaveHook, TensorBoardHook, log_lines, run_loop
@@ -177,15 +179,17 @@ def train_command(
     if options.save is not None and saver.last_saved != state.step:
         saver.save(state)
         echo(f"saved step {state.step} to {options.save}")
+    taps = [sig for sig in p.results if sig.role == "tap"]
+    last = train.gather_outputs(outs) if outs is not None and (outputs_file or taps) else {}  # collective
+    if taps and last:
+        echo(f"taps of step {state.step}:")
+        echo(table(result_rows(taps, last, header="tap")))
     if outputs_file:
         values = train.host_state(state)  # collective: every process gathers, process 0 writes
-        if outs is not None:
-            values.update(train.gather_outputs(outs))
+        values.update(last)
         if not distributed.is_primary():
             return True
-        buffer = io.BytesIO()
-        np.savez(buffer, **values)
-        write_bytes_atomic(outputs_file, buffer.getvalue())
+        write_bytes_atomic(outputs_file, outputs_npz(values, p.results))
         echo(f"wrote {outputs_file}")
     return True
 
