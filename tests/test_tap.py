@@ -160,6 +160,13 @@ def test_cli_tap_pattern_run_outputs_and_dims(tmp_path):
     names = [s.name for s in mir.results(_read(tmp_path / "m.mlir"))]
     assert names == ["loss", "tap/block0/act", "tap/block0/attention/proj/einsum", "tap/block0/attention/proj/broadcast",
                      "tap/block0/attention/proj/add"]
+    for by_scope in ("block0/attention", "*/proj"):  # a pattern naming a scope taps its ops
+        invoke("compile", model, "-o", tmp_path / "s.mlir", "--tap", by_scope)
+        assert [s.name for s in mir.results(_read(tmp_path / "s.mlir"))] == names
+    invoke("compile", model, "-o", tmp_path / "one.mlir", "--tap", "block0/*/add", "--tap", "block0/tanh")
+    assert [s.name for s in mir.results(_read(tmp_path / "one.mlir"))] == [
+        "loss", "tap/block0/act", "tap/block0/attention/proj/add", "tap/block0/tanh"]
+    assert "matches no op" in invoke("compile", model, "-o", tmp_path / "x.mlir", "--tap", "block1", ok=False)
     report = invoke("run", tmp_path / "m.mlir", "--repeat", 1, "--check", "--outputs", tmp_path / "o.npz")
     assert "check: passed" in report
     row = next(line for line in report.splitlines() if line.startswith("tap/block0/attention/proj/add "))

@@ -8,8 +8,9 @@ computes along the way (docs/dsl.md, "Taps"):
   `get_variable` names parameters);
 * ``--tap PATTERN`` (`pattern_taps`) taps, without editing the model, the
   results of every op whose name (``scope/op``, as the op's location in the
-  module shows it) matches the fnmatch pattern: ``tap/<op name>`` (an op
-  with several results: ``tap/<op name>.K`` for result K).
+  module shows it) or one of whose scopes matches the fnmatch pattern:
+  ``tap/<op name>`` (an op with several results: ``tap/<op name>.K`` for
+  result K).
 
 Taps are results with ``mtfc.role = "tap"`` and the tapped value's dims;
 they are appended after every other result (so a train step's aliases are
@@ -91,24 +92,33 @@ def _body_names(graph: Graph) -> list[str]:
     return names
 
 
+def matches(op_name: str, pattern: str) -> bool:
+    """Whether ``--tap`` `pattern` names the op `op_name`: fnmatch of the
+    name itself or of one of its scopes (``block0/attention`` names every op
+    in that scope, as ``block0/attention/*`` does)."""
+    parts = op_name.split("/")
+    return any(fnmatch.fnmatchcase("/".join(parts[:k]), pattern) for k in range(len(parts), 0, -1))
+
+
 def pattern_taps(graph: Graph, patterns) -> dict[str, Tensor]:
     """``--tap PATTERN``s -> result name -> tensor: the results of the ops of
-    `graph` (the root graph) whose names match a pattern (fnmatch; ``*``
-    crosses ``/``).  A pattern matching no op is an error listing the
-    nearest op names."""
+    `graph` (the root graph) that a pattern names (`matches`: fnmatch of the
+    op's name or a scope of it; ``*`` crosses ``/``), in graph order.  A
+    pattern matching no op is an error listing the nearest op names."""
     ops = tappable_operations(graph)
     names = [op.name for op in ops]
     out: dict[str, Tensor] = {}
     for pattern in patterns:
-        matched = [op for op in ops if fnmatch.fnmatchcase(op.name, pattern)]
+        matched = [op for op in ops if matches(op.name, pattern)]
         if not matched:
-            inside = [n for n in _body_names(graph) if fnmatch.fnmatchcase(n, pattern)]
+            inside = [n for n in _body_names(graph) if matches(n, pattern)]
             if inside:
                 raise MtfcError(f"--tap {pattern!r} matches only ops inside loop bodies (e.g. {inside[0]}), which "
                                 f"cannot be tapped: tap the loop's result instead")
             near = difflib.get_close_matches(pattern, names, n=5, cutoff=0.0) if names else []
             raise MtfcError(f"--tap {pattern!r} matches no op of the model (nearest: {', '.join(near) or 'none'}; "
-                            f"patterns are fnmatch over op names as in the module's locations, e.g. 'block0/*')")
+                            f"patterns are fnmatch over op names and scopes as in the module's locations, "
+                            f"e.g. 'block0/attention')")
         for op in matched:
             out.update(_op_results(op))
     return out
