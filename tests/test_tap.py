@@ -79,16 +79,18 @@ def results(module):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_forward_taps_are_the_runs_values(mode):
-    module = compile_function(mlp, INPUTS, mesh=MESH, layout=LAYOUT, mode=mode)
+    # --tap fc2/einsum: a contraction over d_h, split over cols (a partial sum on each device until reduced)
+    module = compile_function(mlp, INPUTS, mesh=MESH, layout=LAYOUT, mode=mode, taps=("fc2/einsum",))
     sigs = results(module)
-    assert [n for n in sigs] == ["loss", "y", "tap/block/h", "tap/z"]  # taps after the outputs
+    assert [n for n in sigs] == ["loss", "y", "tap/block/h", "tap/z", "tap/fc2/einsum"]  # taps after the outputs
     assert (sigs["tap/block/h"].role, sigs["tap/block/h"].dims) == ("tap", ["batch", "d_h"])
     program = Program(module)
     data = program.synthesize_inputs(1)
     sharded = program.run(data, repeat=1).outputs
     unsharded = Program(module, unsharded=True).run(data, repeat=1).outputs
     z, h, y, loss = numpy_forward(data)
-    for name, want in (("tap/block/h", h), ("tap/z", z), ("y", y), ("loss", loss)):
+    matmul = h @ data["params/fc2/kernel"].astype(np.float64)
+    for name, want in (("tap/block/h", h), ("tap/z", z), ("tap/fc2/einsum", matmul), ("y", y), ("loss", loss)):
         assert_close(sharded[name], want)
         assert_close(sharded[name], unsharded[name])
     assert np.abs(h).max() > 0.1  # (not a vacuous comparison of zeros)
@@ -290,3 +292,22 @@ def test_tap_of_a_non_tensor_is_an_error():
 
     with pytest.raises(MtfcError, match=r"mtf.tap\('three'\): expected an mtfc tensor, got float"):
         _compile(model)
+
+
+TWICE = MODEL.replace('''    return {"loss"''', '''    mtf.tap(h * 2.0, "block0/act")
+    return {"loss"''')
+
+
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
+    from corpus import fails
+
+    model, twice = tmp_path / "model.py", tmp_path / "twice.py"
+    model.write_text(MODEL)
+    twice.write_text(TWICE)
+    out = tmp_path / "m.mlir"
+    fails(["compile", model, "-o", out, "--tap", "block0/atention/*"],
+          ["--tap 'block0/atention/*' matches no op", "nearest: block0/attention/proj/"], folder=tmp_path)
+    line = fails(["compile", twice, "-o", out, "--train"], ["twice.py:12: tap 'tap/block0/act' is made twice: "
+                                                            "at twice.py:11 and here"], folder=tmp_path)
+    assert line.startswith("error: twice.py:12: ")
+    assert not out.exists()
