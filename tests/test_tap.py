@@ -311,3 +311,22 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
                                                             "at twice.py:11 and here"], folder=tmp_path)
     assert line.startswith("error: twice.py:12: ")
     assert not out.exists()
+
+
+def test_taps_of_a_two_process_train_run_equal_the_one_process_run(tmp_path):
+    """The taps are gathered across processes (a collective every process
+    joins after the loop): 2 processes x 4 devices write what 1 x 8 writes."""
+    from corpus import mtfc_process
+
+    model = tmp_path / "model.py"
+    model.write_text(MODEL)
+    invoke("compile", model, "--train", "-o", tmp_path / "t.mlir")
+    invoke("run", tmp_path / "t.mlir", "--steps", 2, "--outputs", tmp_path / "one.npz")
+    proc = mtfc_process("launch", "-n", 2, "--", "run", "t.mlir", "--steps", 2, "--outputs", "two.npz", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "taps of step 2:" in proc.stdout
+    with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "two.npz") as two:
+        assert sorted(one.files) == sorted(two.files) and "tap/block0/act" in one.files
+        assert str(one["mtfc.dims"]) == str(two["mtfc.dims"])
+        assert_close(two["tap/block0/act"], one["tap/block0/act"])
+        assert np.abs(one["tap/block0/act"]).max() > 0.1
