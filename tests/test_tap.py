@@ -247,6 +247,14 @@ def test_a_tap_inside_a_loop_body_is_refused(unroll):
         _compile(model)
 
 
+def test_a_tap_in_a_repeated_block_is_refused():
+    def model(x):
+        return mtf.layers.repeat(lambda h: mtf.tap(mtf.tanh(h), "h"), x, 2)
+
+    with pytest.raises(MtfcError, match=r"mtf.tap\('h'\) inside a loop body"):
+        _compile(model)
+
+
 def test_a_tap_of_an_input_returns_the_input():
     def model(x):
         return mtf.tanh(mtf.tap(x, "x"))
