@@ -149,6 +149,8 @@ class Tensor:
         tensor computed eagerly (`mtf.eager()`, `mtfc eval`); a traced
         tensor has no value, which is a located `MtfcError`."""
         evaluator = self.op.graph.evaluator if self.op.graph is not None else None
+        if evaluator is None and self.op.graph is not None and self.op.graph.root().evaluator is not None:
+            evaluator = self.op.graph.root().evaluator  # a loop body's tensor: it says why there is no value
         if evaluator is None:
             raise fail(f"tensor {self.op.name} {self.shape} has no value: the model is being traced to be "
                        "compiled as a whole; run it op by op with `mtfc eval` or inside `with mtf.eager():` "
