@@ -253,3 +253,27 @@ def test_mtfc_eval_model_error_names_the_model_line(tmp_path):
 def test_mtfc_eval_options_need_train(tmp_path):
     result = CliRunner().invoke(main, ["eval", os.path.join(EXAMPLES, "mlp.py"), "--optimizer", "sgd:lr=0.1"])
     assert result.exit_code == 1 and "add --train" in result.output
+
+
+@pytest.mark.parametrize("optimizer,precision", [("sgd:lr=0.1", "f32"), ("sgd:lr=0.1", "bf16")])
+def test_eager_train_step_with_gated_parameters(optimizer, precision):
+    """SGD's update is well conditioned: every new parameter is gated too
+    (f32; bf16 at bf16's tolerance)."""
+    path = os.path.join(EXAMPLES, "mlp.py")
+    entry = load_model_file(path)
+    eager = eval_entry(entry, seed=3, path=path, train=True, optimizer=optimizer, precision=precision)
+    module = compile_entry(entry, mode="none", path=path, train=True, optimizer=optimizer, precision=precision)
+    program = Program(module, unsharded=True)
+    data = {s.name: synthesize(s, 3, 0 if s.role == "input" else None) for s in program.arguments}
+    reference = program.run(data).outputs
+    check = judge_step(program.results, eager.outputs, reference, optimizer=mir.optimizer_spec(module),
+                       precision=precision)
+    assert check.ok, [(j.comparison.name, j.comparison.error) for j in check.failures()]
+    assert all(j.gated for j in check.results if j.role == "parameter")
+
+
+def test_mtfc_eval_of_a_module_says_to_run_it(tmp_path):
+    module = tmp_path / "m.mlir"
+    module.write_text("module {}\n")
+    result = CliRunner().invoke(main, ["eval", str(module)])
+    assert result.exit_code == 1 and "mtfc run" in result.output and "is a module" in result.output
