@@ -3,7 +3,7 @@
 ``import mtfc as mtf`` gives the DSL: `Dim`, `Shape`, ops (`einsum`,
 `reduce_sum`, `softmax`, ...), `layers`, `get_variable`, `init`, `entry`,
 `Input`, `scope`, and autodiff (`grad`, `value_and_grad`, `stop_gradient`,
-`trainable_variables`), `is_training`, `tap`.
+`trainable_variables`), `is_training`, `tap`, and `eager` (op-by-op runs).
 
 The DSL (and with it jax) is imported on first use of one of its names
 (PEP 562 module ``__getattr__``), so ``import mtfc.errors`` and the command
@@ -41,6 +41,7 @@ _LAZY = {
     "scope": "mtfc.frontend.graph",
     "tap": "mtfc.frontend.tap",
     "grad": "mtfc.frontend.autodiff",
+    "eager": "mtfc.frontend.eager",
     "value_and_grad": "mtfc.frontend.autodiff",
     **{name: "mtfc.frontend.model"
        for name in ("Entry", "Input", "entry", "get_variable", "init", "trace", "trainable_variables")},

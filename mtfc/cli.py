@@ -1,4 +1,4 @@
-"""The `mtfc` command line: compile, opt, inspect, run, launch, checkpoint.
+"""The `mtfc` command line: compile, opt, inspect, run, eval, launch, checkpoint.
 
 Every user mistake ends as one line ``error: ...`` on stderr and exit status
 1 (2 for command-line usage errors, as click does); outputs are written to a
@@ -411,6 +411,34 @@ def run(module_file, backend, seed, inputs_file, outputs_file, check, repeat,
     )
     if not ok:
         sys.exit(1)
+
+
+@main.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--entry", "entry_name", default=None, help="The @mtf.entry function to run, if the file has several.")
+@click.option("-D", "--define", "defines", multiple=True, metavar="NAME=VALUE",
+              help="Set a module-level constant of the model file before tracing (as mtfc compile -D).")
+@click.option("--seed", default=0, show_default=True, help="Seed for synthetic inputs and parameters (as mtfc run).")
+@click.option("--inputs", "inputs_file", default=None, type=click.Path(dir_okay=False), help=".npz of arguments by name.")
+@click.option("--outputs", "outputs_file", default=None, help="Save the outputs to this .npz.")
+@click.option("--train", is_flag=True, help="Run one train step (the batch of mtfc run's step 0) instead of the forward.")
+@click.option("--optimizer", default=None, help="With --train: optimizer spec (overrides the model's).")
+@click.option("--precision", default=None, type=click.Choice(["f32", "bf16"]), help="With --train: compute dtype.")
+@_handle_errors
+def eval_(model, entry_name, defines, seed, inputs_file, outputs_file, train, optimizer, precision):
+    """Run a model file op by op on the host, without compiling the whole model
+    (print and a debugger work inside it); the compiled unsharded run's numbers."""
+    from mtfc.files.modules import is_module_file
+    from mtfc.frontend.model import parse_defines
+    from mtfc.runtime.eager_run import eval_command
+
+    if (optimizer or precision) and not train:
+        raise MtfcError("--optimizer and --precision apply to train steps: add --train")
+    if is_module_file(model):
+        raise MtfcError(f"{model} is a module, not a model file (Python): mtfc eval runs a model file "
+                        f"(a compiled module: 'mtfc run {model}')")
+    eval_command(model, entry_name=entry_name, defines=parse_defines(defines), seed=seed, inputs_file=inputs_file,
+                 outputs_file=outputs_file, train=train, optimizer=optimizer, precision=precision, echo=click.echo)
 
 
 @main.command()

@@ -39,6 +39,10 @@ def _library_dirs() -> tuple[str, ...]:
 
 _LIBRARY_DIRS = _library_dirs()
 
+# The evaluator of `mtf.eager()` (mtfc.frontend.eager) while its block runs: a
+# root `Graph` made meanwhile takes it, and its ops are evaluated as recorded.
+_eager: contextvars.ContextVar[Any] = contextvars.ContextVar("mtfc_eager", default=None)
+
 # The model file being run (`run_model_code`): while set, locations are lines
 # of that file, never of a helper module or library it calls.
 _model_file: contextvars.ContextVar[str | None] = contextvars.ContextVar("mtfc_model_file", default=None)
@@ -135,7 +139,23 @@ class Tensor:
         return self.shape
 
     def __repr__(self) -> str:
+        evaluator = self.op.graph.evaluator if self.op.graph is not None else None
+        if evaluator is not None and evaluator.has_value(self):
+            return evaluator.describe(self)
         return f"Tensor({self.op.name}, {self.shape!r}, {self.dtype})"
+
+    def numpy(self):
+        """The tensor's value, a NumPy array (axes in dim order): only for a
+        tensor computed eagerly (`mtf.eager()`, `mtfc eval`); a traced
+        tensor has no value, which is a located `MtfcError`."""
+        evaluator = self.op.graph.evaluator if self.op.graph is not None else None
+        if evaluator is None and self.op.graph is not None and self.op.graph.root().evaluator is not None:
+            evaluator = self.op.graph.root().evaluator  # a loop body's tensor: it says why there is no value
+        if evaluator is None:
+            raise fail(f"tensor {self.op.name} {self.shape} has no value: the model is being traced to be "
+                       "compiled as a whole; run it op by op with `mtfc eval` or inside `with mtf.eager():` "
+                       "to read values")
+        return evaluator.numpy(self)
 
     # Arithmetic broadcasts by dim name; defined in mtfc.frontend.ops.
     def _ops(self):
@@ -263,6 +283,9 @@ class Graph:
         self.compute_dtype: str = "f32"
         # True while a train step's model function is traced (`is_training`)
         self.training: bool = False
+        # the eager evaluator (`mtf.eager()`) that computes this graph's ops as they are
+        # recorded; never a loop body's (its ops run inside the loop op, evaluated whole)
+        self.evaluator = _eager.get() if parent is None else None
         if parent is not None:
             self._scopes = list(parent._scopes)
             self.location_override = parent.location_override

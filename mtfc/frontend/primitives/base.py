@@ -53,7 +53,9 @@ def register(cls):
 
 
 def bind(primitive: str, inputs: Sequence[Tensor], *, name: str | None = None, **params) -> list[Tensor]:
-    """Record ``primitive(*inputs, **params)`` in the current graph; return its outputs."""
+    """Record ``primitive(*inputs, **params)`` in the current graph; return its
+    outputs.  Under `mtf.eager()` (a root graph with an evaluator) the op is
+    also evaluated at once (`mtfc.frontend.eager`)."""
     graph = current_graph()
     for t in inputs:
         if not isinstance(t, Tensor):
@@ -64,6 +66,8 @@ def bind(primitive: str, inputs: Sequence[Tensor], *, name: str | None = None, *
     op = Operation(primitive, inputs, params, graph.unique_name(name or primitive), graph.location(), graph=graph)
     op.outputs = [Tensor(shape, dtype, op, i) for i, (shape, dtype) in enumerate(outs)]
     graph.operations.append(op)
+    if graph.evaluator is not None:  # mtf.eager(): compute it now
+        graph.evaluator.evaluate(op)
     return op.outputs
 
 
