@@ -4,10 +4,12 @@ measured step time against every valid candidate's, on the 8-device CPU mesh.
     python -m benchmarks.layout --calibrate cpu-network.json --json benchmarks/results-layout.json
     python -m benchmarks.layout --quick                                  # the tiny transformer only (smoke)
 
-benchmarks/results-layout.json was made with ``--max-candidates 40
---max-train-candidates 16 --final-steps 10`` (about 35 minutes on the
-shared 2 cores; the defaults, 96 and 40, take over an hour), so its
-candidates are sampled from the ranking, not exhaustive: see 3. below.
+benchmarks/results-layout.json was made with ``--max-candidates 100
+--max-train-candidates 24`` (about 30 minutes on the shared 2 cores,
+2026-12-03), so only the U-Net forward step's 100 candidates were measured
+exhaustively; the others are sampled from the ranking: see 3. below.  A
+space over `SCORE_LIMIT` candidates (MoE's train step: 397,561) is scored
+on a seeded uniform sample.
 
 Models (each forward and train step, mesh ``rows:2,cols:4``): the benchmark
 transformer (`benchmarks.model`) at two sizes (``small``, ``medium``), the
