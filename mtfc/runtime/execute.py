@@ -23,6 +23,13 @@ process-major), feeds only its own devices' shards (`Program.feed`), runs
 devices' output shards, which `Program.gather` exchanges (jax's
 ``process_allgather``) so that every process can reassemble the outputs;
 process 0 is the one that prints and writes them.
+
+Stepping (`Program.execute`): the results come back as one global
+``jax.Array`` per result, built in C++ by jaxlib's result handlers
+(``ExecuteResults.consume_with_handlers`` with
+``xla_client.array_result_handler``, the path ``jax.jit`` takes), so that a
+train step's new state can be passed straight back as the next step's
+arguments with no Python work per array or per device.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from mtfc.mesh import LayoutRules, Mesh
 from mtfc.passes.comm_analysis import element_bytes
 from mtfc.runtime import devices as rt_devices
 from mtfc.runtime import memory_check
-from mtfc.runtime.host_data import all_shards, gather_from_shards, shard_to_devices
+from mtfc.runtime.host_data import all_shards, gather_from_shards, jax_sharding, shard_to_devices
 from mtfc.runtime.sources import as_source
 from mtfc.runtime.synthetic import synthesize
 
@@ -166,6 +173,7 @@ class Program:
         except Exception as e:
             raise MtfcError(f"XLA could not compile the module: {str(e).strip().splitlines()[0]}") from None
         self.compile_seconds = time.perf_counter() - start
+        self._handlers = None
         try:
             stats = self.executable.get_compiled_memory_stats()
         except Exception:  # a backend without memory statistics
@@ -213,6 +221,44 @@ class Program:
                 raise MtfcError(f"argument {sig.name!r} is split into shards of shape {local} over "
                                 f"{len(array.sharding.device_set)} device(s); the compiled program takes "
                                 f"{takes} on each of {len(self.devices)}")
+
+    @property
+    def result_handlers(self) -> list:
+        """One jaxlib result handler per result: the global ``jax.Array`` of
+        the result's layout (``jax_sharding``) over the mesh, from this
+        process's buffers.  Built once, on first use."""
+        if self._handlers is None:
+            import jax
+
+            self._handlers = [
+                xla_client.array_result_handler(
+                    jax.core.ShapedArray(tuple(sig.shape), np.dtype(mir.numpy_dtype(sig.dtype))),
+                    jax_sharding(layout, self.devices), committed=True, _skip_checks=True)
+                for sig, layout in zip(self.results, self.res_layouts)]
+        return self._handlers
+
+    def execute(self, args) -> list:
+        """Run once on `args` (a sequence of global ``jax.Array``s, one per
+        argument, as `feed` builds them or as an earlier `execute` returned
+        them); each result as a global ``jax.Array`` (this process's shards;
+        not waited for).  Host work: one PJRT launch and jaxlib's C++ result
+        handlers -- nothing per array in Python.  The handlers skip jax's
+        shard-order checks (the buffers come in the device assignment's order,
+        which is the mesh order of the results' shardings); `check_outputs`
+        verifies that once."""
+        return self.executable.execute_sharded(args).consume_with_handlers(self.result_handlers)
+
+    def check_outputs(self, outputs: list) -> None:
+        """Each output of `execute` holds, on each of this process's devices,
+        a buffer of its layout's per-device shape that lives on the device its
+        sharding names (run on a program's first outputs)."""
+        for sig, layout, array in zip(self.results, self.res_layouts, outputs):
+            for shard in array.addressable_shards:
+                where = shard.data.devices()
+                if where != {shard.device} or tuple(shard.data.shape) != tuple(layout.local_sizes):
+                    raise MtfcError(f"result {sig.name!r}: the buffer for device {shard.device} has shape "
+                                    f"{tuple(shard.data.shape)} on {sorted(map(str, where))}; its layout says "
+                                    f"{tuple(layout.local_sizes)} on that device")
 
     def synthesize_inputs(self, seed: int) -> dict[str, np.ndarray]:
         return {s.name: synthesize(s, seed) for s in self.arguments}

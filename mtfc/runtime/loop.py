@@ -40,7 +40,7 @@ class Hook:
 @dataclass
 class LoopResult:
     records: list[StepRecord]
-    outs: list | None  # the last step's results (per-device buffers), None if no step ran
+    outs: list | None  # the last step's results (global jax.Arrays, `TrainStep.launch`), None if no step ran
 
 
 def run_loop(train: TrainStep, state: TrainState, batches: Batches, steps: int, hooks: list[Hook]) -> LoopResult:

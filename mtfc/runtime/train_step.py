@@ -14,10 +14,18 @@ the loss and metrics are gathered from every device, so that every process
 reads the same values (and stops at the same step).  Initial state comes from each argument's ``mtfc.init`` (seeded by
 ``(seed, mtfc.name)``, as a forward run synthesizes it) or from a checkpoint
 (`checkpoint/`) on any layout.  The loop that drives it is `loop.py`.
+
+Per step the host does a fixed amount of Python work, whatever the number of
+state arrays: `launch` picks the arguments out of the state and the batch
+with precomputed ``operator.itemgetter``s (C), `Program.execute` launches and
+gets every result back as a global ``jax.Array`` from jaxlib's C++ result
+handlers, and `advance` zips the state results into the next state dict (C
+again).  Only the loss and metrics are read back to the host (`read_scalars`).
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import jax
@@ -28,7 +36,7 @@ from mtfc import ir as mir
 from mtfc.errors import MtfcError
 from mtfc.runtime import checkpoint
 from mtfc.runtime.execute import Program
-from mtfc.runtime.host_data import all_shards, gather_from_shards, jax_sharding, local_shards, shard_to_devices
+from mtfc.runtime.host_data import all_shards, gather_from_shards, local_shards, shard_to_devices
 from mtfc.runtime.sources import as_source
 from mtfc.runtime.synthetic import SyntheticSource
 
@@ -46,6 +54,16 @@ class TrainState:
     step: int  # steps completed
     # name -> global jax.Array laid out by the argument's layout (this process's shards only)
     buffers: dict[str, jax.Array] = field(default_factory=dict)
+
+
+def picker(keys: list):
+    """``operator.itemgetter(*keys)`` that always returns a tuple (also for one key or none)."""
+    if not keys:
+        return lambda _: ()
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda x: (x[key],)
+    return operator.itemgetter(*keys)
 
 
 class TrainStep:
@@ -92,6 +110,15 @@ class TrainStep:
         aliased = mir.aliased_arguments(module)
         self.donated = sum(1 for i, _, _ in self.state if i in aliased)
         self.launched = False
+        # the step loop's plumbing, fixed once: state dict -> tuple (state order), batch dict -> tuple,
+        # (state + batch) -> arguments in the module's order, results -> next state (state order)
+        self.state_names = tuple(sig.name for _, _, sig in self.state)
+        self._state_of = picker(list(self.state_names))
+        self._inputs_of = picker([sig.name for _, sig in self.inputs])
+        order = [i for i, _, _ in self.state] + [i for i, _ in self.inputs]
+        position = {a: n for n, a in enumerate(order)}
+        self._arguments = picker([position[i] for i in range(len(p.arguments))])
+        self._next_state = picker([k for _, k, _ in self.state])
 
     @property
     def state_signatures(self) -> list[mir.Signature]:
@@ -161,34 +188,32 @@ class TrainStep:
             out[sig.name] = shard_to_devices(source, self.layout(i), self.devices, mir.numpy_dtype(sig.dtype))
         return out
 
-    def launch(self, state: TrainState, inputs: dict[str, jax.Array]) -> list[list]:
-        """Run one step; return every result's local buffers (this process's
-        devices, mesh order; not waited for)."""
-        args: list = [None] * len(self.program.arguments)
-        for i, _, sig in self.state:
-            args[i] = state.buffers[sig.name]
-        for i, sig in self.inputs:
-            args[i] = inputs[sig.name]
-        if not self.launched:  # later steps feed back what this executable returned
-            self.program.check_device_arguments(args)
+    def launch(self, state: TrainState, inputs: dict[str, jax.Array]) -> list[jax.Array]:
+        """Run one step; return every result as a global ``jax.Array`` (this
+        process's shards; not waited for).  The state's buffers are donated
+        where the module aliases them: `advance` must replace them."""
+        args = self._arguments(self._state_of(state.buffers) + self._inputs_of(inputs))
+        first = not self.launched
+        if first:  # later steps feed back what this executable returned
+            self.program.check_device_arguments(list(args))
             self.launched = True
-        results = self.program.executable.execute_sharded(args)
+        outs = self.program.execute(args)
         del args  # donated buffers are dead now
-        return self.program.local_outputs(results)
+        if first:
+            self.program.check_outputs(outs)
+        return outs
 
-    def advance(self, state: TrainState, outs: list[list]) -> None:
-        for i, k, sig in self.state:
-            layout = self.layout(i)
-            state.buffers[sig.name] = jax.make_array_from_single_device_arrays(
-                tuple(layout.sizes), jax_sharding(layout, self.devices), outs[k])
+    def advance(self, state: TrainState, outs: list[jax.Array]) -> None:
+        """The state after the step that returned `outs`: its state results, as they are."""
+        state.buffers = dict(zip(self.state_names, self._next_state(outs)))
         state.step += 1
 
-    def read_scalars(self, outs: list[list]) -> tuple[float, dict]:
+    def read_scalars(self, outs: list[jax.Array]) -> tuple[float, dict]:
         """The loss and metrics of a step, from every device's shards (gathered
         across processes: every process gets the same values; replicas must agree)."""
         p = self.program
         wanted = [self.loss_index] + [k for k, _ in self.metrics]
-        everything = all_shards([outs[k] for k in wanted], self.devices)
+        everything = all_shards([local_shards(outs[k], self.devices) for k in wanted], self.devices)
         values = {k: gather_from_shards(shards, p.res_layouts[k], mir.numpy_dtype(p.results[k].dtype))
                   for k, shards in zip(wanted, everything)}
         loss = values[self.loss_index]
@@ -197,10 +222,10 @@ class TrainStep:
                    for k, r in self.metrics}
         return loss, metrics
 
-    def gather_outputs(self, outs: list[list]) -> dict[str, np.ndarray]:
+    def gather_outputs(self, outs: list[jax.Array]) -> dict[str, np.ndarray]:
         """Every result that is not state (loss, metrics), whole, in every process."""
         p = self.program
         wanted = [k for k, sig in enumerate(p.results) if sig.role not in mir.STATE_ROLES]
-        everything = all_shards([outs[k] for k in wanted], self.devices)
+        everything = all_shards([local_shards(outs[k], self.devices) for k in wanted], self.devices)
         return {p.results[k].name: gather_from_shards(shards, p.res_layouts[k], mir.numpy_dtype(p.results[k].dtype))
                 for k, shards in zip(wanted, everything)}
