@@ -27,6 +27,9 @@ process exits 1 after the tables.  Then it measures, per subject:
   configuration, and the best of those is the machine's peak (on a shared
   machine a contended measurement would flatter MFU); each row's MFU against
   the peak measured next to it is in the JSON (``mfu_nearby``);
+* host: the median wall time per step until the step is launched and its
+  results and the next step's arguments are in hand as device arrays (not
+  waiting for the devices): the stepping loop's own host work;
 * cpu: the process's CPU time per step (user + system, every thread), which,
   unlike wall time, does not depend on what else the machine runs;
 * collectives: count and NCCL-convention bus bytes per device per step, read
@@ -205,6 +208,7 @@ def run_config(size, layout, step: str, cfg: dict, peak: float, backend: str, se
             "mesh": layout.mesh, "rules": layout.layout, "param_rules": layout.param_layout,
             "lower_seconds": s.lower_seconds, "xla_seconds": s.xla_seconds,
             "step_seconds": median, "step_times": times, "step_min_seconds": min(times),
+            "host_seconds": float(np.median([x["host"] for x in samples[s.name]])),
             "cpu_seconds": cpu, "sys_seconds": float(np.median([x["sys"] for x in samples[s.name]])),
             "page_faults": float(np.median([x["faults"] for x in samples[s.name]])),
             "flops": flops, "flops_per_second": flops / median, "mfu": flops / median / peak,
@@ -224,7 +228,8 @@ def run_config(size, layout, step: str, cfg: dict, peak: float, backend: str, se
     for s in subjects:
         log(f"  {size.name:>6} {layout.name:<6} {step:<7} {s.name:<13} "
             f"lower {s.lower_seconds:5.2f}s  XLA {s.xla_seconds:5.2f}s  "
-            f"step {np.median([x['wall'] for x in samples[s.name]]) * 1e3:8.2f} ms")
+            f"step {np.median([x['wall'] for x in samples[s.name]]) * 1e3:8.2f} ms  "
+            f"host {np.median([x['host'] for x in samples[s.name]]) * 1e3:6.2f} ms")
     del subjects
     return rows
 
@@ -270,7 +275,7 @@ def table(headers: list[str], rows: list[list[str]], align: str | None = None) -
 
 
 def main_table(rows: list[dict]) -> str:
-    headers = ["size", "layout", "step", "subject", "lower s", "XLA s", "step ms", "xJAX", "cpu ms", "MFU %",
+    headers = ["size", "layout", "step", "subject", "lower s", "XLA s", "step ms", "xJAX", "host ms", "cpu ms", "MFU %",
                "coll", "bus B", "xJAX", "mem B", "xJAX", "gate"]
     out = []
     for r in rows:
@@ -280,13 +285,14 @@ def main_table(rows: list[dict]) -> str:
             r["size"], r["layout"], r["step"], r["subject"],
             f"{r['lower_seconds']:.2f}", f"{r['xla_seconds']:.2f}",
             f"{r['step_seconds'] * 1e3:.1f}", _fmt_ratio(r["ratio_to_jax"]["step_time"]),
+            f"{r['host_seconds'] * 1e3:.2f}" if r.get("host_seconds") is not None else "-",
             f"{r['cpu_seconds'] * 1e3:.0f}", f"{r['mfu'] * 100:.1f}",
             str(r["collectives"]["count"]), _fmt_bytes(r["collectives"]["bus_bytes"]),
             _fmt_ratio(r["ratio_to_jax"]["bus_bytes"]),
             _fmt_bytes(r["memory"].get("peak_bytes")), _fmt_ratio(r["ratio_to_jax"]["peak_memory"]),
             gate_text,
         ])
-    return table(headers, out, "llll" + "r" * 12)
+    return table(headers, out, "llll" + "r" * 13)
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
@@ -425,7 +431,8 @@ def report(result: dict) -> str:
            if peak.get("samples") else "") + ")",
         "runtime: " + (", ".join(f"{k}={v}" for k, v in result.get("runtime_config", {}).items()) or "(defaults)"),
         "",
-        "lower = trace + compile to StableHLO; XLA = PJRT compile; step = median wall time; cpu = median CPU time of the",
+        "lower = trace + compile to StableHLO; XLA = PJRT compile; step = median wall time; host = median wall time until",
+        "the step is launched and its results and next arguments are in hand (not waiting); cpu = median CPU time of the",
         "process (all threads) per step; MFU = matmul FLOPs / step / peak;",
         "coll, bus B = collectives and NCCL bus bytes per device per step, read from each compiled executable's HLO;",
         "mem B = per-device arguments + outputs - aliased + temporaries (XLA memory stats); xJAX = mtfc / JAX;",

@@ -3,14 +3,15 @@ step, read back its outputs, its collectives and its memory.
 
 * `MtfcSubject`: mtfc's compiler (`compile_mtfc`: trace, lower, the mode's
   passes) and runtime (`mtfc.runtime.execute.Program`: PJRT compile; its
-  executable run with `execute_sharded`, state fed back device to device as
-  `mtfc run`'s training loop does);
+  executable run with `Program.execute`, state results fed back as the next
+  arguments as they are, as `mtfc run`'s training loop does);
 * `JaxSubject`: the plain-JAX model (`benchmarks.model`) under
   ``jax.jit(in_shardings=, out_shardings=, donate_argnums=)`` with
   `NamedSharding`s derived from the same layout rules.
 
 Both are timed the same way: the wall time of one call until every output is
-ready (`step`).
+ready (`step` = `dispatch`, then `wait`), and the host time of `dispatch`
+alone (launch, result handling, next arguments in hand; not waiting).
 """
 
 from __future__ import annotations
@@ -40,14 +41,23 @@ def host_data(size: bm.Size, train: bool, seed: int = 0) -> dict[str, np.ndarray
 def timed_step(subject) -> dict:
     """Run one step of `subject`; its wall time, and the process's CPU time
     (user, system: every thread) and minor page faults over the step.  The
-    subjects run one at a time, so the process's figures are the step's."""
+    subjects run one at a time, so the process's figures are the step's.
+    ``host``: the wall time until `dispatch` returns (the step launched, its
+    results in hand as arrays and the next step's arguments built), before
+    waiting for the devices; None for a subject without `dispatch`."""
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    subject.step()
+    if hasattr(subject, "dispatch"):
+        subject.dispatch()
+        host = time.perf_counter() - start
+        subject.wait()
+    else:  # a subject with only `step` (the one-layer benchmarks' JAX subjects): no host figure
+        subject.step()
+        host = None
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return {"wall": wall, "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
-            "faults": after.ru_minflt - before.ru_minflt}
+    return {"wall": wall, "host": host, "user": after.ru_utime - before.ru_utime,
+            "sys": after.ru_stime - before.ru_stime, "faults": after.ru_minflt - before.ru_minflt}
 
 
 def memory_stats(stats) -> dict:
@@ -122,36 +132,51 @@ class MtfcSubject:
 
     def load(self, host: dict[str, np.ndarray]) -> None:
         from mtfc.runtime.host_data import shard_to_devices
+        from mtfc.runtime.train_step import picker
 
         p = self.program
         self.args = []
         for sig, layout in zip(p.arguments, p.arg_layouts):
             array = np.asarray(host[sig.name]).astype(mir.numpy_dtype(sig.dtype))
             self.args.append(shard_to_devices(array, layout, p.devices))
-        self.shardings = [a.sharding for a in self.args]
+        # next arguments = (results + the arguments not fed back)[picked], in C (as `TrainStep` does)
+        fed = dict(self.feedback)
+        n_results = len(p.results)
+        self._kept = tuple(a for i, a in enumerate(self.args) if i not in fed)
+        kept_at = {i: n for n, i in enumerate(i for i in range(len(self.args)) if i not in fed)}
+        self._next_args = picker([fed[i] if i in fed else n_results + kept_at[i] for i in range(len(self.args))])
         self.last = None
+        self._checked = False
+
+    def dispatch(self) -> None:
+        """Launch one execution; its results become `last` (global arrays) and
+        the state results the next arguments, without waiting."""
+        p = self.program
+        outs = p.execute(self.args)
+        if not self._checked:
+            p.check_outputs(outs)
+            self._checked = True
+        self.last = outs
+        if self.feedback:
+            self.args = self._next_args(tuple(outs) + self._kept)
+
+    def wait(self) -> None:
+        import jax
+
+        jax.block_until_ready(self.last)
 
     def step(self) -> None:
         """One execution, waited for; state results become the next arguments."""
-        import jax
-
-        p = self.program
-        results = p.executable.execute_sharded(self.args)
-        shards = results.disassemble_into_single_device_arrays()
-        for per_device in shards:
-            for s in per_device:
-                s.block_until_ready()
-        self.last = shards
-        for i, k in self.feedback:
-            self.args[i] = jax.make_array_from_single_device_arrays(
-                p.arguments[i].shape, self.shardings[i], shards[k])
+        self.dispatch()
+        self.wait()
 
     def outputs(self) -> dict[str, np.ndarray]:
-        from mtfc.runtime.host_data import gather_from_shards
+        from mtfc.runtime.host_data import gather_from_shards, local_shards
 
         p = self.program
-        return {sig.name: gather_from_shards(shards, layout, np.float64 if sig.dtype != "i32" else np.int64)
-                for sig, layout, shards in zip(p.results, p.res_layouts, self.last)}
+        return {sig.name: gather_from_shards(local_shards(array, p.devices), layout,
+                                             np.float64 if sig.dtype != "i32" else np.int64)
+                for sig, layout, array in zip(p.results, p.res_layouts, self.last)}
 
 
 class JaxSubject:
@@ -235,14 +260,20 @@ class JaxSubject:
             self.args = [params, tokens, targets]
         self.last = None
 
-    def step(self) -> None:
-        import jax
-
+    def dispatch(self) -> None:
         out = self.compiled(*self.args)
-        jax.block_until_ready(out)
         self.last = out
         if self.train:
             self.args[:4] = out[3:7]
+
+    def wait(self) -> None:
+        import jax
+
+        jax.block_until_ready(self.last)
+
+    def step(self) -> None:
+        self.dispatch()
+        self.wait()
 
     def outputs(self) -> dict[str, np.ndarray]:
         def host(x):

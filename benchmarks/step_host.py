@@ -19,6 +19,11 @@ same state, and ``jax`` is the plain-JAX step (`benchmarks.runners.JaxSubject`,
   C++ array result handlers, state fed back with ``operator.itemgetter``;
 * ``jax``: ``jax.jit(...).lower(...).compile()`` called on the arguments.
 
+"python ms" (``handlers`` only): the part of the host time outside
+``execute_sharded`` -- picking the arguments, the result handlers, the next
+state; the rest is PJRT's own launch, which grows with the number of buffers
+in every option, JAX's included.
+
 Timings on a shared machine vary; the table prints the load average.
 """
 
@@ -29,6 +34,9 @@ import os
 import time
 
 import numpy as np
+
+
+python: list[float] = []  # seconds per `handlers` step outside execute_sharded
 
 
 def options(train, batch):
@@ -62,10 +70,18 @@ def options(train, batch):
 
     def handlers():
         state = train.initial_state(0)
+        train.launch(state, batch)  # the first launch checks the arguments and outputs once
+        state = train.initial_state(0)
 
-        def step():
-            outs = train.launch(state, batch)
+        def step():  # train.launch + train.advance, with the time outside execute_sharded kept apart
+            start = time.perf_counter()
+            args = train._arguments(train._state_of(state.buffers) + train._inputs_of(batch))
+            launch = time.perf_counter()
+            results = p.executable.execute_sharded(args)
+            back = time.perf_counter()
+            outs = results.consume_with_handlers(p.result_handlers)
             train.advance(state, outs)
+            python.append((launch - start) + (time.perf_counter() - back))
             return outs[train.loss_index]
         return step
 
@@ -123,7 +139,10 @@ def main(argv=None) -> int:
         steps = {**options(train, batch), "jax": jax_option(size, layout)}
         for _ in range(2):  # twice, interleaved: a change of load hits every option
             for name, step in steps.items():
+                python.clear()
                 r = measure(step, args.steps)
+                if python:
+                    r["python_ms"] = float(np.median(python[3:]) * 1e3)
                 rows.append({"layers": layers, "state": len(train.state), "results": len(train.program.results),
                              "option": name, **r})
     best = {}
@@ -133,10 +152,11 @@ def main(argv=None) -> int:
             best[key] = r
     print(f"load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores; "
           f"median of {args.steps} steps, better of 2 rounds")
-    print(f"{'layers':>6} {'state':>5} {'option':<12} {'host ms':>8} {'min':>7} {'wall ms':>8}")
+    print(f"{'layers':>6} {'state':>5} {'option':<12} {'host ms':>8} {'min':>7} {'wall ms':>8}  python ms")
     for r in best.values():
+        extra = f"  {r['python_ms']:9.3f}" if "python_ms" in r else ""
         print(f"{r['layers']:>6} {r['state']:>5} {r['option']:<12} {r['host_ms']:8.3f} {r['host_min_ms']:7.3f} "
-              f"{r['wall_ms']:8.3f}")
+              f"{r['wall_ms']:8.3f}{extra}")
     return 0
 
 

@@ -37,7 +37,8 @@ def test_json_schema(result):
     assert [r["subject"] for r in rows] == ["mtfc explicit", "mtfc gspmd", "jax"]
     for r in rows:
         assert (r["size"], r["layout"], r["step"], r["mesh"]) == ("tiny", "mixed", "train", bm.MESH)
-        for key in ("lower_seconds", "xla_seconds", "step_seconds", "cpu_seconds", "mfu", "flops_per_second"):
+        for key in ("lower_seconds", "xla_seconds", "step_seconds", "host_seconds", "cpu_seconds", "mfu",
+                    "flops_per_second"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] >= 0, key
         assert r["flops"] == bm.SIZES["tiny"].matmul_flops(train=True)
         assert r["collectives"]["source"] == "compiled HLO"
