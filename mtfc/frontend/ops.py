@@ -427,7 +427,15 @@ def range_(dim: Dim, dtype="i32") -> Tensor:
 
 def one_hot(indices: Tensor, dim: Dim, dtype=None, on_value=1.0, off_value=0.0) -> Tensor:
     """``dim``-sized one-hot vectors of integer `indices` (result dims: indices'
-    + dim), of `dtype` (None: the compute dtype)."""
+    + dim), of `dtype` (None: the compute dtype).
+
+    The usual 1/0 one-hot is lowered as a ``convert`` of the comparison (as
+    ``jax.nn.one_hot`` is), not a ``select`` of two constants: XLA then folds
+    ``x * one_hot`` into ``select(hit, x, 0)`` next to ``x``'s producer (the
+    loss's target logit reads the logits directly) instead of materializing
+    the one-hot -- a [batch, length, vocab] buffer that, depending only on the
+    targets, XLA scheduled at the start and kept alive through the whole
+    forward pass (issue 14, item 4).  The values are the same 1.0 and 0.0."""
     dtype = _dtype(dtype) if dtype is not None else default_float()
     if indices.dtype != "i32":
         raise fail(f"one_hot indices must be i32, got {indices.dtype}")
@@ -435,6 +443,8 @@ def one_hot(indices: Tensor, dim: Dim, dtype=None, on_value=1.0, off_value=0.0) 
         raise fail(f"one_hot: dim {dim.name!r} is already in the indices {indices.shape}")
     shape = Shape(list(indices.shape) + [dim])
     hit = equal(broadcast(indices, shape), iota(shape, dim))
+    if on_value == 1.0 and off_value == 0.0:
+        return cast(hit, dtype)
     return where(hit, constant(on_value, Shape(), dtype), constant(off_value, Shape(), dtype))
 
 
