@@ -319,6 +319,34 @@ def test_state_stays_on_device_and_is_donated(modules):
         assert array.sharding.mesh.devices.flatten().tolist() == train.devices
 
 
+@pytest.mark.parametrize("mode", ["gspmd", "explicit"])
+def test_results_are_the_next_state_as_they_are(modules, mode):
+    """A step's state results become the next state unchanged (the same array
+    objects, built by jaxlib's result handlers with the layout's sharding),
+    and the first step's check of those arrays refuses misplaced buffers."""
+    from mtfc.errors import MtfcError
+    from mtfc.runtime.train_step import TrainStep
+
+    train = TrainStep(read_module(modules[mode], mir.new_context()))
+    state = train.initial_state(0)
+    shardings = {name: array.sharding for name, array in state.buffers.items()}
+    batch = {"x": np.ones((B, DI), np.float32), "y": np.zeros((B, DO), np.float32)}
+    for _ in range(2):
+        outs = train.launch(state, train.device_inputs(batch))
+        train.advance(state, outs)
+        for _, k, sig in train.state:
+            assert state.buffers[sig.name] is outs[k]
+            assert state.buffers[sig.name].sharding == shardings[sig.name]
+            assert state.buffers[sig.name].shape == sig.shape
+    train.program.check_outputs(outs)
+    split = [k for k, layout in enumerate(train.program.res_layouts) if layout.local_sizes != layout.sizes]
+    assert split  # the layout splits some state
+    wrong = list(outs)
+    wrong[split[0]] = jax.device_put(np.zeros(outs[split[0]].shape, outs[split[0]].dtype), train.devices[0])
+    with pytest.raises(MtfcError, match="its layout says"):
+        train.program.check_outputs(wrong)
+
+
 # -- checkpoints -------------------------------------------------------------------------------------
 
 
