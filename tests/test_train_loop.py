@@ -347,6 +347,28 @@ def test_results_are_the_next_state_as_they_are(modules, mode):
         train.program.check_outputs(wrong)
 
 
+def test_without_result_handlers_the_same_steps(modules):
+    """A jaxlib without ``array_result_handler`` (`Program.execute` then
+    assembles each result in Python): the same state and loss, bit for bit."""
+    from mtfc.runtime.train_step import TrainStep
+
+    batch = {"x": np.linspace(-1, 1, B * DI, dtype=np.float32).reshape(B, DI), "y": np.ones((B, DO), np.float32)}
+    got = []
+    for fallback in (False, True):
+        train = TrainStep(read_module(modules["explicit"], mir.new_context()))
+        if fallback:
+            assert train.program.result_handlers
+            train.program._handlers = []  # what result_handlers keeps when jaxlib lacks them
+        state = train.initial_state(0)
+        for _ in range(3):
+            outs = train.launch(state, train.device_inputs(batch))
+            train.advance(state, outs)
+        got.append((train.read_scalars(outs), train.host_state(state)))
+    assert got[0][0] == got[1][0]
+    for name, value in got[0][1].items():
+        np.testing.assert_array_equal(value, got[1][1][name], err_msg=name)
+
+
 # -- checkpoints -------------------------------------------------------------------------------------
 
 

@@ -230,11 +230,15 @@ class Program:
         if self._handlers is None:
             import jax
 
-            self._handlers = [
-                xla_client.array_result_handler(
-                    jax.core.ShapedArray(tuple(sig.shape), np.dtype(mir.numpy_dtype(sig.dtype))),
-                    jax_sharding(layout, self.devices), committed=True, _skip_checks=True)
-                for sig, layout in zip(self.results, self.res_layouts)]
+            self._shardings = [jax_sharding(layout, self.devices) for layout in self.res_layouts]
+            try:
+                self._handlers = [
+                    xla_client.array_result_handler(
+                        jax.core.ShapedArray(tuple(sig.shape), np.dtype(mir.numpy_dtype(sig.dtype))),
+                        sharding, committed=True, _skip_checks=True)
+                    for sig, sharding in zip(self.results, self._shardings)]
+            except (AttributeError, TypeError):  # a jaxlib without them: `execute` assembles in Python
+                self._handlers = []
         return self._handlers
 
     def execute(self, args) -> list:
@@ -242,11 +246,20 @@ class Program:
         argument, as `feed` builds them or as an earlier `execute` returned
         them); each result as a global ``jax.Array`` (this process's shards;
         not waited for).  Host work: one PJRT launch and jaxlib's C++ result
-        handlers -- nothing per array in Python.  The handlers skip jax's
+        handlers -- nothing per array in Python (a jaxlib without
+        ``array_result_handler``: the shards are assembled per result in Python).  The handlers skip jax's
         shard-order checks (the buffers come in the device assignment's order,
         which is the mesh order of the results' shardings); `check_outputs`
         verifies that once."""
-        return self.executable.execute_sharded(args).consume_with_handlers(self.result_handlers)
+        handlers = self.result_handlers
+        results = self.executable.execute_sharded(args)
+        if handlers or not self.results:
+            return results.consume_with_handlers(handlers)
+        import jax
+
+        return [jax.make_array_from_single_device_arrays(tuple(sig.shape), sharding, shards)
+                for sig, sharding, shards in zip(self.results, self._shardings,
+                                                 results.disassemble_into_single_device_arrays())]
 
     def check_outputs(self, outputs: list) -> None:
         """Each output of `execute` holds, on each of this process's devices,
