@@ -47,7 +47,7 @@ def options(train, batch):
 
     p = train.program
     position = {dev.id: d for d, dev in enumerate(p.devices)}
-    shardings = [h for h in (a.sharding for a in train.initial_state(0).buffers.values())]
+    shardings = [a.sharding for a in train.initial_state(0).buffers.values()]  # state order
     state_args = [i for i, _, _ in train.state]
     state_res = [k for _, k, _ in train.state]
     order = state_args + [i for i, _ in train.inputs]
