@@ -423,7 +423,7 @@ class Fuser:
         operands = [v for o in members for v in o.operands]
         types = [r.type for o in members for r in o.results]
         attrs = {n: first.attributes[n] for n in first.attributes if n != mir.DIMS}
-        with point, first.location:
+        with point, merged_location(members):
             merged = ir.Operation.create("stablehlo.all_reduce", results=types, operands=operands,
                                          attributes=attrs, regions=1)
             clone_region(first.regions[0], merged.regions[0])
@@ -534,6 +534,14 @@ class Fuser:
         if self.variadic:
             self.merge_all_reduces()
             self.remove_dead()
+
+
+def merged_location(ops: list[ir.Operation]) -> ir.Location:
+    """The location of one op that does the work of `ops`: theirs, fused
+    (``loc(fused["a"(...), "b"(...)])``, each distinct location once, in
+    order), so that every op it serves stays named."""
+    distinct = list({str(op.location): op.location for op in ops}.values())
+    return distinct[0] if len(distinct) == 1 else ir.Location.fused(distinct)
 
 
 @register_pass("fuse-collectives")
