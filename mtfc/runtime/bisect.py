@@ -50,9 +50,8 @@ intermediate).  One process only.
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from jax.extend.mlir import ir
@@ -61,6 +60,7 @@ from jaxlib import xla_client
 
 from mtfc import ir as mir
 from mtfc.errors import MtfcError
+from mtfc.layout.report import human_bytes
 from mtfc.mesh import LayoutRules, Mesh, TensorLayout
 from mtfc.passes import comm_analysis
 from mtfc.runtime import devices as rt_devices
@@ -160,12 +160,6 @@ def _clone(module: ir.Module) -> ir.Module:
     return ir.Module.parse(module.operation.get_asm(enable_debug_info=True), module.context)
 
 
-def _drop_reference(module: ir.Module) -> None:
-    for op in list(module.body.operations):
-        if mir._is_reference(op):
-            op.operation.erase()
-
-
 # ------------------------------------------------------------------- runs
 
 
@@ -227,7 +221,6 @@ def run_probed(module: ir.Module, inputs: dict, *, backend: str = "cpu") -> tupl
 
     sharded = _clone(module)
     if kind in mir.PER_DEVICE:
-        _drop_reference(sharded)
         reference = mir.reference_module(module)
     else:
         reference = strip_shardings(module)
@@ -235,7 +228,7 @@ def run_probed(module: ir.Module, inputs: dict, *, backend: str = "cpu") -> tupl
         fn = mir.entry_function(sharded)
         own = probes_of(fn)
         add_results(fn, own, "{manual}" if kind == "shardy" else "{replicated}" if kind == "gspmd" else None)
-        sharded_text = sharded.operation.get_asm(enable_debug_info=True)
+        sharded_text = mir.program_text(sharded)  # without the nested reference
         ref_fn = mir.entry_function(reference)
         theirs = probes_of(ref_fn)
         add_results(ref_fn, theirs, None)
@@ -287,7 +280,6 @@ class Bisection:
     finding: Finding | None
     agreed: int
     unseen: int
-    notes: list[str] = field(default_factory=list)
 
 
 def _host_dtype(dtype) -> np.dtype:
@@ -466,14 +458,7 @@ def _collective_text(c: comm_analysis.Collective, mesh: Mesh) -> str:
         groups = f"groups {c.groups}"
         if c.axes is None and c.spans:
             over += f" (members differ along {'+'.join(c.spans)})"
-    return f"{c.kind} {over}, {groups}, {c.shape} ({_bytes(c.bytes)}) at {c.location}"
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
+    return f"{c.kind} {over}, {groups}, {c.shape} ({human_bytes(c.bytes)}) at {c.location}"
 
 
 def report_lines(bisection: Bisection, mesh: Mesh) -> list[str]:
